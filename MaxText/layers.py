@@ -1,0 +1,92 @@
+"""Pure functions of the Llama-family decoder layer: RMSNorm, RoPE, GQA attention, SwiGLU.
+
+They take plain arrays so that the scanned and the looped decoder run the very same code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from MaxText.sharding import constrain
+
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def rms_norm(x_BxLxD: jax.Array, scale_D: jax.Array, eps: float) -> jax.Array:
+  """RMSNorm computed in float32, returned in the input dtype (as Hugging Face Llama does)."""
+  x32 = x_BxLxD.astype(jnp.float32)
+  normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return (scale_D.astype(jnp.float32) * normed).astype(x_BxLxD.dtype)
+
+
+def rope_inverse_frequencies(config) -> jax.Array:
+  """RoPE inverse frequencies, with the Llama-3 long-context scaling when `rope_scaling_factor` > 0."""
+  dim = config.head_dim
+  inv_freq = 1.0 / (config.rope_theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+  factor = config.rope_scaling_factor
+  if not factor:
+    return inv_freq
+  old_len = config.rope_original_max_position
+  low_wavelen = old_len / config.rope_low_freq_factor
+  high_wavelen = old_len / config.rope_high_freq_factor
+  wavelen = 2 * math.pi / inv_freq
+  scaled = jnp.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+  smooth = (old_len / wavelen - config.rope_low_freq_factor) / (
+    config.rope_high_freq_factor - config.rope_low_freq_factor)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(is_medium, smoothed, scaled)
+
+
+def apply_rope(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, inv_freq_K2: jax.Array) -> jax.Array:
+  """Rotary embedding in the half-split layout of Hugging Face Llama (rotate_half)."""
+  angles_BxLxK2 = positions_BxL.astype(jnp.float32)[..., None] * inv_freq_K2
+  cos = jnp.cos(angles_BxLxK2)[:, :, None, :]
+  sin = jnp.sin(angles_BxLxK2)[:, :, None, :]
+  x32 = x_BxLxHxK.astype(jnp.float32)
+  x1, x2 = jnp.split(x32, 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x_BxLxHxK.dtype)
+
+
+def attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL) -> jax.Array:
+  """Causal, segment-aware grouped-query attention; softmax in float32."""
+  batch, length, num_heads, head_dim = q_BxLxHxK.shape
+  num_kv = k_BxLxGxK.shape[2]
+  q_BxLxGxRxK = q_BxLxHxK.reshape(batch, length, num_kv, num_heads // num_kv, head_dim)
+  scores_BxGxRxLxT = jnp.einsum("blgrk,btgk->bgrlt", q_BxLxGxRxK, k_BxLxGxK,
+                                preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+  causal_LxT = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))
+  same_segment_BxLxT = segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :]
+  mask_Bx1x1xLxT = (causal_LxT[None] & same_segment_BxLxT)[:, None, None]
+  scores_BxGxRxLxT = jnp.where(mask_Bx1x1xLxT, scores_BxGxRxLxT, _MASK_VALUE)
+  probs = jax.nn.softmax(scores_BxGxRxLxT, axis=-1).astype(v_BxLxGxK.dtype)
+  out_BxLxGxRxK = jnp.einsum("bgrlt,btgk->blgrk", probs, v_BxLxGxK)
+  return out_BxLxGxRxK.reshape(batch, length, num_heads, head_dim)
+
+
+def decoder_layer(p: dict, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config):
+  """One pre-norm Llama layer on the weights `p` of that layer. Returns (output, attention output)."""
+  dtype = x_BxLxD.dtype
+  eps = config.normalization_layer_epsilon
+  h = rms_norm(x_BxLxD, p["attn_norm"], eps)
+  q = jnp.einsum("bld,dhk->blhk", h, p["query"].astype(dtype))
+  k = jnp.einsum("bld,dhk->blhk", h, p["key"].astype(dtype))
+  v = jnp.einsum("bld,dhk->blhk", h, p["value"].astype(dtype))
+  if config.use_qk_norm:
+    q = rms_norm(q, p["q_norm"], eps)
+    k = rms_norm(k, p["k_norm"], eps)
+  q = apply_rope(q, positions_BxL, inv_freq)
+  k = apply_rope(k, positions_BxL, inv_freq)
+  attended = attention(q, k, v, segment_ids_BxL)
+  attn_out_BxLxD = jnp.einsum("blhk,hkd->bld", attended, p["out"].astype(dtype))
+  x_BxLxD = constrain(x_BxLxD + attn_out_BxLxD, ("batch", "activation_length", "activation_embed"))
+  h = rms_norm(x_BxLxD, p["mlp_norm"], eps)
+  gate_BxLxF = jnp.einsum("bld,df->blf", h, p["wi_gate"].astype(dtype))
+  up_BxLxF = jnp.einsum("bld,df->blf", h, p["wi_up"].astype(dtype))
+  mlp_out = jnp.einsum("blf,fd->bld", jax.nn.silu(gate_BxLxF) * up_BxLxF, p["wo"].astype(dtype))
+  x_BxLxD = constrain(x_BxLxD + mlp_out, ("batch", "activation_length", "activation_embed"))
+  return x_BxLxD, attn_out_BxLxD

@@ -1,0 +1,123 @@
+"""Console lines, tensorboardX events and a JSONL file; token-weighted averages over logging windows."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+
+
+def flops_per_token(config) -> float:
+  """Training FLOPs per token (forward + backward = 3x forward; causal attention counted at half)."""
+  d, k, f = config.emb_dim, config.head_dim, config.mlp_dim
+  hq, hkv = config.num_query_heads, config.num_kv_heads
+  per_layer = d * hq * k * 2 + d * hkv * k * 2 + 3 * d * f
+  matmul_params = config.num_decoder_layers * per_layer + d * config.vocab_size
+  attention = config.num_decoder_layers * 2 * hq * k * config.max_target_length  # QK^T and PV, causal half
+  return 3.0 * (2.0 * matmul_params + attention)
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+class MetricLogger:
+  """Collects per-step sums on the host and writes one record every `log_period` steps."""
+
+  def __init__(self, config, run_dir: str, is_primary: bool, start_step: int):
+    self.config = config
+    self.is_primary = is_primary
+    self.window: dict[str, float] = {}
+    self.last: dict[str, float] = {}
+    self.window_start = time.perf_counter()
+    self.window_steps = 0
+    self.run_start_step = start_step
+    self.run_start_time = time.perf_counter()
+    self.flops_per_token = flops_per_token(config)
+    self.writer = None
+    self.jsonl = None
+    if is_primary:
+      from tensorboardX import SummaryWriter
+
+      os.makedirs(run_dir, exist_ok=True)
+      self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+      self.jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
+
+  def add_step(self, step: int, device_metrics: dict) -> None:
+    """Adds one step's metrics (fetched from device here); raises on a NaN/Inf loss."""
+    host = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    objective = host.get("total_loss_sum", host["ce_sum"] + host.get("z_loss_sum", 0.0))  # KD adds its total
+    if not math.isfinite(objective) or not math.isfinite(host.get("grad_norm", 0.0)):
+      raise NonFiniteLossError(
+        f"step {step}: loss is {objective / max(host['tokens'], 1):.6g} (not finite); stopping. The last "
+        f"checkpoint saved before this step is intact.")
+    for key, value in host.items():
+      if key.endswith("_sum") or key == "tokens":
+        self.window[key] = self.window.get(key, 0.0) + value
+      else:
+        self.last[key] = value
+    self.window_steps += 1
+
+  def summarize(self) -> dict[str, float]:
+    tokens = max(self.window.get("tokens", 0.0), 1.0)
+    record = {key[:-4]: value / tokens for key, value in self.window.items() if key.endswith("_sum")}
+    record.setdefault("total_loss", record["ce"] + record.get("z_loss", 0.0))
+    record["loss"] = record["total_loss"]
+    record["perplexity"] = math.exp(min(record["ce"], 50.0))
+    record.update(self.last)
+    return record
+
+  def write(self, step: int) -> dict[str, float]:
+    """Writes the window ending at `step` and starts a new one."""
+    elapsed = time.perf_counter() - self.window_start
+    record = self.summarize()
+    tokens_per_s = self.window.get("tokens", 0.0) * jax.process_count() / max(elapsed, 1e-9)
+    record["tokens_per_s"] = tokens_per_s
+    record["tflops_per_device"] = tokens_per_s * self.flops_per_token / jax.device_count() / 1e12
+    record["step_time_s"] = elapsed / max(self.window_steps, 1)
+    self._emit(step, record, prefix="")
+    remaining = self.config.steps - step
+    eta = remaining * record["step_time_s"]
+    if self.is_primary:
+      print(f"step {step:>6} | loss {record['loss']:.4f} | lr {record.get('learning_rate', 0):.3e} | "
+            f"grad_norm {record.get('grad_norm', 0):.3f} | {tokens_per_s:,.0f} tok/s | "
+            f"{record['tflops_per_device']:.4f} TFLOP/s/device | ETA {eta:,.0f}s", flush=True)
+    self.window, self.last, self.window_steps = {}, {}, 0
+    self.window_start = time.perf_counter()
+    return record
+
+  def write_eval(self, step: int, sums: dict) -> dict[str, float]:
+    tokens = max(sums["tokens"], 1.0)
+    record = {key[:-4]: value / tokens for key, value in sums.items() if key.endswith("_sum")}
+    record["loss"] = record["ce"]
+    record["perplexity"] = math.exp(min(record["ce"], 50.0))
+    self._emit(step, record, prefix="eval/")
+    if self.is_primary:
+      print(f"eval at step {step}: loss {record['loss']:.4f} | perplexity {record['perplexity']:.2f} "
+            f"({int(sums['tokens'])} tokens)", flush=True)
+    return record
+
+  def _emit(self, step: int, record: dict, prefix: str) -> None:
+    if not self.is_primary:
+      return
+    for key, value in record.items():
+      self.writer.add_scalar(prefix + key, value, step)
+    self.jsonl.write(json.dumps({"step": step, **{prefix + k: v for k, v in record.items()}}) + "\n")
+    self.jsonl.flush()
+    self.writer.flush()
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+      self.jsonl.close()
+
+
+def accumulate_sums(total: dict | None, sums: dict) -> dict:
+  host = {k: float(np.asarray(v)) for k, v in jax.device_get(sums).items()}
+  if total is None:
+    return host
+  return {k: total[k] + host[k] for k in total}

@@ -1,0 +1,135 @@
+"""The Flax NNX Llama-family decoder. Each parameter is declared once (shape, logical axes, init).
+
+Layers are stored stacked with a leading `layers` axis. `scan_layers=true` runs them with one
+compiled body (`jax.lax.scan`); `false` unrolls a Python loop over the same weights, so both
+variants share checkpoints and give the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from MaxText import layers
+from MaxText.sharding import constrain
+
+_REMAT_POLICIES = {
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _param(rngs: nnx.Rngs, shape, logical_axes, dtype, std: float | None) -> nnx.Param:
+  """A parameter: normal(0, std) when std is given, ones otherwise (norm scales)."""
+  if std is None:
+    value = jnp.ones(shape, dtype)
+  else:
+    value = (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+  return nnx.Param(value, logical_axes=tuple(logical_axes))
+
+
+class DecoderOutput(NamedTuple):
+  hidden_BxLxD: jax.Array  # after the final norm, in the compute dtype
+  features: jax.Array | None  # attention outputs of every layer (LxBxLxD) when asked for
+
+
+class StackedLayers(nnx.Module):
+  """Weights of all decoder layers, stacked on a leading `layers` axis."""
+
+  def __init__(self, config, rngs: nnx.Rngs):
+    n, d, f = config.num_decoder_layers, config.emb_dim, config.mlp_dim
+    h, g, k = config.num_query_heads, config.num_kv_heads, config.head_dim
+    wd, std = jnp.dtype(config.weight_dtype), config.init_std
+    self.attn_norm = _param(rngs, (n, d), ("layers", "norm"), wd, None)
+    self.query = _param(rngs, (n, d, h, k), ("layers", "embed", "heads", "head_dim"), wd, std)
+    self.key = _param(rngs, (n, d, g, k), ("layers", "embed", "kv_heads", "head_dim"), wd, std)
+    self.value = _param(rngs, (n, d, g, k), ("layers", "embed", "kv_heads", "head_dim"), wd, std)
+    self.out = _param(rngs, (n, h, k, d), ("layers", "heads", "head_dim", "embed"), wd, std)
+    if config.use_qk_norm:
+      self.q_norm = _param(rngs, (n, k), ("layers", "norm"), wd, None)
+      self.k_norm = _param(rngs, (n, k), ("layers", "norm"), wd, None)
+    self.mlp_norm = _param(rngs, (n, d), ("layers", "norm"), wd, None)
+    self.wi_gate = _param(rngs, (n, d, f), ("layers", "embed", "mlp"), wd, std)
+    self.wi_up = _param(rngs, (n, d, f), ("layers", "embed", "mlp"), wd, std)
+    self.wo = _param(rngs, (n, f, d), ("layers", "mlp", "embed"), wd, std)
+
+  def weights(self) -> dict[str, jax.Array]:
+    return {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Param)}
+
+
+class Decoder(nnx.Module):
+  def __init__(self, config, rngs: nnx.Rngs):
+    self.config = config
+    wd = jnp.dtype(config.weight_dtype)
+    self.token_embedder = _param(rngs, (config.vocab_size, config.emb_dim), ("vocab", "embed"), wd, config.init_std)
+    self.layers = StackedLayers(config, rngs)
+    self.final_norm = _param(rngs, (config.emb_dim,), ("norm",), wd, None)
+    if not config.logits_via_embedding:
+      self.lm_head = _param(rngs, (config.emb_dim, config.vocab_size), ("embed", "vocab"), wd,
+                            config.init_std)
+
+  def output_matrix_DxV(self) -> jax.Array:
+    """The unembedding matrix (the transposed embedding when tied), in the weight dtype."""
+    if self.config.logits_via_embedding:
+      return self.token_embedder[...].T
+    return self.lm_head[...]
+
+  def __call__(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None,
+               return_features: bool = False) -> DecoderOutput:
+    config = self.config
+    dtype = jnp.dtype(config.dtype)
+    if positions_BxL is None:
+      positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
+    if segment_ids_BxL is None:
+      segment_ids_BxL = jnp.ones_like(tokens_BxL)
+    x = jnp.take(self.token_embedder[...], tokens_BxL, axis=0).astype(dtype)
+    x = constrain(x, ("batch", "activation_length", "activation_embed"))
+    inv_freq = layers.rope_inverse_frequencies(config)
+
+    def body(x_BxLxD, layer_weights):
+      out, attn_out = layers.decoder_layer(layer_weights, x_BxLxD, positions_BxL, segment_ids_BxL,
+                                           inv_freq, config)
+      return out, (attn_out if return_features else None)
+
+    if config.remat_policy != "none":
+      body = jax.checkpoint(body, policy=_REMAT_POLICIES[config.remat_policy], prevent_cse=not config.scan_layers)
+    stacked = self.layers.weights()
+    if config.scan_layers:
+      x, features = jax.lax.scan(body, x, stacked)
+    else:
+      per_layer = []
+      for i in range(config.num_decoder_layers):
+        x, feature = body(x, jax.tree.map(lambda w, i=i: w[i], stacked))
+        per_layer.append(feature)
+      features = jnp.stack(per_layer) if return_features else None
+    hidden = layers.rms_norm(x, self.final_norm[...], config.normalization_layer_epsilon)
+    return DecoderOutput(hidden, features)
+
+  def logits(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None) -> jax.Array:
+    """Full float32 logits; for tests, parity and generation (training uses the chunked loss)."""
+    hidden = self(tokens_BxL, positions_BxL, segment_ids_BxL).hidden_BxLxD
+    return jnp.einsum("bld,dv->blv", hidden.astype(jnp.float32), self.output_matrix_DxV().astype(jnp.float32))
+
+
+def abstract_model(config) -> Decoder:
+  return nnx.eval_shape(lambda: Decoder(config, nnx.Rngs(0)))
+
+
+def split_params(model: Decoder):
+  """(graphdef, pure parameter dict, logical-axes dict) of a model or abstract model."""
+  graphdef, state = nnx.split(model)
+  axes = jax.tree.map(lambda v: v.get_metadata()["logical_axes"], state,
+                      is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return graphdef, nnx.to_pure_dict(state), nnx.to_pure_dict(axes)
+
+
+def bind(graphdef, params) -> Decoder:
+  """A Decoder over a pure parameter dict (inside jit: traced arrays)."""
+  return nnx.merge(graphdef, params)
+
+
+def parameter_count(params) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))

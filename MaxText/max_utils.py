@@ -46,11 +46,10 @@ def chunked_sums(chunk_fn: Callable[..., dict], per_token: dict, shared: dict, c
   n = jax.tree.leaves(per_token)[0].shape[0]
   chunk = min(chunk_size, n)
   num_chunks = -(-n // chunk)
-  chunked = jax.tree.map(
-    lambda x: _pad_rows(x, num_chunks * chunk).reshape(num_chunks, chunk, *x.shape[1:]), per_token)
+  chunked = jax.tree.map(lambda x: _pad_rows(x, num_chunks * chunk).reshape(num_chunks, chunk, *x.shape[1:]), per_token)
+  if num_chunks == 1:  # one chunk is the memory budget anyway: no need to recompute it in the backward pass
+    return chunk_fn(jax.tree.map(lambda x: x[0], chunked), shared)
   body = jax.checkpoint(lambda xs: chunk_fn(xs, shared), policy=jax.checkpoint_policies.nothing_saveable)
-  if num_chunks == 1:
-    return body(jax.tree.map(lambda x: x[0], chunked))
 
   def step(total, xs):
     return jax.tree.map(jnp.add, total, body(xs)), None
@@ -65,5 +64,4 @@ def ce_chunk_sums(xs: dict, shared: dict, z_loss: float) -> dict:
   logits = project_logits(xs["hidden"], shared["w_DxV"])
   loss_N, z_N = cross_entropy_with_logits(logits, xs["targets"], z_loss)
   weights = xs["weights"]
-  return {"ce_sum": jnp.sum((loss_N - z_N) * weights), "z_loss_sum": jnp.sum(z_N * weights),
-          "tokens": jnp.sum(weights)}
+  return {"ce_sum": jnp.sum((loss_N - z_N) * weights), "z_loss_sum": jnp.sum(z_N * weights), "tokens": jnp.sum(weights)}

@@ -54,7 +54,8 @@ class MetricLogger:
     if not math.isfinite(objective) or not math.isfinite(host.get("grad_norm", 0.0)):
       raise NonFiniteLossError(
         f"step {step}: loss is {objective / max(host['tokens'], 1):.6g} (not finite); stopping. The last "
-        f"checkpoint saved before this step is intact.")
+        f"checkpoint saved before this step is intact."
+      )
     for key, value in host.items():
       if key.endswith("_sum") or key == "tokens":
         self.window[key] = self.window.get(key, 0.0) + value
@@ -75,7 +76,7 @@ class MetricLogger:
     """Writes the window ending at `step` and starts a new one."""
     elapsed = time.perf_counter() - self.window_start
     record = self.summarize()
-    tokens_per_s = self.window.get("tokens", 0.0) * jax.process_count() / max(elapsed, 1e-9)
+    tokens_per_s = self.window.get("tokens", 0.0) / max(elapsed, 1e-9)  # sums are global (all hosts)
     record["tokens_per_s"] = tokens_per_s
     record["tflops_per_device"] = tokens_per_s * self.flops_per_token / jax.device_count() / 1e12
     record["step_time_s"] = elapsed / max(self.window_steps, 1)
@@ -83,9 +84,12 @@ class MetricLogger:
     remaining = self.config.steps - step
     eta = remaining * record["step_time_s"]
     if self.is_primary:
-      print(f"step {step:>6} | loss {record['loss']:.4f} | lr {record.get('learning_rate', 0):.3e} | "
-            f"grad_norm {record.get('grad_norm', 0):.3f} | {tokens_per_s:,.0f} tok/s | "
-            f"{record['tflops_per_device']:.4f} TFLOP/s/device | ETA {eta:,.0f}s", flush=True)
+      print(
+        f"step {step:>6} | loss {record['loss']:.4f} | lr {record.get('learning_rate', 0):.3e} | "
+        f"grad_norm {record.get('grad_norm', 0):.3f} | {tokens_per_s:,.0f} tok/s | "
+        f"{record['tflops_per_device']:.4f} TFLOP/s/device | ETA {eta:,.0f}s",
+        flush=True,
+      )
     self.window, self.last, self.window_steps = {}, {}, 0
     self.window_start = time.perf_counter()
     return record
@@ -97,8 +101,11 @@ class MetricLogger:
     record["perplexity"] = math.exp(min(record["ce"], 50.0))
     self._emit(step, record, prefix="eval/")
     if self.is_primary:
-      print(f"eval at step {step}: loss {record['loss']:.4f} | perplexity {record['perplexity']:.2f} "
-            f"({int(sums['tokens'])} tokens)", flush=True)
+      print(
+        f"eval at step {step}: loss {record['loss']:.4f} | perplexity {record['perplexity']:.2f} "
+        f"({int(sums['tokens'])} tokens)",
+        flush=True,
+      )
     return record
 
   def _emit(self, step: int, record: dict, prefix: str) -> None:

@@ -68,8 +68,7 @@ class Decoder(nnx.Module):
     self.layers = StackedLayers(config, rngs)
     self.final_norm = _param(rngs, (config.emb_dim,), ("norm",), wd, None)
     if not config.logits_via_embedding:
-      self.lm_head = _param(rngs, (config.emb_dim, config.vocab_size), ("embed", "vocab"), wd,
-                            config.init_std)
+      self.lm_head = _param(rngs, (config.emb_dim, config.vocab_size), ("embed", "vocab"), wd, config.init_std)
 
   def output_matrix_DxV(self) -> jax.Array:
     """The unembedding matrix (the transposed embedding when tied), in the weight dtype."""
@@ -77,8 +76,9 @@ class Decoder(nnx.Module):
       return self.token_embedder[...].T
     return self.lm_head[...]
 
-  def __call__(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None,
-               return_features: bool = False) -> DecoderOutput:
+  def __call__(
+    self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None, return_features: bool = False
+  ) -> DecoderOutput:
     config = self.config
     dtype = jnp.dtype(config.dtype)
     if positions_BxL is None:
@@ -90,8 +90,7 @@ class Decoder(nnx.Module):
     inv_freq = layers.rope_inverse_frequencies(config)
 
     def body(x_BxLxD, layer_weights):
-      out, attn_out = layers.decoder_layer(layer_weights, x_BxLxD, positions_BxL, segment_ids_BxL,
-                                           inv_freq, config)
+      out, attn_out = layers.decoder_layer(layer_weights, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config)
       return out, (attn_out if return_features else None)
 
     if config.remat_policy != "none":
@@ -121,8 +120,7 @@ def abstract_model(config) -> Decoder:
 def split_params(model: Decoder):
   """(graphdef, pure parameter dict, logical-axes dict) of a model or abstract model."""
   graphdef, state = nnx.split(model)
-  axes = jax.tree.map(lambda v: v.get_metadata()["logical_axes"], state,
-                      is_leaf=lambda x: isinstance(x, nnx.Variable))
+  axes = jax.tree.map(lambda v: v.get_metadata()["logical_axes"], state, is_leaf=lambda x: isinstance(x, nnx.Variable))
   return graphdef, nnx.to_pure_dict(state), nnx.to_pure_dict(axes)
 
 

@@ -186,27 +186,59 @@ _ONE_OF = {
 }
 
 _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
-  *[(k, _positive, "a positive integer") for k in (
-    "steps", "vocab_size", "emb_dim", "num_decoder_layers", "num_query_heads", "num_kv_heads", "head_dim",
-    "mlp_dim", "max_target_length", "log_period", "loss_chunk_size", "eval_steps", "checkpoint_period",
-    "max_to_keep", "gradient_accumulation_steps")],
-  *[(k, _positive, "a positive number") for k in (
-    "learning_rate", "per_device_batch_size", "rope_theta", "normalization_layer_epsilon", "init_std")],
-  *[(k, _non_negative, "a number >= 0") for k in (
-    "adam_weight_decay", "gradient_clipping_threshold", "z_loss_multiplier", "eval_interval",
-    "rope_scaling_factor", "adam_eps", "grain_worker_count", "profiler_steps")],
-  *[(k, _fraction, "a value in [0, 1]") for k in (
-    "warmup_steps_fraction", "cosine_learning_rate_final_fraction", "eval_fraction")],
+  *[
+    (k, _positive, "a positive integer")
+    for k in (
+      "steps",
+      "vocab_size",
+      "emb_dim",
+      "num_decoder_layers",
+      "num_query_heads",
+      "num_kv_heads",
+      "head_dim",
+      "mlp_dim",
+      "max_target_length",
+      "log_period",
+      "loss_chunk_size",
+      "eval_steps",
+      "checkpoint_period",
+      "max_to_keep",
+      "gradient_accumulation_steps",
+    )
+  ],
+  *[
+    (k, _positive, "a positive number")
+    for k in ("learning_rate", "per_device_batch_size", "rope_theta", "normalization_layer_epsilon", "init_std")
+  ],
+  *[
+    (k, _non_negative, "a number >= 0")
+    for k in (
+      "adam_weight_decay",
+      "gradient_clipping_threshold",
+      "z_loss_multiplier",
+      "eval_interval",
+      "rope_scaling_factor",
+      "adam_eps",
+      "grain_worker_count",
+      "profiler_steps",
+    )
+  ],
+  *[
+    (k, _fraction, "a value in [0, 1]")
+    for k in ("warmup_steps_fraction", "cosine_learning_rate_final_fraction", "eval_fraction")
+  ],
   *[(k, lambda v: 0.0 <= v < 1.0, "a value in [0, 1)") for k in ("adam_b1", "adam_b2")],
-  *[(f"{p}_{a}_parallelism", _axis, "-1 (fill) or a positive integer")
-    for p in ("ici", "dcn") for a in ("data", "fsdp", "tensor")],
+  *[
+    (f"{p}_{a}_parallelism", _axis, "-1 (fill) or a positive integer")
+    for p in ("ici", "dcn")
+    for a in ("data", "fsdp", "tensor")
+  ],
 ]
 
 
 def _check_relations(v: dict[str, Any]) -> None:
   if v["num_query_heads"] % v["num_kv_heads"]:
-    raise ConfigError(
-      f"num_query_heads: {v['num_query_heads']} must be a multiple of num_kv_heads={v['num_kv_heads']}")
+    raise ConfigError(f"num_query_heads: {v['num_query_heads']} must be a multiple of num_kv_heads={v['num_kv_heads']}")
   if v["rope_scaling_factor"] and v["rope_high_freq_factor"] <= v["rope_low_freq_factor"]:
     raise ConfigError("rope_high_freq_factor: must be larger than rope_low_freq_factor when RoPE scaling is on")
   if v["dataset_type"] in ("jsonl", "parquet", "arrayrecord") and not v["dataset_path"]:
@@ -249,8 +281,9 @@ def initialize(argv: Sequence[str], overrides: dict[str, Any] | None = None) -> 
   cli = {**parse_overrides(argv[1:]), **(overrides or {})}
   staged = merge_layers([(yml_path, from_yml), ("the command line", cli)])
   preset = load_model_preset(staged["model_name"])
-  values = merge_layers([(yml_path, from_yml), (f"model preset {staged['model_name']}", preset),
-                         ("the command line", cli)])
+  values = merge_layers(
+    [(yml_path, from_yml), (f"model preset {staged['model_name']}", preset), ("the command line", cli)]
+  )
   validate(values)
   return Config(**values)
 

@@ -26,8 +26,9 @@ class LogicalAxisRules:
       if unknown:
         raise ValueError(f"sharding rule {logical!r}: unknown mesh axes {unknown}; mesh axes are {MESH_AXES}")
 
-  def spec(self, logical_axes: Sequence[str | None], shape: Sequence[int] | None = None,
-           mesh: Mesh | None = None) -> PartitionSpec:
+  def spec(
+    self, logical_axes: Sequence[str | None], shape: Sequence[int] | None = None, mesh: Mesh | None = None
+  ) -> PartitionSpec:
     """PartitionSpec for a tensor with these logical axes.
 
     With `shape` and `mesh`, a mesh axis that does not divide its dimension is dropped (the dimension
@@ -57,19 +58,21 @@ class LogicalAxisRules:
     return PartitionSpec(*parts)
 
 
-DEFAULT_RULES = LogicalAxisRules({
-  "batch": ("data", "fsdp"),
-  "activation_length": (),
-  "activation_embed": (),
-  "embed": ("fsdp",),
-  "vocab": ("tensor",),
-  "heads": ("tensor",),
-  "kv_heads": ("tensor",),
-  "head_dim": (),
-  "mlp": ("tensor",),
-  "layers": (),
-  "norm": (),
-})
+DEFAULT_RULES = LogicalAxisRules(
+  {
+    "batch": ("data", "fsdp"),
+    "activation_length": (),
+    "activation_embed": (),
+    "embed": ("fsdp",),
+    "vocab": ("tensor",),
+    "heads": ("tensor",),
+    "kv_heads": ("tensor",),
+    "head_dim": (),
+    "mlp": ("tensor",),
+    "layers": (),
+    "norm": (),
+  }
+)
 
 
 def _fill(shape: list[int], total: int, names: Sequence[str]) -> list[int]:
@@ -113,7 +116,10 @@ def logical_shardings(logical_tree, shape_tree, mesh: Mesh, rules: LogicalAxisRu
   """NamedShardings for a tree of logical-axes tuples matching a tree of arrays/ShapeDtypeStructs."""
   return jax.tree.map(
     lambda axes, x: NamedSharding(mesh, rules.spec(axes, x.shape, mesh)),
-    logical_tree, shape_tree, is_leaf=lambda t: isinstance(t, tuple))
+    logical_tree,
+    shape_tree,
+    is_leaf=lambda t: isinstance(t, tuple),
+  )
 
 
 def batch_sharding(mesh: Mesh, rules: LogicalAxisRules = DEFAULT_RULES) -> NamedSharding:

@@ -77,7 +77,7 @@ class HuggingFaceTokenizer:
     self.pad_id = pad if pad is not None else 0
 
   def _find_id(self, declared: str | None, names: tuple[str, ...]) -> int | None:
-    for name in ((declared,) if declared else names):
+    for name in (declared,) if declared else names:
       token_id = self._tok.token_to_id(name)
       if token_id is not None:
         return token_id
@@ -123,7 +123,8 @@ def build_tokenizer(tokenizer_type: str, tokenizer_path: str = "") -> Tokenizer:
 def check_fits_model(tokenizer: Tokenizer, vocab_size: int) -> None:
   if tokenizer.vocab_size > vocab_size:
     raise ValueError(
-      f"vocab_size: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {vocab_size}")
+      f"vocab_size: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {vocab_size}"
+    )
 
 
 def encode_documents(tokenizer: Tokenizer, texts: list[str], add_bos: bool, add_eos: bool) -> list[np.ndarray]:

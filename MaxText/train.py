@@ -28,8 +28,11 @@ def maybe_initialize_distributed(config) -> None:
     return
   kwargs = {}
   if config.coordinator_address:
-    kwargs = {"coordinator_address": config.coordinator_address, "num_processes": config.num_processes or None,
-              "process_id": config.process_id if config.process_id >= 0 else None}
+    kwargs = {
+      "coordinator_address": config.coordinator_address,
+      "num_processes": config.num_processes or None,
+      "process_id": config.process_id if config.process_id >= 0 else None,
+    }
   jax.distributed.initialize(**kwargs)
 
 
@@ -38,10 +41,14 @@ def global_batch_size(config) -> int:
   exact = config.per_device_batch_size * jax.device_count()
   size = int(round(exact))
   if abs(exact - size) > 1e-9 or size < 1:
-    raise ValueError(f"per_device_batch_size: {config.per_device_batch_size} x {jax.device_count()} devices "
-                     f"is not a whole number of sequences")
-  for divisor, key in ((jax.process_count(), "process count"),
-                       (config.gradient_accumulation_steps, "gradient_accumulation_steps")):
+    raise ValueError(
+      f"per_device_batch_size: {config.per_device_batch_size} x {jax.device_count()} devices "
+      f"is not a whole number of sequences"
+    )
+  for divisor, key in (
+    (jax.process_count(), "process count"),
+    (config.gradient_accumulation_steps, "gradient_accumulation_steps"),
+  ):
     if size % divisor:
       raise ValueError(f"per_device_batch_size: global batch {size} is not divisible by the {key} ({divisor})")
   return size
@@ -62,10 +69,14 @@ def to_global(batch: dict, batch_sharding) -> dict:
 def print_summary(config, mesh, params, start_step: int) -> None:
   if jax.process_index() != 0:
     return
-  print(f"model: {model_lib.parameter_count(params):,} parameters | "
-        f"{metrics_lib.flops_per_token(config) / 1e9:.4f} GFLOPs/token (training)")
-  print(f"mesh: {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
-        f"{jax.process_count()} process(es)")
+  print(
+    f"model: {model_lib.parameter_count(params):,} parameters | "
+    f"{metrics_lib.flops_per_token(config) / 1e9:.4f} GFLOPs/token (training)"
+  )
+  print(
+    f"mesh: {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
+    f"{jax.process_count()} process(es)"
+  )
   print(f"keys that differ from base.yml: {pyconfig.non_default_keys(config)}")
   if start_step:
     print(f"resumed from checkpoint at step {start_step}")
@@ -81,8 +92,7 @@ class Trainer:
     self.corpus = build_corpus(config)
     self.layout = make_layout(config, self.mesh)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
-    self.train_iter = input_pipeline.make_iterator(config, self.corpus, "train",
-                                                   self.batch_size // jax.process_count())
+    self.train_iter = input_pipeline.make_iterator(config, self.corpus, "train", self.batch_size // jax.process_count())
     self.manager = checkpointing.create_manager(config) if config.enable_checkpointing else None
     self.state, self.start_step = self._initial_state()
     self.teacher_params = None
@@ -90,9 +100,12 @@ class Trainer:
     self.train_step = jax.jit(
       make_train_step(config, layout.graphdef, layout.tx),
       in_shardings=(layout.state_shardings, None, self.batch_sharding),
-      out_shardings=(layout.state_shardings, None), donate_argnums=(0,))
-    self.eval_step = jax.jit(make_eval_step(config, layout.graphdef),
-                             in_shardings=(layout.param_shardings, None, self.batch_sharding))
+      out_shardings=(layout.state_shardings, None),
+      donate_argnums=(0,),
+    )
+    self.eval_step = jax.jit(
+      make_eval_step(config, layout.graphdef), in_shardings=(layout.param_shardings, None, self.batch_sharding)
+    )
 
   def _initial_state(self):
     restored = None
@@ -102,8 +115,9 @@ class Trainer:
       return restored
     params = None
     if self.config.load_parameters_path:
-      params = checkpointing.load_params(self.config.load_parameters_path, self.layout.abstract_state["params"],
-                                         self.layout.param_shardings)
+      params = checkpointing.load_params(
+        self.config.load_parameters_path, self.layout.abstract_state["params"], self.layout.param_shardings
+      )
     return init_state(self.config, self.layout, params), 0
 
   def evaluate(self, step: int, logger) -> dict:
@@ -119,8 +133,7 @@ class Trainer:
 
   def run(self) -> None:
     config = self.config
-    logger = metrics_lib.MetricLogger(config, checkpointing.run_dir(config), jax.process_index() == 0,
-                                      self.start_step)
+    logger = metrics_lib.MetricLogger(config, checkpointing.run_dir(config), jax.process_index() == 0, self.start_step)
     print_summary(config, self.mesh, self.state["params"], self.start_step)
     pending = None  # metrics are read one step late so the host never stalls the device
     try:
@@ -163,8 +176,7 @@ def main(argv: list[str]) -> int:
     jax.config.update("jax_compilation_cache_dir", config.jax_cache_dir)
   try:
     Trainer(config).run()
-  except (FileNotFoundError, KeyError, ValueError, checkpointing.CheckpointError,
-          metrics_lib.NonFiniteLossError) as e:
+  except (FileNotFoundError, KeyError, ValueError, checkpointing.CheckpointError, metrics_lib.NonFiniteLossError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0

@@ -38,8 +38,13 @@ def make_layout(config, mesh: Mesh, rules=sharding.DEFAULT_RULES) -> StateLayout
   param_shardings = sharding.logical_shardings(logical_axes, abstract_params, mesh, rules)
   abstract_state = jax.eval_shape(lambda p: new_state(p, tx), abstract_params)
   opt_shardings = optax.tree_map_params(
-    tx, lambda _, s: s, abstract_state["opt_state"], param_shardings,
-    transform_non_params=lambda _: _replicated(mesh), is_leaf=lambda x: isinstance(x, NamedSharding))
+    tx,
+    lambda _, s: s,
+    abstract_state["opt_state"],
+    param_shardings,
+    transform_non_params=lambda _: _replicated(mesh),
+    is_leaf=lambda x: isinstance(x, NamedSharding),
+  )
   state_shardings = {"step": _replicated(mesh), "params": param_shardings, "opt_state": opt_shardings}
   return StateLayout(graphdef, logical_axes, tx, param_shardings, state_shardings, abstract_state)
 
@@ -61,6 +66,7 @@ def init_state(config, layout: StateLayout, params=None) -> dict:
   """A step-0 state over `params` (fresh ones when None), sharded by the layout."""
   if params is None:
     params = init_params(config, layout)
-  make = jax.jit(lambda p: new_state(p, layout.tx), in_shardings=(layout.param_shardings,),
-                 out_shardings=layout.state_shardings)
+  make = jax.jit(
+    lambda p: new_state(p, layout.tx), in_shardings=(layout.param_shardings,), out_shardings=layout.state_shardings
+  )
   return make(params)

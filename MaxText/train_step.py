@@ -25,8 +25,11 @@ def token_inputs(config, model, batch) -> dict:
   """Runs the decoder and flattens what the chunked loss needs to one token axis."""
   out = model(batch["inputs"], batch["inputs_position"], batch["inputs_segmentation"])
   hidden = out.hidden_BxLxD
-  return {"hidden": hidden.reshape(-1, hidden.shape[-1]), "targets": batch["targets"].reshape(-1),
-          "weights": (batch["targets_segmentation"] != 0).reshape(-1).astype(jnp.float32)}
+  return {
+    "hidden": hidden.reshape(-1, hidden.shape[-1]),
+    "targets": batch["targets"].reshape(-1),
+    "weights": (batch["targets_segmentation"] != 0).reshape(-1).astype(jnp.float32),
+  }
 
 
 def student_loss_sums(config, graphdef, params, batch) -> tuple[jax.Array, dict]:
@@ -34,7 +37,10 @@ def student_loss_sums(config, graphdef, params, batch) -> tuple[jax.Array, dict]
   model = model_lib.bind(graphdef, params)
   sums = max_utils.chunked_sums(
     functools.partial(max_utils.ce_chunk_sums, z_loss=config.z_loss_multiplier),
-    token_inputs(config, model, batch), {"w_DxV": model.output_matrix_DxV()}, config.loss_chunk_size)
+    token_inputs(config, model, batch),
+    {"w_DxV": model.output_matrix_DxV()},
+    config.loss_chunk_size,
+  )
   return sums["ce_sum"] + sums["z_loss_sum"], sums
 
 
@@ -72,8 +78,11 @@ def make_train_step(config, graphdef, tx, loss_sums=student_loss_sums):
     grads, sums = grads_and_sums(state["params"], teacher_params, batch, state["step"])
     grads = jax.tree.map(lambda g: g / jnp.maximum(sums["tokens"], 1.0), grads)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                 "opt_state": opt_state}
+    new_state = {
+      "step": state["step"] + 1,
+      "params": optax.apply_updates(state["params"], updates),
+      "opt_state": opt_state,
+    }
     metrics = {**sums, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"])}
     return new_state, metrics
 

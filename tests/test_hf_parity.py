@@ -10,16 +10,35 @@ from MaxText import hf_weights, pyconfig  # noqa: E402
 from MaxText.model import Decoder  # noqa: E402
 
 TOL = 1e-4
-COMMON = dict(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, head_dim=8, max_position_embeddings=256)
+COMMON = dict(
+  vocab_size=320,
+  hidden_size=32,
+  intermediate_size=64,
+  num_hidden_layers=2,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  head_dim=8,
+  max_position_embeddings=256,
+)
 
 
 def _ours(hf_model, overrides):
   from flax import nnx
 
-  config = pyconfig.from_dict({"model_name": "default", "dtype": "float32", "vocab_size": 320, "emb_dim": 32,
-                               "mlp_dim": 64, "num_decoder_layers": 2, "num_query_heads": 4, "num_kv_heads": 2,
-                               "head_dim": 8, **overrides})
+  config = pyconfig.from_dict(
+    {
+      "model_name": "default",
+      "dtype": "float32",
+      "vocab_size": 320,
+      "emb_dim": 32,
+      "mlp_dim": 64,
+      "num_decoder_layers": 2,
+      "num_query_heads": 4,
+      "num_kv_heads": 2,
+      "head_dim": 8,
+      **overrides,
+    }
+  )
   tensors = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
   graphdef, _ = nnx.split(Decoder(config, nnx.Rngs(0)))
   return nnx.merge(graphdef, hf_weights.hf_to_params(tensors, config))
@@ -35,20 +54,41 @@ def _compare(hf_model, ours, length=48):
 
 def test_llama_with_llama3_rope_scaling_matches_transformers():
   torch.manual_seed(0)
-  rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-          "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
-  hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**COMMON, rope_parameters=rope,
-                                                              rms_norm_eps=1e-5, tie_word_embeddings=False)).eval()
-  ours = _ours(hf, {"rope_theta": 500000.0, "rope_scaling_factor": 8.0, "rope_original_max_position": 16,
-                    "normalization_layer_epsilon": 1e-5})
+  rope = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+  }
+  hf = transformers.LlamaForCausalLM(
+    transformers.LlamaConfig(**COMMON, rope_parameters=rope, rms_norm_eps=1e-5, tie_word_embeddings=False)
+  ).eval()
+  ours = _ours(
+    hf,
+    {
+      "rope_theta": 500000.0,
+      "rope_scaling_factor": 8.0,
+      "rope_original_max_position": 16,
+      "normalization_layer_epsilon": 1e-5,
+    },
+  )
   _compare(hf, ours)
 
 
 def test_qwen3_with_qk_norm_and_tied_embeddings_matches_transformers():
   torch.manual_seed(1)
-  hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
-    **COMMON, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, rms_norm_eps=1e-6,
-    tie_word_embeddings=True)).eval()
-  ours = _ours(hf, {"rope_theta": 1000000.0, "use_qk_norm": True, "logits_via_embedding": True,
-                                     "normalization_layer_epsilon": 1e-6})
+  hf = transformers.Qwen3ForCausalLM(
+    transformers.Qwen3Config(
+      **COMMON,
+      rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+      rms_norm_eps=1e-6,
+      tie_word_embeddings=True,
+    )
+  ).eval()
+  ours = _ours(
+    hf,
+    {"rope_theta": 1000000.0, "use_qk_norm": True, "logits_via_embedding": True, "normalization_layer_epsilon": 1e-6},
+  )
   _compare(hf, ours)

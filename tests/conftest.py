@@ -1,0 +1,45 @@
+"""Shared helpers: run MaxText/train.py as a subprocess and read what it wrote."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(REPO, "MaxText", "train.py")
+TINY = [
+  "model_name=tiny",
+  "dtype=float32",
+  "max_target_length=32",
+  "per_device_batch_size=4",
+  "log_period=1",
+  "checkpoint_period=1000",
+  "async_checkpointing=false",
+]
+
+
+def run_train(out_dir, *overrides, devices=1, check=True, yml="base.yml", timeout=300):
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+  cmd = [sys.executable, TRAIN, yml, f"base_output_directory={out_dir}", *overrides]
+  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+  return proc
+
+
+def read_metrics(run_dir):
+  with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
+def train_losses(run_dir):
+  return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
+
+
+@pytest.fixture
+def tiny_config():
+  from MaxText import pyconfig
+
+  return pyconfig.from_dict({"model_name": "tiny", "dtype": "float32"})

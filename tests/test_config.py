@@ -1,0 +1,116 @@
+"""Config loading: every shipped yml parses, precedence, and one-line errors naming the key."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+from MaxText import pyconfig
+from MaxText.pyconfig import ConfigError
+
+CONFIGS = os.path.join(os.path.dirname(pyconfig.__file__), "configs")
+
+
+@pytest.mark.parametrize("preset", sorted(os.path.basename(p)[:-4] for p in glob.glob(f"{CONFIGS}/models/*.yml")))
+def test_every_model_preset_parses_and_validates(preset):
+  config = pyconfig.from_dict({"model_name": preset})
+  assert config.model_name == preset
+  assert config.num_query_heads % config.num_kv_heads == 0
+
+
+def test_every_shipped_yml_parses():
+  ymls = [
+    p
+    for p in glob.glob(os.path.join(os.path.dirname(CONFIGS), "..", "**", "*.yml"), recursive=True)
+    if "/models/" not in p and ".venv" not in p and "/outputs/" not in p
+  ]
+  assert ymls, "no yml found"
+  for path in ymls:
+    assert pyconfig.initialize([path]) is not None
+
+
+def test_public_numbers_of_llama31_8b():
+  c = pyconfig.from_dict({"model_name": "llama3.1-8b"})
+  assert (c.vocab_size, c.emb_dim, c.num_decoder_layers, c.num_query_heads, c.num_kv_heads, c.mlp_dim) == (
+    128256,
+    4096,
+    32,
+    32,
+    8,
+    14336,
+  )
+  assert c.rope_theta == 500000.0 and c.rope_scaling_factor == 8.0
+
+
+def test_precedence_base_then_preset_then_command_line():
+  assert pyconfig.from_dict({}).emb_dim == 64  # base.yml
+  assert pyconfig.from_dict({"model_name": "tiny"}).emb_dim == 32  # preset over base
+  assert pyconfig.initialize(["base.yml", "model_name=tiny", "emb_dim=48"]).emb_dim == 48  # command line wins
+
+
+def test_config_is_frozen_and_typed():
+  c = pyconfig.initialize(["base.yml", "steps=7", "learning_rate=1e-3", "rope_theta=500000"])
+  assert c.steps == 7 and isinstance(c.learning_rate, float) and isinstance(c.rope_theta, float)
+  with pytest.raises(AttributeError):
+    c.steps = 3
+
+
+def test_derived_yml_with_base_config(tmp_path):
+  child = tmp_path / "child.yml"
+  child.write_text("base_config: base.yml\nsteps: 11\nmodel_name: tiny\n")
+  c = pyconfig.initialize([str(child), "seed=3"])
+  assert (c.steps, c.emb_dim, c.seed) == (11, 32, 3)
+
+
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (["stpes=3"], "unknown config key 'stpes' in the command line; did you mean 'steps'?"),
+    (["steps=abc"], "steps: expected an integer, got 'abc'"),
+    (["learning_rate=-1"], "learning_rate: expected a positive number, got -1.0"),
+    (["scan_layers=maybe"], "scan_layers: expected true or false, got 'maybe'"),
+    (["dtype=float8"], "dtype: expected one of bfloat16, float32, float16, got 'float8'"),
+    (["num_query_heads=6", "num_kv_heads=4"], "num_query_heads: 6 must be a multiple of num_kv_heads=4"),
+    (["model_name=llama9"], "model_name: no preset 'llama9'"),
+    (["load_parameters_path=/no/such/ckpt"], "load_parameters_path: '/no/such/ckpt' does not exist"),
+    (["adam_b1=1.0"], "adam_b1: expected a value in [0, 1)"),
+    (["steps"], "command-line argument 'steps': expected key=value"),
+  ],
+)
+def test_bad_input_gives_one_line_error_naming_the_key(args, message):
+  with pytest.raises(ConfigError) as info:
+    pyconfig.initialize(["base.yml", *args])
+  assert message in str(info.value)
+  assert "\n" not in str(info.value)
+
+
+def test_unknown_key_in_a_yml_names_the_file(tmp_path):
+  bad = tmp_path / "bad.yml"
+  bad.write_text("base_config: base.yml\nlearnig_rate: 0.1\n")
+  pattern = r"unknown config key 'learnig_rate' in .*bad.yml; did you mean 'learning_rate'"
+  with pytest.raises(ConfigError, match=pattern):
+    pyconfig.initialize([str(bad)])
+
+
+def test_help_lists_every_key_with_default_and_comment():
+  repo = os.path.dirname(os.path.dirname(pyconfig.__file__))
+  out = subprocess.run(
+    [sys.executable, os.path.join(repo, "MaxText", "train.py"), "--help"], capture_output=True, text=True, check=True
+  ).stdout
+  for key in pyconfig.defaults():
+    assert key in out
+  assert "per_device_batch_size" in out and "sequences per device per step" in out
+
+
+def test_every_base_key_has_a_comment():
+  assert set(pyconfig.key_comments()) == set(pyconfig.defaults())
+
+
+def test_bad_config_exits_before_compiling_with_one_line(tmp_path):
+  from tests.conftest import run_train
+
+  proc = run_train(tmp_path, "steps=abc", check=False)
+  assert proc.returncode == 2
+  assert proc.stderr.strip() == "config error: steps: expected an integer, got 'abc'"

@@ -1,0 +1,150 @@
+"""Input pipelines and tokenizers: packing fields, sources, split, iterator state, errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from MaxText import input_pipeline, pyconfig
+from MaxText.tokenizer import ByteTokenizer, build_tokenizer, check_fits_model
+from MaxText.train_tokenizer import main as train_tokenizer
+
+
+def _config(**overrides):
+  return pyconfig.from_dict({"model_name": "tiny", "max_target_length": 16, **overrides})
+
+
+def _batches(config, n, split="train", batch_size=4):
+  corpus = None if config.dataset_type == "synthetic" else input_pipeline.TokenizedCorpus(config, ByteTokenizer())
+  it = input_pipeline.make_iterator(config, corpus, split, batch_size)
+  return [next(it) for _ in range(n)], it
+
+
+def _check_packed_fields(batch):
+  seg, pos = batch["inputs_segmentation"], batch["inputs_position"]
+  assert seg.shape == pos.shape == batch["targets"].shape
+  np.testing.assert_array_equal(seg, batch["targets_segmentation"])
+  for row_seg, row_pos in zip(seg, pos, strict=True):
+    for s in set(row_seg[row_seg > 0].tolist()):
+      np.testing.assert_array_equal(row_pos[row_seg == s], np.arange((row_seg == s).sum()))
+  assert (batch["inputs"][seg == 0] == 0).all()
+
+
+def test_text_windows_pack_and_targets_are_next_tokens(tmp_path):
+  docs = ["first document " * 3, "second one", "third document, a bit longer than sixteen bytes"]
+  for i, d in enumerate(docs):
+    (tmp_path / f"doc{i}.txt").write_text(d)
+  config = _config(dataset_path=str(tmp_path), eval_fraction=0.0)
+  (batch,), _ = _batches(config, 1, batch_size=8)
+  _check_packed_fields(batch)
+  seg = batch["inputs_segmentation"]
+  # within a segment, targets are the inputs shifted by one
+  for row in range(seg.shape[0]):
+    for s in set(seg[row][seg[row] > 0].tolist()):
+      ins, tgt = batch["inputs"][row][seg[row] == s], batch["targets"][row][seg[row] == s]
+      np.testing.assert_array_equal(ins[1:], tgt[:-1])
+  # every document byte is a target exactly once across the epoch's windows
+  corpus = input_pipeline.TokenizedCorpus(config, ByteTokenizer())
+  assert sum(len(w) - 1 for w in corpus.source) == sum(len(d.encode()) + 1 for d in docs)
+
+
+def test_default_text_corpus_is_shakespeare_and_split_is_disjoint_and_stable():
+  config = _config()
+  corpus = input_pipeline.TokenizedCorpus(config, ByteTokenizer())
+  assert len(input_pipeline.shakespeare_files()) == 42
+  train = input_pipeline.split_indices(len(corpus.source), 0.05, "train")
+  evals = input_pipeline.split_indices(len(corpus.source), 0.05, "eval")
+  assert not set(train) & set(evals) and len(train) + len(evals) == len(corpus.source)
+  assert 0.03 < len(evals) / len(corpus.source) < 0.07
+  np.testing.assert_array_equal(evals, input_pipeline.split_indices(len(corpus.source), 0.05, "eval"))
+
+
+def test_iterator_state_round_trip_reproduces_the_next_batches():
+  config = _config()
+  _, it = _batches(config, 3)
+  state = it.get_state()
+  expected = [next(it) for _ in range(2)]
+  _, fresh = _batches(config, 0)
+  fresh.set_state(state)
+  for want in expected:
+    got = next(fresh)
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
+
+
+def test_shuffle_seed_changes_the_order():
+  (a,), _ = _batches(_config(data_shuffle_seed=0), 1)
+  (b,), _ = _batches(_config(data_shuffle_seed=1), 1)
+  assert not np.array_equal(a["inputs"], b["inputs"])
+
+
+def test_jsonl_and_parquet_sources(tmp_path):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  texts = [f"record number {i} says something" for i in range(20)]
+  (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"body": t}) for t in texts))
+  pq.write_table(pa.table({"body": texts}), tmp_path / "d.parquet")
+  for kind, path in (("jsonl", tmp_path / "d.jsonl"), ("parquet", tmp_path / "d.parquet")):
+    config = _config(dataset_type=kind, dataset_path=str(path), data_column="body")
+    corpus = input_pipeline.TokenizedCorpus(config, ByteTokenizer())
+    assert sum(len(w) - 1 for w in corpus.source) == sum(len(t.encode()) + 1 for t in texts)
+    (batch,), _ = _batches(config, 1)
+    _check_packed_fields(batch)
+  with pytest.raises(KeyError, match="data_column: .* has no field 'text'"):
+    input_pipeline.TokenizedCorpus(
+      _config(dataset_type="jsonl", dataset_path=str(tmp_path / "d.jsonl")), ByteTokenizer()
+    )
+
+
+def test_arrayrecord_pretokenized_source(tmp_path):
+  from array_record.python.array_record_module import ArrayRecordWriter
+
+  path = str(tmp_path / "data.arrayrecord")
+  writer = ArrayRecordWriter(path, "group_size:1")
+  docs = [np.arange(3, 3 + n, dtype=np.int32) for n in (5, 40, 17, 9)]
+  for d in docs:
+    writer.write(d.tobytes())
+  writer.close()
+  config = _config(dataset_type="arrayrecord", dataset_path=path, eval_fraction=0.0)
+  corpus = input_pipeline.TokenizedCorpus(config, None)
+  it = input_pipeline.make_iterator(config, corpus, "train", 2)
+  batch = next(it)
+  _check_packed_fields(batch)
+  assert batch["inputs"].max() < 3 + 40
+
+
+def test_synthetic_source_is_deterministic():
+  (a,), _ = _batches(_config(dataset_type="synthetic"), 1)
+  (b,), _ = _batches(_config(dataset_type="synthetic"), 1)
+  np.testing.assert_array_equal(a["inputs"], b["inputs"])
+  assert (a["inputs_segmentation"] == 1).all()
+
+
+def test_unpacked_rows_are_padded_with_segment_zero(tmp_path):
+  (tmp_path / "a.txt").write_text("short")
+  config = _config(dataset_path=str(tmp_path / "a.txt"), packing=False, eval_fraction=0.0)
+  (batch,), _ = _batches(config, 1, batch_size=1)
+  assert batch["inputs_segmentation"][0].tolist() == [1] * 6 + [0] * 10
+
+
+def test_unreadable_data_path_is_a_clear_error():
+  with pytest.raises(FileNotFoundError, match="dataset_path: no readable files match '/no/such/\\*.txt'"):
+    input_pipeline.TokenizedCorpus(_config(dataset_path="/no/such/*.txt"), ByteTokenizer())
+
+
+def test_trained_bpe_and_sentencepiece_tokenizers_round_trip(tmp_path):
+  text = "To be, or not to be, that is the question."
+  for kind, kind_key, file in (
+    ("bpe", "huggingface", "tokenizer.json"),
+    ("sentencepiece", "sentencepiece", "tokenizer.model"),
+  ):
+    out = tmp_path / kind
+    train_tokenizer(["--type", kind, "--vocab_size", "512", "--output", str(out)])
+    tok = build_tokenizer(kind_key, str(out / file))
+    assert tok.vocab_size == 512 and tok.bos_id == 1 and tok.eos_id == 2
+    assert tok.decode(tok.encode(text)) == text
+    assert len(tok.encode(text)) < len(text.encode())
+    check_fits_model(tok, 512)
+    with pytest.raises(ValueError, match="vocab_size: the tokenizer has 512 tokens but the model's vocab_size is 320"):
+      check_fits_model(tok, 320)

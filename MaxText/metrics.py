@@ -21,6 +21,26 @@ def flops_per_token(config) -> float:
   return 3.0 * (2.0 * matmul_params + attention)
 
 
+def _add_kd_views(record: dict) -> None:
+  """The kd/ names of terms every KD run has: student CE on labels, total loss, perplexities."""
+  if "kd/teacher_loss" not in record:
+    return
+  record["kd/hard_loss"] = record["ce"]
+  record["kd/total_loss"] = record["total_loss"] if "total_loss" in record else record["loss"]
+  record["kd/student_perplexity"] = math.exp(min(record["ce"], 50.0))
+  record["kd/teacher_perplexity"] = math.exp(min(record["kd/teacher_loss"], 50.0))
+
+
+def _kd_console(record: dict) -> str:
+  if "kd/soft_loss" not in record:
+    return ""
+  return (
+    f" | kd: hard {record['kd/hard_loss']:.4f} soft {record['kd/soft_loss']:.4f} "
+    f"KL@T1 {record['kd/kl_div_T1']:.4f} top1 {record['kd/top1_agreement']:.3f} "
+    f"alpha {record['kd/alpha']:.2f} T {record['kd/temperature']:.2f}"
+  )
+
+
 class NonFiniteLossError(FloatingPointError):
   pass
 
@@ -69,6 +89,7 @@ class MetricLogger:
     record.setdefault("total_loss", record["ce"] + record.get("z_loss", 0.0))
     record["loss"] = record["total_loss"]
     record["perplexity"] = math.exp(min(record["ce"], 50.0))
+    _add_kd_views(record)
     record.update(self.last)
     return record
 
@@ -87,7 +108,7 @@ class MetricLogger:
       print(
         f"step {step:>6} | loss {record['loss']:.4f} | lr {record.get('learning_rate', 0):.3e} | "
         f"grad_norm {record.get('grad_norm', 0):.3f} | {tokens_per_s:,.0f} tok/s | "
-        f"{record['tflops_per_device']:.4f} TFLOP/s/device | ETA {eta:,.0f}s",
+        f"{record['tflops_per_device']:.4f} TFLOP/s/device | ETA {eta:,.0f}s" + _kd_console(record),
         flush=True,
       )
     self.window, self.last, self.window_steps = {}, {}, 0
@@ -99,6 +120,7 @@ class MetricLogger:
     record = {key[:-4]: value / tokens for key, value in sums.items() if key.endswith("_sum")}
     record["loss"] = record["ce"]
     record["perplexity"] = math.exp(min(record["ce"], 50.0))
+    _add_kd_views(record)
     self._emit(step, record, prefix="eval/")
     if self.is_primary:
       print(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import os
 import re
@@ -182,7 +183,10 @@ _ONE_OF = {
   "tokenizer_type": ("byte", "sentencepiece", "huggingface"),
   "dtype": ("bfloat16", "float32", "float16"),
   "weight_dtype": ("bfloat16", "float32"),
-  "remat_policy": ("none", "full", "save_dot_except_mlp", "save_dots"),
+  "remat_policy": ("none", "full", "save_dots"),
+  "kd_alpha_schedule": ("constant", "linear", "cosine"),
+  "kd_temperature_schedule": ("constant", "linear", "cosine"),
+  "kd_teacher_dtype": ("", "bfloat16", "float32", "float16"),
 }
 
 _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
@@ -208,7 +212,14 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
   ],
   *[
     (k, _positive, "a positive number")
-    for k in ("learning_rate", "per_device_batch_size", "rope_theta", "normalization_layer_epsilon", "init_std")
+    for k in (
+      "learning_rate",
+      "per_device_batch_size",
+      "rope_theta",
+      "normalization_layer_epsilon",
+      "init_std",
+      "kd_temperature",
+    )
   ],
   *[
     (k, _non_negative, "a number >= 0")
@@ -221,12 +232,15 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "adam_eps",
       "grain_worker_count",
       "profiler_steps",
+      "kd_top_k",
     )
   ],
   *[
     (k, _fraction, "a value in [0, 1]")
-    for k in ("warmup_steps_fraction", "cosine_learning_rate_final_fraction", "eval_fraction")
+    for k in ("warmup_steps_fraction", "cosine_learning_rate_final_fraction", "eval_fraction", "kd_alpha", "kd_top_p")
   ],
+  ("kd_alpha_end", lambda v: v == -1.0 or 0.0 <= v <= 1.0, "a value in [0, 1] (or -1 = unset)"),
+  ("kd_temperature_end", lambda v: v == -1.0 or v > 0, "a positive number (or -1 = unset)"),
   *[(k, lambda v: 0.0 <= v < 1.0, "a value in [0, 1)") for k in ("adam_b1", "adam_b2")],
   *[
     (f"{p}_{a}_parallelism", _axis, "-1 (fill) or a positive integer")
@@ -250,6 +264,132 @@ def _check_relations(v: dict[str, Any]) -> None:
       raise ConfigError(f"{key}: {v[key]!r} does not exist")
 
 
+# Keys that describe a model's architecture and numerics: the teacher has its own values for these.
+MODEL_KEYS = (
+  "vocab_size",
+  "emb_dim",
+  "num_decoder_layers",
+  "num_query_heads",
+  "num_kv_heads",
+  "head_dim",
+  "mlp_dim",
+  "normalization_layer_epsilon",
+  "rope_theta",
+  "rope_scaling_factor",
+  "rope_low_freq_factor",
+  "rope_high_freq_factor",
+  "rope_original_max_position",
+  "use_qk_norm",
+  "logits_via_embedding",
+  "init_std",
+  "weight_dtype",
+  "scan_layers",
+)
+
+
+def _check_kd(v: dict[str, Any]) -> None:
+  base = defaults()
+  if not v["use_kd"]:
+    stray = [k for k in base if k.startswith("kd_") and v[k] != base[k]]
+    if stray:
+      raise ConfigError(f"{stray[0]}: set to {v[stray[0]]!r} but use_kd is false (set use_kd=true)")
+    return
+  for name in ("kd_alpha", "kd_temperature"):
+    if v[f"{name}_schedule"] != "constant" and v[f"{name}_end"] == -1.0:
+      raise ConfigError(f"{name}_end: required by {name}_schedule={v[f'{name}_schedule']}")
+  if v["kd_top_k"] and v["kd_top_p"]:
+    raise ConfigError("kd_top_p: exclusive with kd_top_k (use one pruning rule)")
+  if v["kd_use_other_bucket"] and not (v["kd_top_k"] or v["kd_top_p"]):
+    raise ConfigError("kd_use_other_bucket: needs pruning (kd_top_k or kd_top_p); without it there is no OTHER mass")
+  if v["kd_use_hard_labels"]:
+    meaningless = [
+      k
+      for k in (
+        "kd_top_k",
+        "kd_top_p",
+        "kd_use_other_bucket",
+        "kd_temperature",
+        "kd_temperature_end",
+        "kd_temperature_schedule",
+      )
+      if v[k] != base[k]
+    ]
+    if meaningless:
+      raise ConfigError(f"{meaningless[0]}: has no effect with kd_use_hard_labels (the teacher's argmax ignores it)")
+  path = v["kd_teacher_parameters_path"]
+  if not path:
+    if v["kd_teacher_model_name"] or v["kd_teacher_overrides"]:
+      raise ConfigError(
+        "kd_teacher_model_name: a teacher architecture needs kd_teacher_parameters_path "
+        "(empty path = self-distillation from the student's own initial parameters)"
+      )
+    return
+  if not os.path.isdir(path):
+    raise ConfigError(f"kd_teacher_parameters_path: {path!r} does not exist or is not a folder")
+  if not os.access(path, os.R_OK | os.X_OK):
+    raise ConfigError(f"kd_teacher_parameters_path: {path!r} is not readable")
+
+
+def teacher_model_values(v: dict[str, Any]) -> dict[str, Any]:
+  """The teacher's model keys: base.yml < teacher preset < kd_teacher_overrides (student CLI keys never leak)."""
+  base = defaults()
+  preset_name = v["kd_teacher_model_name"] or v["model_name"]
+  preset = load_model_preset(preset_name)
+  pairs = [p for p in v["kd_teacher_overrides"].split(",") if p.strip()]
+  overrides = parse_overrides(pairs)
+  for key in overrides:
+    _check_known(key, list(MODEL_KEYS), "kd_teacher_overrides")
+  model = {k: base[k] for k in MODEL_KEYS}
+  for layer in (preset, overrides):
+    for key, value in layer.items():
+      if key in MODEL_KEYS:
+        model[key] = _coerce(key, value, base[key])
+  return model
+
+
+def _check_teacher(v: dict[str, Any]) -> None:
+  if not (v["use_kd"] and v["kd_teacher_parameters_path"]):
+    return
+  teacher = teacher_model_values(v)
+  if teacher["vocab_size"] != v["vocab_size"]:
+    raise ConfigError(
+      f"kd_teacher_overrides: teacher vocab_size {teacher['vocab_size']} differs from the "
+      f"student's vocab_size {v['vocab_size']}; they must match"
+    )
+  if teacher["num_query_heads"] % teacher["num_kv_heads"]:
+    raise ConfigError("kd_teacher_overrides: teacher num_query_heads must be a multiple of its num_kv_heads")
+  _check_against_saved_config(v["kd_teacher_parameters_path"], teacher)
+
+
+def _check_against_saved_config(path: str, teacher: dict[str, Any]) -> None:
+  """A checkpoint of a run (<run>/checkpoints/<step>) has the run's config.json two levels up: compare."""
+  saved_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "config.json")
+  if not os.path.isfile(saved_path):
+    return
+  with open(saved_path, encoding="utf-8") as f:
+    saved = json.load(f)
+  for key in MODEL_KEYS:
+    if key in saved and key != "scan_layers" and saved[key] != teacher[key]:
+      raise ConfigError(
+        f"kd_teacher_overrides: teacher {key}={teacher[key]!r} but the checkpoint at {path!r} was "
+        f"trained with {key}={saved[key]!r} (set kd_teacher_model_name / kd_teacher_overrides)"
+      )
+
+
+def teacher_config(config) -> Any:
+  """The teacher's Config: the student's run keys with the teacher's own model keys (itself when self-distilling)."""
+  if not config.kd_teacher_parameters_path:
+    return config
+  values = dataclasses.asdict(config)
+  values.update(teacher_model_values(values))
+  values.update(
+    model_name=config.kd_teacher_model_name or config.model_name,
+    remat_policy="none",
+    dtype=config.kd_teacher_dtype or config.dtype,
+  )
+  return Config(**values)
+
+
 def validate(values: dict[str, Any]) -> None:
   for key, choices in _ONE_OF.items():
     if values[key] not in choices:
@@ -259,6 +399,8 @@ def validate(values: dict[str, Any]) -> None:
     if isinstance(value, float) and not math.isfinite(value) or not ok(value):
       raise ConfigError(f"{key}: expected {expected}, got {value!r}")
   _check_relations(values)
+  _check_kd(values)
+  _check_teacher(values)
 
 
 def _make_config_class(base: dict[str, Any]) -> type:

@@ -5,6 +5,8 @@ config -> mesh -> state (+ teacher) -> input pipeline -> jitted train_step -> me
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import sys
 import time
@@ -15,12 +17,12 @@ if __package__ in (None, ""):  # run as a script: make `import MaxText` work fro
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from MaxText import checkpointing, input_pipeline, pyconfig, sharding  # noqa: E402
+from MaxText import checkpointing, distillation, input_pipeline, pyconfig, sharding  # noqa: E402
 from MaxText import metrics as metrics_lib  # noqa: E402
 from MaxText import model as model_lib  # noqa: E402
 from MaxText.tokenizer import build_tokenizer, check_fits_model  # noqa: E402
 from MaxText.train_state import init_state, make_layout  # noqa: E402
-from MaxText.train_step import make_eval_step, make_train_step  # noqa: E402
+from MaxText.train_step import make_eval_step, make_train_step, student_loss_sums  # noqa: E402
 
 
 def maybe_initialize_distributed(config) -> None:
@@ -66,7 +68,16 @@ def to_global(batch: dict, batch_sharding) -> dict:
   return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in batch.items()}
 
 
-def print_summary(config, mesh, params, start_step: int) -> None:
+def save_run_config(config) -> None:
+  """The run's full config as JSON beside its checkpoints (read when the run later serves as a teacher)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(checkpointing.run_dir(config), exist_ok=True)
+  with open(os.path.join(checkpointing.run_dir(config), "config.json"), "w", encoding="utf-8") as f:
+    json.dump(dataclasses.asdict(config), f, indent=1)
+
+
+def print_summary(config, mesh, params, teacher_params, start_step: int) -> None:
   if jax.process_index() != 0:
     return
   print(
@@ -78,6 +89,16 @@ def print_summary(config, mesh, params, start_step: int) -> None:
     f"{jax.process_count()} process(es)"
   )
   print(f"keys that differ from base.yml: {pyconfig.non_default_keys(config)}")
+  if config.use_kd and not config.kd_teacher_parameters_path:
+    print(
+      "distillation: SELF-DISTILLATION - kd_teacher_parameters_path is empty, so the student's own initial "
+      "parameters, frozen, act as the teacher"
+    )
+  elif config.use_kd:
+    print(
+      f"distillation: teacher {config.kd_teacher_parameters_path} "
+      f"({model_lib.parameter_count(teacher_params):,} parameters, frozen)"
+    )
   if start_step:
     print(f"resumed from checkpoint at step {start_step}")
 
@@ -95,16 +116,22 @@ class Trainer:
     self.train_iter = input_pipeline.make_iterator(config, self.corpus, "train", self.batch_size // jax.process_count())
     self.manager = checkpointing.create_manager(config) if config.enable_checkpointing else None
     self.state, self.start_step = self._initial_state()
-    self.teacher_params = None
     layout = self.layout
+    loss_sums, step_metrics, teacher_shardings = student_loss_sums, None, None
+    self.teacher_params = None
+    if config.use_kd:
+      teacher, self.teacher_params = distillation.load_teacher(config, self.mesh, layout)
+      loss_sums, step_metrics = distillation.make_kd_loss(config, teacher), distillation.step_metrics(config)
+      teacher_shardings = teacher.param_shardings
     self.train_step = jax.jit(
-      make_train_step(config, layout.graphdef, layout.tx),
-      in_shardings=(layout.state_shardings, None, self.batch_sharding),
+      make_train_step(config, layout.graphdef, layout.tx, loss_sums, step_metrics),
+      in_shardings=(layout.state_shardings, teacher_shardings, self.batch_sharding),
       out_shardings=(layout.state_shardings, None),
       donate_argnums=(0,),
     )
     self.eval_step = jax.jit(
-      make_eval_step(config, layout.graphdef), in_shardings=(layout.param_shardings, None, self.batch_sharding)
+      make_eval_step(config, layout.graphdef, loss_sums),
+      in_shardings=(layout.param_shardings, teacher_shardings, self.batch_sharding, None),
     )
 
   def _initial_state(self):
@@ -126,7 +153,8 @@ class Trainer:
     total = None
     for _ in range(self.config.eval_steps):
       batch = to_global(next(eval_iter), self.batch_sharding)
-      total = metrics_lib.accumulate_sums(total, self.eval_step(self.state["params"], self.teacher_params, batch))
+      sums = self.eval_step(self.state["params"], self.teacher_params, batch, self.state["step"])
+      total = metrics_lib.accumulate_sums(total, sums)
     record = logger.write_eval(step, total)
     logger.window_start += time.perf_counter() - started  # eval time is not training throughput
     return record
@@ -134,7 +162,8 @@ class Trainer:
   def run(self) -> None:
     config = self.config
     logger = metrics_lib.MetricLogger(config, checkpointing.run_dir(config), jax.process_index() == 0, self.start_step)
-    print_summary(config, self.mesh, self.state["params"], self.start_step)
+    save_run_config(config)
+    print_summary(config, self.mesh, self.state["params"], self.teacher_params, self.start_step)
     pending = None  # metrics are read one step late so the host never stalls the device
     try:
       with jax.set_mesh(self.mesh):

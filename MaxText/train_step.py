@@ -48,8 +48,9 @@ def _split_micro_batches(batch: dict, num: int) -> dict:
   return jax.tree.map(lambda x: x.reshape(num, x.shape[0] // num, *x.shape[1:]), batch)
 
 
-def make_train_step(config, graphdef, tx, loss_sums=student_loss_sums):
-  """Builds the step; `loss_sums(config, graphdef, params, batch[, teacher_params, step])` is pluggable."""
+def make_train_step(config, graphdef, tx, loss_sums=student_loss_sums, step_metrics=None):
+  """Builds the step; `loss_sums(config, graphdef, params, batch[, teacher_params, step])` is pluggable and
+  `step_metrics(step)` adds per-step values (KD's alpha and temperature) to the metrics."""
   schedule = learning_rate_schedule(config)
 
   def grads_and_sums(params, teacher_params, batch, step):
@@ -84,15 +85,17 @@ def make_train_step(config, graphdef, tx, loss_sums=student_loss_sums):
       "opt_state": opt_state,
     }
     metrics = {**sums, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"])}
+    if step_metrics is not None:
+      metrics.update(step_metrics(state["step"]))
     return new_state, metrics
 
   return train_step
 
 
 def make_eval_step(config, graphdef, loss_sums=student_loss_sums):
-  def eval_step(params, teacher_params, batch):
+  def eval_step(params, teacher_params, batch, step):
     if teacher_params is None:
       return loss_sums(config, graphdef, params, batch)[1]
-    return loss_sums(config, graphdef, params, batch, teacher_params, None)[1]
+    return loss_sums(config, graphdef, params, batch, teacher_params, step)[1]
 
   return eval_step

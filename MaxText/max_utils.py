@@ -76,7 +76,7 @@ def _weighted_logsumexp(x_NxV: jax.Array, weights_NxV: jax.Array) -> jax.Array:
   shifted_max_N = jnp.max(x_NxV + (weights_NxV - 1.0) * -_FLOAT_MIN, axis=-1)
   shifted_max_N = jnp.maximum(shifted_max_N, _FLOAT_MIN)  # rows with no weight
   total_N = jnp.sum(jnp.exp(jnp.minimum(x_NxV - shifted_max_N[:, None], 0.0)) * weights_NxV, axis=-1)
-  return shifted_max_N + jnp.log(total_N)
+  return shifted_max_N + jnp.log(jnp.maximum(total_N, 1e-38))  # finite (and unused) for rows with no weight
 
 
 class TeacherTarget(NamedTuple):
@@ -135,7 +135,7 @@ def _divergence_fwd(with_other, student_NxV, temperature, target_NxV, log_target
   if with_other:
     lse_pruned_N = _weighted_logsumexp(x, pruned_NxV)
     log_other = jnp.log(jnp.maximum(other_mass_N, 1e-38))
-    value = value + other_mass_N * (log_other - lse_pruned_N + lse_N)
+    value = value + jnp.where(other_mass_N > 0, other_mass_N * (log_other - lse_pruned_N + lse_N), 0.0)
   return value, (student_NxV, temperature, target_NxV, other_mass_N, pruned_NxV, lse_N, lse_pruned_N)
 
 

@@ -14,10 +14,10 @@ import math
 import jax
 import jax.numpy as jnp
 
-from MaxText import checkpointing, max_utils, pyconfig, sharding
+from MaxText import checkpointing, feature_distillation, max_utils, pyconfig, sharding
 from MaxText import model as model_lib
 from MaxText.train_state import init_params
-from MaxText.train_step import token_inputs
+from MaxText.train_step import run_decoder, token_inputs
 
 
 def schedule_value(start: float, end: float, kind: str, step, total_steps: int):
@@ -32,6 +32,10 @@ def schedule_value(start: float, end: float, kind: str, step, total_steps: int):
 
 def alpha_at(config, step):
   return schedule_value(config.kd_alpha, config.kd_alpha_end, config.kd_alpha_schedule, step, config.steps)
+
+
+def beta_at(config, step):
+  return schedule_value(config.kd_beta, config.kd_beta_end, config.kd_beta_schedule, step, config.steps)
 
 
 def temperature_at(config, step):
@@ -112,13 +116,15 @@ class Teacher:
 def make_kd_loss(config, teacher: Teacher):
   """`loss_sums(config, graphdef, params, batch, teacher_params, step)` for `make_train_step`."""
   options = KDOptions.from_config(config)
+  with_features = pyconfig.uses_features(dataclasses.asdict(config))
 
   def loss_sums(config, graphdef, params, batch, teacher_params, step):
     student = model_lib.bind(graphdef, params)
     teacher_model = model_lib.bind(teacher.graphdef, jax.lax.stop_gradient(teacher_params))
-    per_token = token_inputs(config, student, batch)
-    teacher_hidden = teacher_model(batch["inputs"], batch["inputs_position"], batch["inputs_segmentation"])
-    hidden = jax.lax.stop_gradient(teacher_hidden.hidden_BxLxD)
+    student_out = run_decoder(student, batch, with_features)
+    teacher_out = run_decoder(teacher_model, batch, with_features)
+    per_token = token_inputs(student_out.hidden_BxLxD, batch)
+    hidden = jax.lax.stop_gradient(teacher_out.hidden_BxLxD)
     per_token["teacher_hidden"] = hidden.reshape(-1, hidden.shape[-1])
     shared = {
       "w_DxV": student.output_matrix_DxV(),
@@ -129,6 +135,13 @@ def make_kd_loss(config, teacher: Teacher):
     sums = max_utils.chunked_sums(
       functools.partial(kd_chunk_sums, options=options), per_token, shared, config.loss_chunk_size
     )
+    if with_features:
+      projection = student.kd_projection[...] if hasattr(student, "kd_projection") else None
+      feature_sum = feature_distillation.feature_loss_sum(
+        config, student_out.features, teacher_out.features, projection, per_token["weights"]
+      )
+      sums["kd/feature_loss_sum"] = beta_at(config, step) * feature_sum
+      sums["total_loss_sum"] = sums["total_loss_sum"] + sums["kd/feature_loss_sum"]
     return sums["total_loss_sum"], sums
 
   return loss_sums
@@ -136,7 +149,15 @@ def make_kd_loss(config, teacher: Teacher):
 
 def step_metrics(config):
   """Per-step values logged as they are (not token sums)."""
-  return lambda step: {"kd/alpha": alpha_at(config, step), "kd/temperature": temperature_at(config, step)}
+  with_features = pyconfig.uses_features(dataclasses.asdict(config))
+
+  def values(step):
+    out = {"kd/alpha": alpha_at(config, step), "kd/temperature": temperature_at(config, step)}
+    if with_features:
+      out["kd/beta"] = beta_at(config, step)
+    return out
+
+  return values
 
 
 def load_teacher(config, mesh, layout) -> tuple[Teacher, object]:

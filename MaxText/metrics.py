@@ -38,6 +38,7 @@ def _kd_console(record: dict) -> str:
     f" | kd: hard {record['kd/hard_loss']:.4f} soft {record['kd/soft_loss']:.4f} "
     f"KL@T1 {record['kd/kl_div_T1']:.4f} top1 {record['kd/top1_agreement']:.3f} "
     f"alpha {record['kd/alpha']:.2f} T {record['kd/temperature']:.2f}"
+    + (f" feature {record['kd/feature_loss']:.4f} beta {record['kd/beta']:.3g}" if "kd/beta" in record else "")
   )
 
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from MaxText import layers
+from MaxText import layers, pyconfig
 from MaxText.sharding import constrain
 
 _REMAT_POLICIES = {
@@ -69,6 +69,9 @@ class Decoder(nnx.Module):
     self.final_norm = _param(rngs, (config.emb_dim,), ("norm",), wd, None)
     if not config.logits_via_embedding:
       self.lm_head = _param(rngs, (config.emb_dim, config.vocab_size), ("embed", "vocab"), wd, config.init_std)
+    projection = pyconfig.feature_projection_shape(config)
+    if projection is not None:  # feature KD: student width -> teacher width per aligned layer
+      self.kd_projection = _param(rngs, projection, ("layers", "embed", None), wd, projection[1] ** -0.5)
 
   def output_matrix_DxV(self) -> jax.Array:
     """The unembedding matrix (the transposed embedding when tied), in the weight dtype."""

@@ -186,6 +186,8 @@ _ONE_OF = {
   "remat_policy": ("none", "full", "save_dots"),
   "kd_alpha_schedule": ("constant", "linear", "cosine"),
   "kd_temperature_schedule": ("constant", "linear", "cosine"),
+  "kd_beta_schedule": ("constant", "linear", "cosine"),
+  "kd_feature_loss_type": ("cosine", "l2"),
   "kd_teacher_dtype": ("", "bfloat16", "float32", "float16"),
 }
 
@@ -240,6 +242,8 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     for k in ("warmup_steps_fraction", "cosine_learning_rate_final_fraction", "eval_fraction", "kd_alpha", "kd_top_p")
   ],
   ("kd_alpha_end", lambda v: v == -1.0 or 0.0 <= v <= 1.0, "a value in [0, 1] (or -1 = unset)"),
+  ("kd_beta", _non_negative, "a number >= 0"),
+  ("kd_beta_end", lambda v: v == -1.0 or v >= 0, "a number >= 0 (or -1 = unset)"),
   ("kd_temperature_end", lambda v: v == -1.0 or v > 0, "a positive number (or -1 = unset)"),
   *[(k, lambda v: 0.0 <= v < 1.0, "a value in [0, 1)") for k in ("adam_b1", "adam_b2")],
   *[
@@ -294,7 +298,7 @@ def _check_kd(v: dict[str, Any]) -> None:
     if stray:
       raise ConfigError(f"{stray[0]}: set to {v[stray[0]]!r} but use_kd is false (set use_kd=true)")
     return
-  for name in ("kd_alpha", "kd_temperature"):
+  for name in ("kd_alpha", "kd_temperature", "kd_beta"):
     if v[f"{name}_schedule"] != "constant" and v[f"{name}_end"] == -1.0:
       raise ConfigError(f"{name}_end: required by {name}_schedule={v[f'{name}_schedule']}")
   if v["kd_top_k"] and v["kd_top_p"]:
@@ -376,6 +380,77 @@ def _check_against_saved_config(path: str, teacher: dict[str, Any]) -> None:
       )
 
 
+def _indices(key: str, raw: str) -> list[int] | None:
+  if not raw.strip():
+    return None
+  try:
+    return [int(x) for x in raw.split(",")]
+  except ValueError:
+    raise ConfigError(f"{key}: expected comma-separated layer numbers, got {raw!r}") from None
+
+
+def feature_layer_pairs(v: dict[str, Any]) -> list[tuple[int, int]]:
+  """(student layer, teacher layer) pairs aligned by the feature term, checked against both depths."""
+  student_depth = v["num_decoder_layers"]
+  teacher = teacher_model_values(v) if v["kd_teacher_parameters_path"] else v
+  teacher_depth = teacher["num_decoder_layers"]
+  student = _indices("kd_layer_indices", v["kd_layer_indices"])
+  if student is None:  # evenly spaced, ending at the last layer
+    count = min(4, student_depth)
+    student = [round((i + 1) * student_depth / count) - 1 for i in range(count)]
+  matched = _indices("kd_teacher_layer_indices", v["kd_teacher_layer_indices"])
+  if matched is None:  # the same relative depth
+    matched = [round((s + 1) * teacher_depth / student_depth) - 1 for s in student]
+  if len(matched) != len(student):
+    raise ConfigError(f"kd_teacher_layer_indices: {len(matched)} layers given for {len(student)} student layers")
+  for key, layers, depth in (
+    ("kd_layer_indices", student, student_depth),
+    ("kd_teacher_layer_indices", matched, teacher_depth),
+  ):
+    bad = [i for i in layers if not 0 <= i < depth]
+    if bad:
+      raise ConfigError(f"{key}: layer {bad[0]} is out of range for a {depth}-layer model")
+  return list(zip(student, matched, strict=True))
+
+
+def uses_features(v: dict[str, Any]) -> bool:
+  return bool(v["use_kd"]) and (v["kd_beta"] > 0 or v["kd_beta_end"] > 0)
+
+
+def _check_features(v: dict[str, Any]) -> None:
+  base = defaults()
+  if v["kd_beta"] == 0 and v["kd_beta_end"] > 0:
+    raise ConfigError(
+      "kd_beta: 0 with kd_beta_end > 0 would compile a step without features; start the schedule "
+      "from a small positive value (e.g. kd_beta=1e-4)"
+    )
+  if not uses_features(v):
+    stray = [
+      k
+      for k in ("kd_feature_loss_type", "kd_layer_indices", "kd_teacher_layer_indices", "kd_feature_projection")
+      if v[k] != base[k]
+    ]
+    if stray:
+      raise ConfigError(f"{stray[0]}: has no effect with kd_beta=0 (feature distillation is off)")
+    return
+  feature_layer_pairs(v)
+  teacher_width = teacher_model_values(v)["emb_dim"] if v["kd_teacher_parameters_path"] else v["emb_dim"]
+  if not v["kd_feature_projection"] and teacher_width != v["emb_dim"]:
+    raise ConfigError(
+      f"kd_feature_projection: student width {v['emb_dim']} differs from teacher width "
+      f"{teacher_width}; features can only be compared through a projection (set it true)"
+    )
+
+
+def feature_projection_shape(config) -> tuple[int, int, int] | None:
+  """(aligned layers, student width, teacher width) of the learned feature projection, or None."""
+  v = dataclasses.asdict(config)
+  if not (uses_features(v) and config.kd_feature_projection):
+    return None
+  teacher_width = teacher_model_values(v)["emb_dim"] if config.kd_teacher_parameters_path else config.emb_dim
+  return len(feature_layer_pairs(v)), config.emb_dim, teacher_width
+
+
 def teacher_config(config) -> Any:
   """The teacher's Config: the student's run keys with the teacher's own model keys (itself when self-distilling)."""
   if not config.kd_teacher_parameters_path:
@@ -386,6 +461,8 @@ def teacher_config(config) -> Any:
     model_name=config.kd_teacher_model_name or config.model_name,
     remat_policy="none",
     dtype=config.kd_teacher_dtype or config.dtype,
+    kd_beta=0.0,  # the teacher carries no feature projection of its own
+    kd_beta_end=-1.0,
   )
   return Config(**values)
 
@@ -401,6 +478,7 @@ def validate(values: dict[str, Any]) -> None:
   _check_relations(values)
   _check_kd(values)
   _check_teacher(values)
+  _check_features(values)
 
 
 def _make_config_class(base: dict[str, Any]) -> type:

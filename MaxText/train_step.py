@@ -21,15 +21,17 @@ from MaxText.optimizers import learning_rate_schedule
 BATCH_KEYS = ("inputs", "inputs_position", "inputs_segmentation", "targets", "targets_segmentation")
 
 
-def token_inputs(config, model, batch) -> dict:
-  """Runs the decoder and flattens what the chunked loss needs to one token axis."""
-  out = model(batch["inputs"], batch["inputs_position"], batch["inputs_segmentation"])
-  hidden = out.hidden_BxLxD
+def token_inputs(hidden_BxLxD, batch) -> dict:
+  """Flattens what the chunked loss needs to one token axis."""
   return {
-    "hidden": hidden.reshape(-1, hidden.shape[-1]),
+    "hidden": hidden_BxLxD.reshape(-1, hidden_BxLxD.shape[-1]),
     "targets": batch["targets"].reshape(-1),
     "weights": (batch["targets_segmentation"] != 0).reshape(-1).astype(jnp.float32),
   }
+
+
+def run_decoder(model, batch, return_features: bool = False):
+  return model(batch["inputs"], batch["inputs_position"], batch["inputs_segmentation"], return_features)
 
 
 def student_loss_sums(config, graphdef, params, batch) -> tuple[jax.Array, dict]:
@@ -37,7 +39,7 @@ def student_loss_sums(config, graphdef, params, batch) -> tuple[jax.Array, dict]
   model = model_lib.bind(graphdef, params)
   sums = max_utils.chunked_sums(
     functools.partial(max_utils.ce_chunk_sums, z_loss=config.z_loss_multiplier),
-    token_inputs(config, model, batch),
+    token_inputs(run_decoder(model, batch).hidden_BxLxD, batch),
     {"w_DxV": model.output_matrix_DxV()},
     config.loss_chunk_size,
   )

@@ -22,7 +22,7 @@ COMMON = dict(
 )
 
 
-def _ours(hf_model, overrides):
+def _ours(hf_model, overrides, tensors=None):
   from flax import nnx
 
   config = pyconfig.from_dict(
@@ -39,7 +39,8 @@ def _ours(hf_model, overrides):
       **overrides,
     }
   )
-  tensors = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
+  if tensors is None:
+    tensors = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
   graphdef, _ = nnx.split(Decoder(config, nnx.Rngs(0)))
   return nnx.merge(graphdef, hf_weights.hf_to_params(tensors, config))
 
@@ -77,7 +78,7 @@ def test_llama_with_llama3_rope_scaling_matches_transformers():
   _compare(hf, ours)
 
 
-def test_qwen3_with_qk_norm_and_tied_embeddings_matches_transformers():
+def test_qwen3_with_qk_norm_and_tied_embeddings_matches_transformers(tmp_path):
   torch.manual_seed(1)
   hf = transformers.Qwen3ForCausalLM(
     transformers.Qwen3Config(
@@ -87,8 +88,10 @@ def test_qwen3_with_qk_norm_and_tied_embeddings_matches_transformers():
       tie_word_embeddings=True,
     )
   ).eval()
+  hf.save_pretrained(tmp_path)  # read back through safetensors, as real checkpoints are
   ours = _ours(
     hf,
     {"rope_theta": 1000000.0, "use_qk_norm": True, "logits_via_embedding": True, "normalization_layer_epsilon": 1e-6},
+    hf_weights.read_safetensors_dir(str(tmp_path)),
   )
   _compare(hf, ours)

@@ -39,9 +39,24 @@ def test_analytic_top_p_with_other_bucket():
 
 def test_top_p_keeps_a_token_while_the_mass_strictly_before_it_is_below_p():
   logp = jnp.log(jnp.array([[0.5, 0.25, 0.15, 0.1]]))
-  assert max_utils.top_p_mask(logp, 0.75).tolist() == [[True, True, False, False]]  # 0.75 is not < 0.75
-  assert max_utils.top_p_mask(logp, 0.7500001).tolist() == [[True, True, True, False]]
-  assert max_utils.top_p_mask(logp, 0.3).tolist() == [[True, False, False, False]]
+  assert max_utils.top_p_mask(logp, 0.75).tolist() == [[1, 1, 0, 0]]  # 0.75 is not < 0.75
+  assert max_utils.top_p_mask(logp, 0.7500001).tolist() == [[1, 1, 1, 0]]
+  assert max_utils.top_p_mask(logp, 0.3).tolist() == [[1, 0, 0, 0]]
+
+
+def test_top_p_mask_equals_a_sorted_reference_on_random_rows():
+  rng = np.random.default_rng(3)
+  for scale, p in ((0.5, 0.9), (3.0, 0.9), (3.0, 0.5), (8.0, 0.99)):
+    logp = jax.nn.log_softmax(jnp.asarray(rng.normal(size=(16, 300)) * scale, jnp.float32))
+    probs = np.exp(np.asarray(logp, np.float64))
+    order = np.argsort(-probs, axis=-1, kind="stable")
+    before = np.cumsum(np.take_along_axis(probs, order, -1), -1) - np.take_along_axis(probs, order, -1)
+    expected, near = np.zeros_like(probs), np.zeros_like(probs, bool)
+    np.put_along_axis(expected, order, (before < p).astype(float), -1)
+    np.put_along_axis(near, order, np.abs(before - p) < 1e-6, -1)  # float32 cannot settle these
+    got = np.asarray(max_utils.top_p_mask(logp, p))
+    np.testing.assert_array_equal(got[~near], expected[~near])
+    assert 0 < expected.sum() < expected.size
 
 
 @pytest.mark.parametrize("mode", [{}, {"top_k": 5, "use_other_bucket": True}, {"top_p": 0.8, "use_other_bucket": True}])

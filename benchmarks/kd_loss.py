@@ -1,0 +1,105 @@
+"""Value+grad time of each KD loss mode as a ratio to plain cross-entropy, and compiled temp memory.
+
+  .venv/bin/python benchmarks/kd_loss.py [--chunk_elements 8388608] [--repeats 5]
+
+Shapes: 1024 tokens x 32768 vocab and 256 tokens x 128256 vocab, float32 logits (random normal, std 2),
+run through the production path (`max_utils.chunked_sums`) for CE and for KD alike, with the same
+chunk of `chunk_elements / vocab` tokens (what `loss_chunk_size` should be set to for that vocabulary:
+256 tokens at 32k, 64 at 128k), measured side by side in one process. A last table shows the fused loss (hidden
+states + unembedding) keeps its temp memory flat as the token count grows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from MaxText import distillation, max_utils  # noqa: E402
+
+MODES = {
+  "full KL": {},
+  "top-k 64": {"top_k": 64},
+  "top-k 64 + OTHER": {"top_k": 64, "use_other_bucket": True},
+  "top-p 0.9": {"top_p": 0.9},
+  "top-p 0.9 + OTHER": {"top_p": 0.9, "use_other_bucket": True},
+  "hard labels": {"hard": True},
+}
+
+
+def _ce_chunk(xs, _):
+  return {"v": jnp.sum(max_utils.cross_entropy_with_logits(xs["s"], xs["y"])[0])}
+
+
+def _kd_chunk(xs, _, mode):
+  if mode.get("hard"):
+    return {"v": jnp.sum(max_utils.cross_entropy_with_logits(xs["s"], jnp.argmax(xs["t"], -1))[0])}
+  target = max_utils.teacher_target(xs["t"], 2.0, mode.get("top_k"), mode.get("top_p"), mode.get("use_other_bucket"))
+  return {"v": jnp.sum(max_utils.kd_divergence(xs["s"], target, 2.0))}
+
+
+def _time(fn, args, repeats):
+  compiled = jax.jit(fn).lower(*args).compile()
+  jax.block_until_ready(compiled(*args))
+  start = time.perf_counter()
+  for _ in range(repeats):
+    jax.block_until_ready(compiled(*args))
+  return (time.perf_counter() - start) / repeats, compiled.memory_analysis().temp_size_in_bytes
+
+
+def bench_shape(tokens, vocab, chunk, repeats):
+  rng = np.random.default_rng(0)
+  s = jnp.asarray(rng.normal(size=(tokens, vocab)) * 2, jnp.float32)
+  t = jnp.asarray(rng.normal(size=(tokens, vocab)) * 2, jnp.float32)
+  y = jnp.asarray(rng.integers(0, vocab, tokens), jnp.int32)
+  ce = jax.value_and_grad(lambda s, y: max_utils.chunked_sums(_ce_chunk, {"s": s, "y": y}, {}, chunk)["v"])
+  base, base_mem = _time(ce, (s, y), repeats)
+  print(f"\n{tokens} tokens x {vocab} vocab, chunk {chunk}: CE value+grad {base * 1e3:.1f} ms, "
+        f"temp {base_mem / 2**20:.0f} MiB")
+  print(f"{'mode':<20} {'x CE':>6} {'temp MiB':>9}")
+  for name, mode in MODES.items():
+    kd_chunk = functools.partial(_kd_chunk, mode=mode)
+    kd = jax.value_and_grad(lambda s, t, f=kd_chunk: max_utils.chunked_sums(f, {"s": s, "t": t}, {}, chunk)["v"])
+    seconds, mem = _time(kd, (s, t), repeats)
+    print(f"{name:<20} {seconds / base:>6.2f} {mem / 2**20:>9.0f}")
+
+
+def fused_memory(tokens, vocab=32768, dim=256, chunk=256):
+  options = distillation.KDOptions(0, 0.9, True, False, 0.0, False)
+
+  def loss(h, w, th, tw):
+    per_token = {"hidden": h, "teacher_hidden": th, "targets": jnp.zeros(tokens, jnp.int32),
+                 "weights": jnp.ones(tokens, jnp.float32)}
+    shared = {"w_DxV": w, "teacher_w_DxV": tw, "alpha": jnp.float32(0.5), "temperature": jnp.float32(2.0)}
+    fn = functools.partial(distillation.kd_chunk_sums, options=options)
+    return max_utils.chunked_sums(fn, per_token, shared, chunk)["total_loss_sum"]
+
+  shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((tokens, dim), (dim, vocab), (tokens, dim), (dim, vocab))]
+  compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*shapes).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--chunk_elements", type=int, default=256 * 32768)
+  parser.add_argument("--repeats", type=int, default=5)
+  args = parser.parse_args()
+  print(f"{jax.devices()[0].platform} device, float32 logits")
+  for tokens, vocab in ((1024, 32768), (256, 128256)):
+    bench_shape(tokens, vocab, max(1, args.chunk_elements // vocab), args.repeats)
+  print("\nfused KD loss (hidden 256 -> vocab 32768, top-p 0.9 + OTHER, chunk 256), value+grad temp memory:")
+  for tokens in (1024, 4096, 16384):
+    print(f"  {tokens:>6} tokens: {fused_memory(tokens) / 2**20:.0f} MiB "
+          f"(one full float32 logits array would be {tokens * 32768 * 4 / 2**20:.0f} MiB)")
+
+
+if __name__ == "__main__":
+  main()

@@ -86,7 +86,7 @@ def make_train_step(config, graphdef, tx, loss_sums=student_loss_sums, step_metr
       "params": optax.apply_updates(state["params"], updates),
       "opt_state": opt_state,
     }
-    metrics = {**sums, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state["step"])}
+    metrics = {**sums, "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state["step"])}
     if step_metrics is not None:
       metrics.update(step_metrics(state["step"]))
     return new_state, metrics

@@ -62,8 +62,10 @@ def bench_shape(tokens, vocab, chunk, repeats):
   y = jnp.asarray(rng.integers(0, vocab, tokens), jnp.int32)
   ce = jax.value_and_grad(lambda s, y: max_utils.chunked_sums(_ce_chunk, {"s": s, "y": y}, {}, chunk)["v"])
   base, base_mem = _time(ce, (s, y), repeats)
-  print(f"\n{tokens} tokens x {vocab} vocab, chunk {chunk}: CE value+grad {base * 1e3:.1f} ms, "
-        f"temp {base_mem / 2**20:.0f} MiB")
+  print(
+    f"\n{tokens} tokens x {vocab} vocab, chunk {chunk}: CE value+grad {base * 1e3:.1f} ms, "
+    f"temp {base_mem / 2**20:.0f} MiB"
+  )
   print(f"{'mode':<20} {'x CE':>6} {'temp MiB':>9}")
   for name, mode in MODES.items():
     kd_chunk = functools.partial(_kd_chunk, mode=mode)
@@ -76,8 +78,12 @@ def fused_memory(tokens, vocab=32768, dim=256, chunk=256):
   options = distillation.KDOptions(0, 0.9, True, False, 0.0, False)
 
   def loss(h, w, th, tw):
-    per_token = {"hidden": h, "teacher_hidden": th, "targets": jnp.zeros(tokens, jnp.int32),
-                 "weights": jnp.ones(tokens, jnp.float32)}
+    per_token = {
+      "hidden": h,
+      "teacher_hidden": th,
+      "targets": jnp.zeros(tokens, jnp.int32),
+      "weights": jnp.ones(tokens, jnp.float32),
+    }
     shared = {"w_DxV": w, "teacher_w_DxV": tw, "alpha": jnp.float32(0.5), "temperature": jnp.float32(2.0)}
     fn = functools.partial(distillation.kd_chunk_sums, options=options)
     return max_utils.chunked_sums(fn, per_token, shared, chunk)["total_loss_sum"]
@@ -97,8 +103,10 @@ def main():
     bench_shape(tokens, vocab, max(1, args.chunk_elements // vocab), args.repeats)
   print("\nfused KD loss (hidden 256 -> vocab 32768, top-p 0.9 + OTHER, chunk 256), value+grad temp memory:")
   for tokens in (1024, 4096, 16384):
-    print(f"  {tokens:>6} tokens: {fused_memory(tokens) / 2**20:.0f} MiB "
-          f"(one full float32 logits array would be {tokens * 32768 * 4 / 2**20:.0f} MiB)")
+    print(
+      f"  {tokens:>6} tokens: {fused_memory(tokens) / 2**20:.0f} MiB "
+      f"(one full float32 logits array would be {tokens * 32768 * 4 / 2**20:.0f} MiB)"
+    )
 
 
 if __name__ == "__main__":

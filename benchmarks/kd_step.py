@@ -43,8 +43,15 @@ def main():
   parser.add_argument("--dtype", default="float32")
   args = parser.parse_args()
   flags = dict(kv.split("=", 1) for kv in args.kd_flags.split(",") if kv)
-  common = {"model_name": "demo", "dataset_type": "synthetic", "per_device_batch_size": 8, "max_target_length": 128,
-            "dtype": args.dtype, "steps": 1000, "remat_policy": "none"}
+  common = {
+    "model_name": "demo",
+    "dataset_type": "synthetic",
+    "per_device_batch_size": 8,
+    "max_target_length": 128,
+    "dtype": args.dtype,
+    "steps": 1000,
+    "remat_policy": "none",
+  }
   config = pyconfig.initialize(["base.yml", *(f"{k}={v}" for k, v in flags.items())], {**common, "use_kd": True})
   plain = pyconfig.from_dict(common)
   mesh = sharding.create_mesh(config)
@@ -57,8 +64,16 @@ def main():
 
   with jax.set_mesh(mesh):
     ce_step = jax.jit(make_train_step(plain, layout.graphdef, layout.tx), donate_argnums=(0,))
-    kd_step = jax.jit(make_train_step(config, layout.graphdef, layout.tx, distillation.make_kd_loss(config, teacher),
-                                      distillation.step_metrics(config)), donate_argnums=(0,))
+    kd_step = jax.jit(
+      make_train_step(
+        config,
+        layout.graphdef,
+        layout.tx,
+        distillation.make_kd_loss(config, teacher),
+        distillation.step_metrics(config),
+      ),
+      donate_argnums=(0,),
+    )
 
     @jax.jit
     def teacher_forward(params, batch):

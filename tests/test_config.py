@@ -20,12 +20,9 @@ def test_every_model_preset_parses_and_validates(preset):
   assert config.num_query_heads % config.num_kv_heads == 0
 
 
-def test_every_shipped_yml_parses():
-  ymls = [
-    p
-    for p in glob.glob(os.path.join(os.path.dirname(CONFIGS), "..", "**", "*.yml"), recursive=True)
-    if "/models/" not in p and ".venv" not in p and "/outputs/" not in p
-  ]
+def test_every_shipped_framework_yml_parses():
+  # (the study and recipe ymls, which name data and checkpoints, are parsed in test_quickstart.py)
+  ymls = [p for p in glob.glob(os.path.join(CONFIGS, "**", "*.yml"), recursive=True) if "/models/" not in p]
   assert ymls, "no yml found"
   for path in ymls:
     assert pyconfig.initialize([path]) is not None

@@ -95,3 +95,48 @@ def test_qwen3_with_qk_norm_and_tied_embeddings_matches_transformers(tmp_path):
     hf_weights.read_safetensors_dir(str(tmp_path)),
   )
   _compare(hf, ours)
+
+
+def test_converted_checkpoint_loads_as_parameters_and_matches_transformers(tmp_path):
+  import jax
+
+  from MaxText import checkpointing, convert_hf_checkpoint
+  from MaxText.model import abstract_model, bind, split_params
+
+  torch.manual_seed(2)
+  hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**COMMON, tie_word_embeddings=False)).eval()
+  hf.save_pretrained(tmp_path / "hf")
+  keys = [
+    "vocab_size=320",
+    "emb_dim=32",
+    "mlp_dim=64",
+    "num_decoder_layers=2",
+    "num_query_heads=4",
+    "num_kv_heads=2",
+    "head_dim=8",
+    "dtype=float32",
+    "normalization_layer_epsilon=1e-6",
+  ]
+  convert_hf_checkpoint.main(
+    ["--hf_dir", str(tmp_path / "hf"), "--output", str(tmp_path / "ckpt"), "--model_name", "default", "--set", *keys]
+  )
+  config = pyconfig.initialize(["base.yml", *keys])
+  graphdef, abstract, _ = split_params(abstract_model(config))
+  shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
+  params = checkpointing.load_params(str(tmp_path / "ckpt"), abstract, shardings)
+  _compare(hf, bind(graphdef, params))
+  with pytest.raises(ValueError, match="--model_name: emb_dim=64 but .* has hidden_size=32"):
+    convert_hf_checkpoint.main(
+      [
+        "--hf_dir",
+        str(tmp_path / "hf"),
+        "--output",
+        str(tmp_path / "bad"),
+        "--model_name",
+        "default",
+        "--set",
+        *keys[:1],
+        "emb_dim=64",
+        *keys[2:],
+      ]
+    )

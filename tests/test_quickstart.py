@@ -1,0 +1,73 @@
+"""The quickstart study end to end at a toy size, and the real-hardware recipes' configs."""
+
+import glob
+import os
+import subprocess
+import sys
+
+from MaxText import pyconfig
+from tests.conftest import REPO
+
+STUDENTS = ("ce_only", "alpha_02", "alpha_04", "alpha_06", "alpha_08", "alpha_1", "hard_alpha_1")
+
+
+def test_run_all_at_toy_size_produces_every_run_the_figure_and_the_table(tmp_path):
+  env = {
+    **os.environ,
+    "PY": sys.executable,
+    "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    "JAX_PLATFORMS": "cpu",
+  }
+  proc = subprocess.run(
+    ["bash", "quickstart/run_all.sh", "--steps", "2", "--out", str(tmp_path), "--toy"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  for run in ("quickstart_teacher", *STUDENTS):
+    assert os.path.isdir(tmp_path / run / "checkpoints" / "2"), run
+  assert (tmp_path / "example_training.png").stat().st_size > 10_000
+  table = (tmp_path / "results.md").read_text()
+  assert "quickstart_teacher (teacher)" in table and all(f"| {s} |" in table for s in STUDENTS)
+  # a second call reuses everything
+  again = subprocess.run(
+    ["bash", "quickstart/run_all.sh", "--steps", "2", "--out", str(tmp_path), "--toy"],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert again.returncode == 0 and again.stdout.count("done already") == 8
+
+
+def test_study_and_recipe_configs_parse_against_the_real_keys(tmp_path):
+  tokenizer = tmp_path / "tokenizer.json"
+  tokenizer.write_text("{}")
+  teacher = tmp_path / "teacher_ckpt"
+  teacher.mkdir()
+  ymls = sorted(
+    glob.glob(os.path.join(REPO, "configs", "*.yml")) + glob.glob(os.path.join(REPO, "quickstart", "*.yml"))
+  )
+  assert len(ymls) >= 9
+  for path in ymls:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+    overrides = {"tokenizer_path": str(tokenizer)}  # the real paths exist only on the target machines
+    if "use_kd: true" in text:
+      overrides["kd_teacher_parameters_path"] = str(teacher)
+    if "load_parameters_path:" in text:
+      overrides["load_parameters_path"] = str(teacher)
+    config = pyconfig.initialize([path], overrides)
+    assert config.vocab_size >= 2048
+    if "llama3_8b_to_1b" in path:
+      teacher_config = pyconfig.teacher_config(config)
+      assert (config.model_name, config.emb_dim, teacher_config.emb_dim, teacher_config.num_decoder_layers) == (
+        "llama3.2-1b",
+        2048,
+        4096,
+        32,
+      )

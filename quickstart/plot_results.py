@@ -59,9 +59,23 @@ def markdown_table(runs: list[dict], teacher: dict | None) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _off_scale(run: dict, limit: float) -> bool:
+  return bool(run["eval"]) and run["eval"][-1]["eval/loss"] > limit
+
+
 def plot(runs: list[dict], teacher: dict | None, path: str) -> None:
-  fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(12, 4.5))
-  for run in ([teacher] if teacher else []) + runs:
+  """Two panels; a run that ends far above the others is drawn in a small third panel of its own."""
+  finals = sorted(r["eval"][-1]["eval/loss"] for r in runs if r["eval"])
+  limit = finals[len(finals) // 2] + 1.0 if finals else float("inf")  # 1 nat above the median run
+  outliers = [r for r in runs if _off_scale(r, limit)]
+  fig, axes = plt.subplots(
+    1,
+    3 if outliers else 2,
+    figsize=(16 if outliers else 12, 4.5),
+    gridspec_kw={"width_ratios": [3, 3, 2] if outliers else [1, 1]},
+  )
+  ax_train, ax_eval = axes[0], axes[1]
+  for run in ([teacher] if teacher else []) + [r for r in runs if r not in outliers]:
     style = {"color": "black", "linestyle": "--"} if run is teacher else {}
     label = f"{run['name']} (teacher)" if run is teacher else run["name"]
     ax_train.plot([r["step"] for r in run["train"]], [r["ce"] for r in run["train"]], label=label, **style)
@@ -70,9 +84,28 @@ def plot(runs: list[dict], teacher: dict | None, path: str) -> None:
     )
   ax_train.set(title="training cross-entropy on the labels", xlabel="step", ylabel="nats per token")
   ax_eval.set(title="held-out cross-entropy", xlabel="step", ylabel="nats per token")
-  for ax in (ax_train, ax_eval):
-    ax.grid(alpha=0.3)
   ax_eval.legend(fontsize=8)
+  if outliers:
+    ax_out = axes[2]
+    for run in outliers:
+      ax_out.plot(
+        [r["step"] for r in run["eval"]],
+        [r["eval/loss"] for r in run["eval"]],
+        marker="o",
+        color="C6",
+        label=f"{run['name']} (held-out)",
+      )
+      ax_out.plot(
+        [r["step"] for r in run["train"]],
+        [r["ce"] for r in run["train"]],
+        color="C6",
+        alpha=0.5,
+        label=f"{run['name']} (training)",
+      )
+    ax_out.set(title="off the scale of the others", xlabel="step", ylabel="nats per token")
+    ax_out.legend(fontsize=8)
+  for ax in axes:
+    ax.grid(alpha=0.3)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=120)

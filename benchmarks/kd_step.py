@@ -63,7 +63,6 @@ def main():
   teacher_params = jax.tree.map(lambda x: x * 1.01, teacher_params)  # a distinct teacher, same architecture
 
   with jax.set_mesh(mesh):
-    ce_step = jax.jit(make_train_step(plain, layout.graphdef, layout.tx), donate_argnums=(0,))
     kd_step = jax.jit(
       make_train_step(
         config,
@@ -80,7 +79,9 @@ def main():
       model = model_lib.bind(teacher.graphdef, params)
       return model.logits(batch["inputs"], batch["inputs_position"], batch["inputs_segmentation"]).sum()
 
-    state = {"s": init_state(plain, layout)}
+    plain_layout = make_layout(plain, mesh)  # without the feature projection a KD layout may carry
+    ce_step = jax.jit(make_train_step(plain, plain_layout.graphdef, plain_layout.tx), donate_argnums=(0,))
+    state = {"s": init_state(plain, plain_layout)}
 
     def ce_args(i):
       return state["s"], None, batches[i % len(batches)]

@@ -87,12 +87,18 @@ def top_p_mask(teacher_logp_NxV: jax.Array, top_p: float) -> jax.Array:
 _FLOAT_MIN = float(jnp.finfo(jnp.float32).min)
 
 
+_BELOW_ANY_LOGIT = 1e30  # shifts unweighted entries far below any real logit, far from float32 overflow
+
+
 def _weighted_logsumexp(x_NxV: jax.Array, weights_NxV: jax.Array) -> jax.Array:
-  """log sum_i w_i exp(x_i) for 0/1 weights, stable (own max) and built from ops that vectorise on CPU."""
-  shifted_max_N = jnp.max(x_NxV + (weights_NxV - 1.0) * -_FLOAT_MIN, axis=-1)
-  shifted_max_N = jnp.maximum(shifted_max_N, _FLOAT_MIN)  # rows with no weight
-  total_N = jnp.sum(jnp.exp(jnp.minimum(x_NxV - shifted_max_N[:, None], 0.0)) * weights_NxV, axis=-1)
-  return shifted_max_N + jnp.log(jnp.maximum(total_N, 1e-38))  # finite (and unused) for rows with no weight
+  """log sum_i w_i exp(x_i) for 0/1 weights, stable (own max) and built from ops that vectorise on CPU.
+
+  Rows with no weight get a large negative finite value (their OTHER mass is 0, so it is never used).
+  """
+  has_weight_N = jnp.sum(weights_NxV, axis=-1) > 0
+  max_N = jnp.max(x_NxV + (weights_NxV - 1.0) * _BELOW_ANY_LOGIT, axis=-1)
+  total_N = jnp.sum(jnp.exp(jnp.minimum(x_NxV - max_N[:, None], 0.0)) * weights_NxV, axis=-1)
+  return max_N + jnp.log(jnp.where(has_weight_N, total_N, 1.0))
 
 
 class TeacherTarget(NamedTuple):
@@ -149,7 +155,7 @@ def _divergence_fwd(with_other, student_NxV, temperature, target_NxV, log_target
   lse_pruned_N = jnp.zeros_like(lse_N)
   if with_other:
     lse_pruned_N = _weighted_logsumexp(x, pruned_NxV)
-    log_other = jnp.log(jnp.maximum(other_mass_N, 1e-38))
+    log_other = jnp.log(jnp.maximum(other_mass_N, 1e-30))  # (a normal float: no flush-to-zero)
     value = value + jnp.where(other_mass_N > 0, other_mass_N * (log_other - lse_pruned_N + lse_N), 0.0)
   return value, (student_NxV, temperature, target_NxV, other_mass_N, pruned_NxV, lse_N, lse_pruned_N)
 

@@ -11,36 +11,32 @@ from tests.conftest import REPO
 STUDENTS = ("ce_only", "alpha_02", "alpha_04", "alpha_06", "alpha_08", "alpha_1", "hard_alpha_1")
 
 
-def test_run_all_at_toy_size_produces_every_run_the_figure_and_the_table(tmp_path):
+def _run_toy_study(out_dir):
   env = {
     **os.environ,
     "PY": sys.executable,
     "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
     "JAX_PLATFORMS": "cpu",
   }
-  proc = subprocess.run(
-    ["bash", "quickstart/run_all.sh", "--steps", "2", "--out", str(tmp_path), "--toy"],
+  return subprocess.run(
+    ["bash", "quickstart/run_all.sh", "--steps", "2", "--out", str(out_dir), "--toy"],
     cwd=REPO,
     env=env,
     capture_output=True,
     text=True,
     timeout=600,
   )
+
+
+def test_run_all_at_toy_size_produces_every_run_the_figure_and_the_table(tmp_path):
+  proc = _run_toy_study(tmp_path)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   for run in ("quickstart_teacher", *STUDENTS):
     assert os.path.isdir(tmp_path / run / "checkpoints" / "2"), run
   assert (tmp_path / "example_training.png").stat().st_size > 10_000
   table = (tmp_path / "results.md").read_text()
   assert "quickstart_teacher (teacher)" in table and all(f"| {s} |" in table for s in STUDENTS)
-  # a second call reuses everything
-  again = subprocess.run(
-    ["bash", "quickstart/run_all.sh", "--steps", "2", "--out", str(tmp_path), "--toy"],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
+  again = _run_toy_study(tmp_path)  # a second call reuses everything
   assert again.returncode == 0 and again.stdout.count("done already") == 8
 
 

@@ -180,3 +180,14 @@ def test_feature_loss_falls_with_a_deeper_wider_teacher(tmp_path):
   assert records[-1]["loss"] == pytest.approx(
     0.5 * records[-1]["kd/hard_loss"] + 0.5 * records[-1]["kd/soft_loss"] + records[-1]["kd/feature_loss"], rel=1e-5
   )
+
+
+def test_projection_is_a_student_parameter_left_out_of_the_hugging_face_tensors():
+  from MaxText import hf_weights
+
+  config = pyconfig.from_dict({"model_name": "tiny", "dtype": "float32", "use_kd": True, "kd_beta": 1.0})
+  _, params, axes = model_lib.split_params(model_lib.Decoder(config, nnx.Rngs(0)))
+  assert params["kd_projection"].shape == (2, 32, 32) and axes["kd_projection"][0] == "layers"
+  exported = hf_weights.params_to_hf(params, config)
+  assert not any("projection" in name for name in exported)
+  assert exported["model.layers.1.mlp.down_proj.weight"].shape == (32, 64)

@@ -100,3 +100,26 @@ def save_params(path: str, params) -> None:
   """A parameters-only checkpoint (what converters write and `load_parameters_path` reads)."""
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.join(os.path.abspath(path), PARAMS), params)
+
+
+def latest_step_dir(path: str) -> str:
+  """A run folder or its `checkpoints/` folder -> its newest step folder; any other folder as it is."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  steps = [int(name) for name in os.listdir(path) if name.isdigit()] if os.path.isdir(path) else []
+  return os.path.join(path, str(max(steps))) if steps else path
+
+
+def read_params_to_host(path: str) -> dict:
+  """Every parameter of a checkpoint as saved (no config needed), on the first local device."""
+  if not os.path.isdir(path):
+    raise CheckpointError(f"parameters checkpoint {path!r} does not exist or is not a folder")
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      saved = checkpointer.metadata(_params_dir(path)).item_metadata.tree
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
+      return checkpointer.restore(_params_dir(path), target)
+  except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(f"parameters checkpoint {path!r} cannot be read: {str(e).splitlines()[0]}") from None

@@ -1,11 +1,15 @@
-"""Hugging Face Llama 3.x / Qwen3 safetensors -> a parameters-only checkpoint of this project.
+"""Hugging Face checkpoints in and out: Llama 3.x, Qwen2/2.5 and Qwen3.
 
-  python -m MaxText.convert_hf_checkpoint --hf_dir DIR --output CKPT --model_name llama3.1-8b [--dtype bfloat16]
-  (--model_name default --set emb_dim=... for an architecture without a preset)
+  # HF safetensors (single or sharded) -> a parameters-only checkpoint (load_parameters_path,
+  # kd_teacher_parameters_path). The model keys come from the HF config.json; --model_name checks
+  # them against a preset instead.
+  python -m MaxText.convert_hf_checkpoint --hf_dir DIR --output CKPT [--model_name llama3.1-8b] [--dtype bfloat16]
 
-The output folder works as `load_parameters_path` or `kd_teacher_parameters_path`. The preset named
-by --model_name is checked against the HF `config.json` before anything is read. Tensors are read
-one at a time from the (single or sharded) safetensors files as the parameters are assembled.
+  # any checkpoint of a run (run folder, step folder or parameters-only folder) -> a HF folder
+  python -m MaxText.convert_hf_checkpoint --to_hf --checkpoint RUN_OR_STEP --output HF_DIR [--dtype bfloat16]
+
+Both directions go tensor by tensor (import fills the stacked arrays in place, export writes shard by
+shard), so the model is never in memory twice. Feature-KD projections and optimizer state are not exported.
 """
 
 from __future__ import annotations
@@ -14,98 +18,143 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping
 
+import jax
 import numpy as np
 
 if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from MaxText import checkpointing, hf_weights, pyconfig  # noqa: E402
+from MaxText import checkpointing, hf_config, hf_export, hf_weights, pyconfig  # noqa: E402
 
-# HF config.json field -> our key
-_HF_KEYS = {
-  "vocab_size": "vocab_size",
-  "hidden_size": "emb_dim",
-  "num_hidden_layers": "num_decoder_layers",
-  "num_attention_heads": "num_query_heads",
-  "num_key_value_heads": "num_kv_heads",
-  "intermediate_size": "mlp_dim",
-  "tie_word_embeddings": "logits_via_embedding",
-  "head_dim": "head_dim",
-  "rms_norm_eps": "normalization_layer_epsilon",
-  "rope_theta": "rope_theta",
-}
+MODEL_CONFIG_FILE = "model_config.json"  # model keys of a converted checkpoint (read by KD and --to_hf)
+_RUN_KEYS = (*pyconfig.MODEL_KEYS, "tokenizer_type", "tokenizer_path", "max_target_length")
 
 
-class LazySafetensors(Mapping):
-  """name -> numpy array, each read from its file only when asked for."""
-
-  def __init__(self, hf_dir: str):
-    from safetensors import safe_open
-
-    index = os.path.join(hf_dir, "model.safetensors.index.json")
-    if os.path.isfile(index):
-      with open(index, encoding="utf-8") as f:
-        weight_map = json.load(f)["weight_map"]
-    else:
-      weight_map = {}
-      for name in sorted(os.listdir(hf_dir)):
-        if name.endswith(".safetensors"):
-          with safe_open(os.path.join(hf_dir, name), framework="flax") as f:
-            weight_map.update(dict.fromkeys(f.keys(), name))  # noqa: SIM118
-    if not weight_map:
-      raise FileNotFoundError(f"--hf_dir: no .safetensors files in {hf_dir!r}")
-    self._dir, self._map = hf_dir, weight_map
-
-  def __getitem__(self, name: str) -> np.ndarray:
-    from safetensors import safe_open
-
-    with safe_open(os.path.join(self._dir, self._map[name]), framework="flax") as f:
-      return np.asarray(f.get_tensor(name))  # bfloat16 stays bfloat16 (ml_dtypes)
-
-  def __iter__(self) -> Iterator[str]:
-    return iter(self._map)
-
-  def __len__(self) -> int:
-    return len(self._map)
+class ConversionError(ValueError):
+  pass
 
 
-def check_hf_config(hf_dir: str, config) -> None:
-  """Raises naming the field when the HF config.json disagrees with the chosen preset."""
-  path = os.path.join(hf_dir, "config.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"--hf_dir: no config.json in {hf_dir!r}")
-  with open(path, encoding="utf-8") as f:
-    hf = json.load(f)
-  hf = {**hf, **(hf.get("rope_parameters") or {})}  # newer configs keep rope_theta there
-  arch = (hf.get("architectures") or ["?"])[0]
-  if arch not in ("LlamaForCausalLM", "Qwen3ForCausalLM"):
-    raise ValueError(f"--hf_dir: architecture {arch} is not supported (LlamaForCausalLM, Qwen3ForCausalLM)")
-  for hf_key, ours in _HF_KEYS.items():
-    if hf_key in hf and hf[hf_key] != getattr(config, ours):
-      raise ValueError(f"--model_name: {ours}={getattr(config, ours)} but {path} has {hf_key}={hf[hf_key]}")
+def _progress(desc: str, unit: str):
+  """Wraps a loop in a tqdm bar on stderr (a convenience: without tqdm the loop runs bare)."""
+  try:
+    from tqdm import tqdm
+  except ImportError:
+    return iter
+  return lambda iterable: tqdm(iterable, desc=desc, unit=unit, file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--hf_dir", required=True)
-  parser.add_argument("--output", required=True)
-  parser.add_argument("--model_name", required=True, help="the preset under MaxText/configs/models/")
-  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="model keys over the preset")
-  args = parser.parse_args(argv)
-  config = pyconfig.initialize(["base.yml", f"model_name={args.model_name}", *args.set])
-  check_hf_config(args.hf_dir, config)
-  dtype = np.float32 if args.dtype == "float32" else __import__("ml_dtypes").bfloat16
-  params = hf_weights.hf_to_params(LazySafetensors(args.hf_dir), config, dtype=dtype)
+def _parse_size(text: str) -> int:
+  units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+  upper = text.strip().upper()
+  for unit, factor in units.items():
+    if upper.endswith(unit) and upper[: -len(unit)].strip().replace(".", "", 1).isdigit():
+      return int(float(upper[: -len(unit)]) * factor)
+  if upper.isdigit():
+    return int(upper)
+  raise ConversionError(f"--max_shard_size: expected a size such as 5GB or 500MB, got {text!r}")
+
+
+def _require_empty(path: str) -> None:
+  if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+    raise ConversionError(f"--output: {path!r} already exists and is not empty; nothing was written")
+
+
+def _import_config(args, hf: dict):
+  """The model config: from the HF config.json, or the named preset checked against it."""
+  hf_keys = hf_config.model_keys_from_hf(hf)
+  extra = pyconfig.parse_overrides(args.set)
+  if args.model_name:
+    config = pyconfig.from_dict({"model_name": args.model_name, **extra})
+    hf_config.check_matches(hf_keys, config, os.path.join(args.hf_dir, "config.json"))
+    return config
+  return pyconfig.from_dict({"model_name": "default", **hf_keys, **extra})
+
+
+def _saved_model_keys(config, hf_dir: str) -> dict:
+  keys = {k: getattr(config, k) for k in pyconfig.MODEL_KEYS}
+  if os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):
+    keys.update(tokenizer_type="huggingface", tokenizer_path=os.path.abspath(hf_dir))
+  return keys
+
+
+def hf_to_checkpoint(args) -> str:
+  config = _import_config(args, hf_config.read_hf_config(args.hf_dir))
+  _require_empty(args.output)
+  tensors = hf_weights.LazySafetensors(args.hf_dir)
+  dtype, progress = hf_export.DTYPES[args.dtype], _progress("converting", "parameter")
+  # Placed as JAX arrays one by one: Orbax then writes them without another full host copy.
+  params = hf_weights.hf_to_params(tensors, config, dtype, progress, place=jax.device_put)
   checkpointing.save_params(args.output, params)
-  print(f"wrote {args.output} ({sum(x.size for x in _leaves(params)):,} parameters, {args.dtype})")
+  with open(os.path.join(args.output, MODEL_CONFIG_FILE), "w", encoding="utf-8") as f:
+    json.dump(_saved_model_keys(config, args.hf_dir), f, indent=1)
+  count = sum(x.size for x in _leaves(params))
+  return f"wrote {args.output} ({count:,} parameters, {args.dtype})"
+
+
+def _run_config(step_dir: str, args):
+  """The model/tokenizer keys of a checkpoint: its run's config.json, a converted model_config.json, or flags."""
+  extra = pyconfig.parse_overrides(args.set)
+  if args.model_name:
+    return pyconfig.from_dict({"model_name": args.model_name, **extra})
+  candidates = [
+    os.path.join(os.path.dirname(os.path.dirname(step_dir)), "config.json"),
+    os.path.join(step_dir, MODEL_CONFIG_FILE),
+  ]
+  for path in candidates:
+    if os.path.isfile(path):
+      with open(path, encoding="utf-8") as f:
+        saved = json.load(f)
+      keys = {k: saved[k] for k in _RUN_KEYS if k in saved}
+      return pyconfig.from_dict({**keys, "model_name": "default", **extra})
+  raise ConversionError(f"--checkpoint: no config.json of a run found for {step_dir!r}; pass --model_name")
+
+
+def checkpoint_to_hf(args) -> str:
+  step_dir = checkpointing.latest_step_dir(args.checkpoint)
+  config = _run_config(step_dir, args)
+  hf_config.architecture_of(config)  # refuse an inexpressible model before reading anything
+  max_shard_bytes = _parse_size(args.max_shard_size)
+  _require_empty(args.output)
+  params = checkpointing.read_params_to_host(step_dir)
+  params.pop("kd_projection", None)  # a training-only student parameter
+  params = jax.tree.map(np.asarray, params)
+  progress = _progress("writing", "shard")
+  shards = hf_export.write_hf_dir(params, config, args.output, args.dtype, max_shard_bytes, progress)
+  return f"wrote {args.output} from {step_dir} ({shards} safetensors file(s), {args.dtype})"
 
 
 def _leaves(tree):
   for value in tree.values():
     yield from (_leaves(value) if isinstance(value, dict) else [value])
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--to_hf", action="store_true", help="export a checkpoint of a run to a Hugging Face folder")
+  parser.add_argument("--hf_dir", help="Hugging Face folder to import (without --to_hf)")
+  parser.add_argument("--checkpoint", help="run folder, step folder or parameters-only folder (with --to_hf)")
+  parser.add_argument("--output", required=True, help="folder to write; must not exist or be empty")
+  parser.add_argument("--model_name", default="", help="preset under MaxText/configs/models/ (checked / used)")
+  parser.add_argument("--dtype", default="float32", choices=sorted(hf_export.DTYPES))
+  parser.add_argument("--max_shard_size", default="5GB", help="with --to_hf: split safetensors past this size")
+  parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config keys over the preset")
+  args = parser.parse_args(argv)
+  needed = "--checkpoint" if args.to_hf else "--hf_dir"
+  if getattr(args, needed[2:]) is None:
+    parser.error(f"{needed} is required {'with' if args.to_hf else 'without'} --to_hf")
+  return args
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = parse_args(argv)
+  try:
+    message = checkpoint_to_hf(args) if args.to_hf else hf_to_checkpoint(args)
+  except (ConversionError, hf_config.HFConfigError, pyconfig.ConfigError, checkpointing.CheckpointError) as e:
+    sys.exit(f"error: {e}")
+  except (KeyError, ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e.args[0] if e.args else e}")
+  print(message)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import types
 from typing import Any
 
+from MaxText import offline_cache
 from MaxText.pyconfig import (
   Config,
   ConfigError,
@@ -37,6 +39,7 @@ MODEL_KEYS = (
   "rope_high_freq_factor",
   "rope_original_max_position",
   "use_qk_norm",
+  "use_qkv_bias",
   "logits_via_embedding",
   "init_std",
   "weight_dtype",
@@ -119,9 +122,16 @@ def _check_teacher(v: dict[str, Any]) -> None:
 
 
 def _check_against_saved_config(path: str, teacher: dict[str, Any]) -> None:
-  """A checkpoint of a run (<run>/checkpoints/<step>) has the run's config.json two levels up: compare."""
-  saved_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(path))), "config.json")
-  if not os.path.isfile(saved_path):
+  """Compares with the model keys saved beside the checkpoint, when there are some.
+
+  A checkpoint of a run (<run>/checkpoints/<step>) has the run's config.json two levels up; a
+  converted Hugging Face checkpoint has model_config.json inside.
+  """
+  path = os.path.abspath(path)
+  run_dir = os.path.dirname(os.path.dirname(path))
+  candidates = [os.path.join(path, "model_config.json"), os.path.join(run_dir, "config.json")]
+  saved_path = next((c for c in candidates if os.path.isfile(c)), None)
+  if saved_path is None:
     return
   with open(saved_path, encoding="utf-8") as f:
     saved = json.load(f)
@@ -220,7 +230,66 @@ def teacher_config(config) -> Any:
   return Config(**values)
 
 
+def _check_offline_save_keys(v: dict[str, Any]) -> None:
+  """The keys of save_top_k_teacher_logits.py (checked when kd_offline_output_dir is set)."""
+  if not v["kd_offline_output_dir"]:
+    return
+  if not v["kd_teacher_parameters_path"]:
+    raise ConfigError("kd_teacher_parameters_path: the teacher whose logits are cached must be given")
+  if not 1 <= v["kd_offline_top_k"] <= v["vocab_size"]:
+    raise ConfigError(f"kd_offline_top_k: expected 1..vocab_size ({v['vocab_size']}), got {v['kd_offline_top_k']}")
+  try:
+    listed = [float(t) for t in v["kd_offline_temperatures"].split(",") if t.strip()]
+  except ValueError:
+    raise ConfigError(
+      f"kd_offline_temperatures: expected comma-separated numbers, got {v['kd_offline_temperatures']!r}"
+    ) from None
+  if any(t <= 0 for t in listed):
+    raise ConfigError(f"kd_offline_temperatures: temperatures must be > 0, got {v['kd_offline_temperatures']!r}")
+  if v["kd_offline_logits_dtype"] not in offline_cache.VALUE_DTYPES:
+    raise ConfigError(f"kd_offline_logits_dtype: expected one of {sorted(offline_cache.VALUE_DTYPES)}")
+  if v["kd_offline_batches_per_shard"] < 1:
+    raise ConfigError("kd_offline_batches_per_shard: must be >= 1")
+
+
+def _check_offline_run(v: dict[str, Any]) -> None:
+  """Offline training: the cache replaces the teacher, and must fit this run."""
+  if v["kd_offline_normalization"] not in offline_cache.NORMALIZATIONS:
+    raise ConfigError(f"kd_offline_normalization: expected one of {', '.join(offline_cache.NORMALIZATIONS)}")
+  directory = v["kd_offline_data_dir"]
+  if not directory:
+    return
+  conflicts = {
+    "kd_teacher_parameters_path": "the cache replaces the teacher",
+    "kd_top_p": "the cache holds a fixed top-k",
+    "kd_use_other_bucket": "kd_offline_normalization chooses how the tail is treated",
+    "kd_beta": "features are not cached",
+  }
+  for key, why in conflicts.items():
+    if v[key]:
+      raise ConfigError(f"{key}: cannot be used with kd_offline_data_dir ({why})")
+  try:
+    manifest = offline_cache.read_manifest(directory)
+    offline_cache.check_shards(directory, manifest)
+    offline_cache.check_against_run(manifest, types.SimpleNamespace(**v))
+  except (offline_cache.CacheError, OSError) as e:
+    raise ConfigError(str(e)) from None
+  stored = manifest["temperatures"]
+  constant = v["kd_temperature_schedule"] == "constant"
+  if v["kd_offline_approximate_temperature"] or v["kd_use_hard_labels"]:
+    return
+  if not constant or not any(abs(t - v["kd_temperature"]) <= 1e-6 * t for t in stored):
+    wanted = v["kd_temperature"] if constant else f"a {v['kd_temperature_schedule']} schedule"
+    raise ConfigError(
+      f"kd_temperature: {wanted} is not among the cached temperatures {stored}; save it with "
+      "kd_offline_temperatures or set kd_offline_approximate_temperature=true"
+    )
+
+
 def validate_kd(values: dict[str, Any]) -> None:
   _check_kd(values)
   _check_teacher(values)
   _check_features(values)
+  if values["use_kd"]:
+    _check_offline_save_keys(values)
+    _check_offline_run(values)

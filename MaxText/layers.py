@@ -78,6 +78,8 @@ def decoder_layer(p: dict, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, co
   q = jnp.einsum("bld,dhk->blhk", h, p["query"].astype(dtype))
   k = jnp.einsum("bld,dhk->blhk", h, p["key"].astype(dtype))
   v = jnp.einsum("bld,dhk->blhk", h, p["value"].astype(dtype))
+  if config.use_qkv_bias:
+    q, k, v = q + p["query_bias"].astype(dtype), k + p["key_bias"].astype(dtype), v + p["value_bias"].astype(dtype)
   if config.use_qk_norm:
     q = rms_norm(q, p["q_norm"], eps)
     k = rms_norm(k, p["k_norm"], eps)

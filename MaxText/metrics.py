@@ -22,13 +22,17 @@ def flops_per_token(config) -> float:
 
 
 def _add_kd_views(record: dict) -> None:
-  """The kd/ names of terms every KD run has: student CE on labels, total loss, perplexities."""
-  if "kd/teacher_loss" not in record:
+  """The kd/ names of terms every KD run has: student CE on labels, total loss, perplexities.
+
+  Offline runs have no teacher loss (the cache holds only the teacher's top-k), hence no teacher perplexity.
+  """
+  if "kd/soft_loss" not in record:
     return
   record["kd/hard_loss"] = record["ce"]
   record["kd/total_loss"] = record["total_loss"] if "total_loss" in record else record["loss"]
   record["kd/student_perplexity"] = math.exp(min(record["ce"], 50.0))
-  record["kd/teacher_perplexity"] = math.exp(min(record["kd/teacher_loss"], 50.0))
+  if "kd/teacher_loss" in record:
+    record["kd/teacher_perplexity"] = math.exp(min(record["kd/teacher_loss"], 50.0))
 
 
 def _kd_console(record: dict) -> str:

@@ -23,9 +23,11 @@ _REMAT_POLICIES = {
 
 
 def _param(rngs: nnx.Rngs, shape, logical_axes, dtype, std: float | None) -> nnx.Param:
-  """A parameter: normal(0, std) when std is given, ones otherwise (norm scales)."""
+  """A parameter: normal(0, std) when std > 0, zeros when std == 0 (biases), ones when None (norm scales)."""
   if std is None:
     value = jnp.ones(shape, dtype)
+  elif std == 0:
+    value = jnp.zeros(shape, dtype)
   else:
     value = (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
   return nnx.Param(value, logical_axes=tuple(logical_axes))
@@ -51,6 +53,10 @@ class StackedLayers(nnx.Module):
     if config.use_qk_norm:
       self.q_norm = _param(rngs, (n, k), ("layers", "norm"), wd, None)
       self.k_norm = _param(rngs, (n, k), ("layers", "norm"), wd, None)
+    if config.use_qkv_bias:
+      self.query_bias = _param(rngs, (n, h, k), ("layers", "heads", "head_dim"), wd, 0.0)
+      self.key_bias = _param(rngs, (n, g, k), ("layers", "kv_heads", "head_dim"), wd, 0.0)
+      self.value_bias = _param(rngs, (n, g, k), ("layers", "kv_heads", "head_dim"), wd, 0.0)
     self.mlp_norm = _param(rngs, (n, d), ("layers", "norm"), wd, None)
     self.wi_gate = _param(rngs, (n, d, f), ("layers", "embed", "mlp"), wd, std)
     self.wi_up = _param(rngs, (n, d, f), ("layers", "embed", "mlp"), wd, std)

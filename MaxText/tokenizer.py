@@ -92,6 +92,9 @@ class HuggingFaceTokenizer:
   def decode(self, ids: list[int]) -> str:
     return self._tok.decode(list(ids))
 
+  def id_to_token(self, token_id: int | None) -> str | None:
+    return None if token_id is None else self._tok.id_to_token(token_id)
+
 
 def _read_declared_specials(config_path: str) -> dict[str, str]:
   if not os.path.isfile(config_path):

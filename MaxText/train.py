@@ -17,7 +17,15 @@ if __package__ in (None, ""):  # run as a script: make `import MaxText` work fro
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from MaxText import checkpointing, distillation, input_pipeline, pyconfig, sharding  # noqa: E402
+from MaxText import (  # noqa: E402
+  checkpointing,
+  distillation,
+  input_pipeline,
+  offline_cache,
+  offline_distillation,
+  pyconfig,
+  sharding,
+)
 from MaxText import metrics as metrics_lib  # noqa: E402
 from MaxText import model as model_lib  # noqa: E402
 from MaxText.tokenizer import build_tokenizer, check_fits_model  # noqa: E402
@@ -89,7 +97,12 @@ def print_summary(config, mesh, params, teacher_params, start_step: int) -> None
     f"{jax.process_count()} process(es)"
   )
   print(f"keys that differ from base.yml: {pyconfig.non_default_keys(config)}")
-  if config.use_kd and not config.kd_teacher_parameters_path:
+  if config.use_kd and config.kd_offline_data_dir:
+    print(
+      f"distillation: OFFLINE from the teacher cache {config.kd_offline_data_dir} "
+      f"(normalization {config.kd_offline_normalization}; no teacher model is loaded)"
+    )
+  elif config.use_kd and not config.kd_teacher_parameters_path:
     print(
       "distillation: SELF-DISTILLATION - kd_teacher_parameters_path is empty, so the student's own initial "
       "parameters, frozen, act as the teacher"
@@ -113,16 +126,28 @@ class Trainer:
     self.corpus = build_corpus(config)
     self.layout = make_layout(config, self.mesh)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
-    self.train_iter = input_pipeline.make_iterator(config, self.corpus, "train", self.batch_size // jax.process_count())
+    local_batch = self.batch_size // jax.process_count()
+    offline = config.use_kd and bool(config.kd_offline_data_dir)
+    if offline:  # the cache holds the sequences and the teacher's top-k
+      self.train_iter = offline_cache.make_iterator(config, local_batch, jax.process_index(), jax.process_count())
+    else:
+      self.train_iter = input_pipeline.make_iterator(config, self.corpus, "train", local_batch)
     self.manager = checkpointing.create_manager(config) if config.enable_checkpointing else None
     self.state, self.start_step = self._initial_state()
     layout = self.layout
     loss_sums, step_metrics, teacher_shardings = student_loss_sums, None, None
-    self.teacher_params = None
-    if config.use_kd:
+    self.teacher_params = self.eval_teacher_params = None
+    eval_loss_sums = student_loss_sums
+    if offline:
+      temperatures = offline_cache.read_manifest(config.kd_offline_data_dir)["temperatures"]
+      loss_sums = offline_distillation.make_offline_kd_loss(config, temperatures)
+      step_metrics = distillation.step_metrics(config)
+      self.teacher_params = {}  # no teacher tensors; a non-None value selects the KD loss signature
+    elif config.use_kd:
       teacher, self.teacher_params = distillation.load_teacher(config, self.mesh, layout)
       loss_sums, step_metrics = distillation.make_kd_loss(config, teacher), distillation.step_metrics(config)
       teacher_shardings = teacher.param_shardings
+      eval_loss_sums, self.eval_teacher_params = loss_sums, self.teacher_params
     self.train_step = jax.jit(
       make_train_step(config, layout.graphdef, layout.tx, loss_sums, step_metrics),
       in_shardings=(layout.state_shardings, teacher_shardings, self.batch_sharding),
@@ -130,8 +155,13 @@ class Trainer:
       donate_argnums=(0,),
     )
     self.eval_step = jax.jit(
-      make_eval_step(config, layout.graphdef, loss_sums),
-      in_shardings=(layout.param_shardings, teacher_shardings, self.batch_sharding, None),
+      make_eval_step(config, layout.graphdef, eval_loss_sums),  # offline: the student's held-out CE only
+      in_shardings=(
+        layout.param_shardings,
+        teacher_shardings if self.eval_teacher_params else None,
+        self.batch_sharding,
+        None,
+      ),
     )
 
   def _initial_state(self):
@@ -153,7 +183,7 @@ class Trainer:
     total = None
     for _ in range(self.config.eval_steps):
       batch = to_global(next(eval_iter), self.batch_sharding)
-      sums = self.eval_step(self.state["params"], self.teacher_params, batch, self.state["step"])
+      sums = self.eval_step(self.state["params"], self.eval_teacher_params, batch, self.state["step"])
       total = metrics_lib.accumulate_sums(total, sums)
     record = logger.write_eval(step, total)
     logger.window_start += time.perf_counter() - started  # eval time is not training throughput

@@ -18,3 +18,7 @@ bash setup.sh
 # 3. One process drives all 8 GPUs (fsdp over them). For several hosts, run this on each with
 #    jax_distributed_initialize=true coordinator_address=HOST0:1234 num_processes=N process_id=I.
 XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 .venv/bin/python MaxText/train.py quickstart/llama3_8b_to_1b_gpu.yml
+
+# 4. The distilled student as a Hugging Face folder (transformers / vLLM), in bfloat16.
+.venv/bin/python -m MaxText.convert_hf_checkpoint --to_hf \
+  --checkpoint /mnt/shared/runs/llama3.1-8b_to_llama3.2-1b --output /mnt/shared/hf/llama3.2-1b-distilled --dtype bfloat16

@@ -19,3 +19,8 @@ gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=0 --command "
 
 # 3. Launch the same command on every host; jax.distributed finds the slice by itself.
 on_all "cd $REPO_DIR && .venv/bin/python MaxText/train.py quickstart/llama3_8b_to_1b_tpu.yml"
+
+# 4. The distilled student as a Hugging Face folder (transformers / vLLM), in bfloat16, from one host.
+gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=0 --command "cd $REPO_DIR && \
+  .venv/bin/python -m MaxText.convert_hf_checkpoint --to_hf \
+    --checkpoint /mnt/shared/runs/llama3.1-8b_to_llama3.2-1b --output /mnt/shared/hf/llama3.2-1b-distilled --dtype bfloat16"

@@ -97,6 +97,18 @@ def test_qwen3_with_qk_norm_and_tied_embeddings_matches_transformers(tmp_path):
   _compare(hf, ours)
 
 
+def test_qwen2_with_qkv_biases_matches_transformers():
+  torch.manual_seed(3)
+  common = {k: v for k, v in COMMON.items() if k != "head_dim"}  # Qwen2 has head_dim = hidden / heads
+  hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common, rms_norm_eps=1e-6)).eval()
+  with torch.no_grad():  # transformers initialises biases to zero, which would test nothing
+    for name, param in hf.named_parameters():
+      if name.endswith("bias"):
+        param.normal_(0.0, 0.5)
+  ours = _ours(hf, {"use_qkv_bias": True, "normalization_layer_epsilon": 1e-6})
+  _compare(hf, ours)
+
+
 def test_converted_checkpoint_loads_as_parameters_and_matches_transformers(tmp_path):
   import jax
 
@@ -125,7 +137,7 @@ def test_converted_checkpoint_loads_as_parameters_and_matches_transformers(tmp_p
   shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
   params = checkpointing.load_params(str(tmp_path / "ckpt"), abstract, shardings)
   _compare(hf, bind(graphdef, params))
-  with pytest.raises(ValueError, match="--model_name: emb_dim=64 but .* has hidden_size=32"):
+  with pytest.raises(SystemExit, match="--model_name: emb_dim=64 but .*config.json has 32"):
     convert_hf_checkpoint.main(
       [
         "--hf_dir",

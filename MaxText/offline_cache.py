@@ -1,0 +1,177 @@
+"""The offline-distillation cache: record layout, manifest, and the Grain pipeline that reads it.
+
+One record per packed sequence, fixed layout (sizes from the manifest), little-endian:
+  inputs, targets, positions, segmentation  int32 [L] each
+  top-k raw teacher logits                  bfloat16 or float32 [L, k] (largest first)
+  their token ids                           int32 [L, k]
+  teacher log-sum-exp of logits / T         float32 [n_T, L], T = 1 first, then kd_offline_temperatures
+Storing the full-vocabulary log-sum-exp makes the top-k teacher probabilities exact and gives the
+pruned tail mass (1 - their sum), which renormalised-only caches lose.
+
+Shards are ArrayRecord files `shard-<process>-<index>.array_record`, one set per host; each host
+keeps `progress-<process>.json` (finished shards and the data iterator state after each) so a rerun
+resumes, and process 0 writes `manifest.json` when every host is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+VALUE_DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
+TOKEN_FIELDS = ("inputs", "targets", "inputs_position", "inputs_segmentation")
+NORMALIZATIONS = ("other_bucket", "renormalize_both", "student_full")  # see offline_distillation.py
+
+
+class CacheError(ValueError):
+  pass
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordLayout:
+  length: int
+  top_k: int
+  num_temperatures: int
+  value_dtype: str
+
+  def fields(self) -> list[tuple[str, Any, tuple[int, ...]]]:
+    length, k = self.length, self.top_k
+    return [
+      *[(name, np.int32, (length,)) for name in TOKEN_FIELDS],
+      ("teacher_values", VALUE_DTYPES[self.value_dtype], (length, k)),
+      ("teacher_ids", np.int32, (length, k)),
+      ("teacher_lse", np.float32, (self.num_temperatures, length)),
+    ]
+
+  @property
+  def record_bytes(self) -> int:
+    return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for _, dtype, shape in self.fields())
+
+  def encode(self, row: dict[str, np.ndarray]) -> bytes:
+    return b"".join(np.ascontiguousarray(row[name], dtype).tobytes() for name, dtype, _ in self.fields())
+
+  def decode(self, record: bytes) -> dict[str, np.ndarray]:
+    if len(record) != self.record_bytes:
+      raise CacheError(
+        f"kd_offline_data_dir: a record has {len(record)} bytes, the manifest's layout {self.record_bytes}"
+      )
+    row, offset = {}, 0
+    for name, dtype, shape in self.fields():
+      count = int(np.prod(shape))
+      row[name] = np.frombuffer(record, dtype, count, offset).reshape(shape)
+      offset += count * np.dtype(dtype).itemsize
+    row["targets_segmentation"] = row["inputs_segmentation"]
+    return row
+
+
+def layout_of(manifest: dict) -> RecordLayout:
+  return RecordLayout(
+    manifest["max_target_length"], manifest["top_k"], len(manifest["temperatures"]), manifest["logits_dtype"]
+  )
+
+
+def temperatures(config) -> list[float]:
+  """T = 1 always, then the listed extra temperatures (deduplicated, in order)."""
+  listed = [float(t) for t in config.kd_offline_temperatures.split(",") if t.strip()]
+  return list(dict.fromkeys([1.0, *listed]))
+
+
+def tokenizer_fingerprint(config) -> str:
+  """sha256 of the tokenizer file (the folder's tokenizer.json), or the byte tokenizer's name."""
+  if config.tokenizer_type == "byte":
+    return "byte"
+  path = config.tokenizer_path
+  if os.path.isdir(path):
+    path = os.path.join(path, "tokenizer.json")
+  with open(path, "rb") as f:
+    return f"{config.tokenizer_type}:sha256:{hashlib.sha256(f.read()).hexdigest()}"
+
+
+def data_spec(config) -> dict:
+  keys = ("dataset_type", "dataset_path", "data_column", "add_bos", "add_eos", "packing", "eval_fraction")
+  return {k: getattr(config, k) for k in (*keys, "data_shuffle_seed", "per_device_batch_size", "steps")}
+
+
+def shard_name(process: int, index: int) -> str:
+  return f"shard-{process:05d}-{index:05d}.array_record"
+
+
+def progress_path(directory: str, process: int) -> str:
+  return os.path.join(directory, f"progress-{process:05d}.json")
+
+
+def write_json_atomic(path: str, obj) -> None:
+  """Write-then-rename, so an interrupted write never leaves a half file behind."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+def read_manifest(directory: str) -> dict:
+  path = os.path.join(directory, MANIFEST)
+  if not os.path.isfile(path):
+    raise CacheError(
+      f"kd_offline_data_dir: no {MANIFEST} in {directory!r} (an unfinished save? rerun save_top_k_teacher_logits.py)"
+    )
+  with open(path, encoding="utf-8") as f:
+    manifest = json.load(f)
+  if manifest.get("format_version") != FORMAT_VERSION:
+    raise CacheError(f"kd_offline_data_dir: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
+  return manifest
+
+
+def check_shards(directory: str, manifest: dict) -> None:
+  """Every shard is there with the size the save job recorded (a truncated copy is caught here)."""
+  for shard in manifest["shards"]:
+    path = os.path.join(directory, shard["file"])
+    if not os.path.isfile(path):
+      raise CacheError(f"kd_offline_data_dir: shard {shard['file']} listed in the manifest is missing")
+    size = os.path.getsize(path)
+    if size != shard["bytes"]:
+      raise CacheError(
+        f"kd_offline_data_dir: shard {shard['file']} has {size} bytes but the manifest records {shard['bytes']} "
+        "(truncated or overwritten)"
+      )
+
+
+def check_against_run(manifest: dict, config) -> None:
+  """The cache must have been made for this run's vocabulary, sequence length, k and tokenizer."""
+  checks = [
+    ("vocab_size", config.vocab_size, manifest["vocab_size"]),
+    ("max_target_length", config.max_target_length, manifest["max_target_length"]),
+  ]
+  if config.kd_top_k:
+    checks.append(("kd_top_k", config.kd_top_k, manifest["top_k"]))
+  for key, ours, cached in checks:
+    if ours != cached:
+      raise CacheError(
+        f"{key}: the run has {ours} but the cache in {config.kd_offline_data_dir!r} was saved with {cached}"
+      )
+  fingerprint = tokenizer_fingerprint(config)
+  if fingerprint != manifest["tokenizer_fingerprint"]:
+    raise CacheError(
+      f"tokenizer_path: the run's tokenizer ({fingerprint[:40]}) is not the one the cache in "
+      f"{config.kd_offline_data_dir!r} was saved with ({manifest['tokenizer_fingerprint'][:40]})"
+    )
+
+
+def make_iterator(config, batch_size: int, process_index: int, process_count: int):
+  """Checkpointable iterator of per-process batches read from the cache: shuffled, sharded per host."""
+  import grain
+
+  manifest = read_manifest(config.kd_offline_data_dir)
+  layout = layout_of(manifest)
+  paths = [os.path.join(config.kd_offline_data_dir, shard["file"]) for shard in manifest["shards"]]
+  ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths))
+  ds = ds.shuffle(seed=config.data_shuffle_seed)[process_index::process_count]
+  ds = ds.repeat(None).map(layout.decode)
+  return iter(ds.to_iter_dataset().batch(batch_size, drop_remainder=True))

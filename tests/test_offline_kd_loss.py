@@ -1,0 +1,115 @@
+"""Offline KD loss from cached top-k logits + log-sum-exps, against the online loss and float64 references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from MaxText import max_utils
+from MaxText import offline_distillation as od
+
+N, V = 12, 40
+TOL = 1e-5
+
+
+def _logits(seed, scale=3.0):
+  rng = np.random.default_rng(seed)
+  return jnp.asarray(scale * rng.standard_normal((N, V)), jnp.float32)
+
+
+def _cached(teacher, k, temperatures=(1.0, 2.0)):
+  values, ids, lse = od.cache_fields(teacher, k, temperatures, jnp.float32)
+  return {"teacher_values": values, "teacher_ids": ids, "teacher_lse": lse}
+
+
+def _offline(student, cache, temperature, normalization="other_bucket", lse_index=0):
+  options = od.OfflineOptions(normalization, False, 0.0, V, lse_index)
+  return od.offline_divergence(student, cache, temperature, options)[0]
+
+
+def _value_and_grad(fn, student):
+  return jax.value_and_grad(lambda s: jnp.sum(fn(s) * jnp.arange(1.0, N + 1)))(student)
+
+
+@pytest.mark.parametrize(("temperature", "index"), [(1.0, 0), (2.0, 1)])
+def test_k_equal_to_vocab_is_the_online_full_kl(temperature, index):
+  student, teacher = _logits(0), _logits(1)
+  cache = _cached(teacher, V)
+  got = _value_and_grad(lambda s: _offline(s, cache, temperature, lse_index=index), student)
+  want = _value_and_grad(lambda s: max_utils.kl_divergence_between_logits(s, teacher, temperature), student)
+  np.testing.assert_allclose(got[0], want[0], rtol=TOL, atol=TOL)
+  np.testing.assert_allclose(got[1], want[1], rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("k", [1, 5, 17])
+def test_top_k_other_bucket_equals_the_online_top_k_other_loss(k):
+  student, teacher = _logits(2), _logits(3)
+  cache = _cached(teacher, k)
+  for temperature, index in ((1.0, 0), (2.0, 1)):
+    got = _value_and_grad(lambda s, t=temperature, i=index: _offline(s, cache, t, lse_index=i), student)
+    want = _value_and_grad(
+      lambda s, t=temperature: max_utils.kl_divergence_between_logits(s, teacher, t, top_k=k, use_other_bucket=True),
+      student,
+    )
+    np.testing.assert_allclose(got[0], want[0], rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(got[1], want[1], rtol=TOL, atol=TOL)
+
+
+def _reference(student, teacher, k, temperature, normalization):
+  """float64 numpy: the three normalisations written out from their definitions."""
+  s, t = np.asarray(student, np.float64) / temperature, np.asarray(teacher, np.float64) / temperature
+  ids = np.argsort(-t, axis=-1)[:, :k]
+  t_ids, s_ids = np.take_along_axis(t, ids, -1), np.take_along_axis(s, ids, -1)
+
+  def log_softmax(x):
+    return x - np.log(np.sum(np.exp(x - x.max(-1, keepdims=True)), -1, keepdims=True)) - x.max(-1, keepdims=True)
+
+  p = np.exp(log_softmax(t_ids))
+  if normalization == "renormalize_both":
+    return np.sum(p * (np.log(p) - log_softmax(s_ids)), -1)
+  return np.sum(p * (np.log(p) - np.take_along_axis(log_softmax(s), ids, -1)), -1)
+
+
+@pytest.mark.parametrize("normalization", ["renormalize_both", "student_full"])
+def test_renormalised_forms_match_their_float64_definitions(normalization):
+  student, teacher = _logits(4), _logits(5)
+  cache = _cached(teacher, 7)
+  for temperature in (1.0, 2.0):
+    got = _offline(student, cache, temperature, normalization)
+    want = _reference(student, teacher, 7, temperature, normalization)
+    np.testing.assert_allclose(got, want, rtol=TOL, atol=TOL)
+
+
+def test_renormalize_both_is_zero_at_identity_and_student_full_is_not():
+  teacher = _logits(6)
+  cache = _cached(teacher, 5)
+  np.testing.assert_allclose(_offline(teacher, cache, 1.0, "renormalize_both"), 0.0, atol=1e-6)
+  # student_full at q = p: sum_I p~ log(p~ / p) = -log(teacher mass inside I) > 0
+  mass = np.sum(np.exp(np.asarray(cache["teacher_values"]) - np.asarray(cache["teacher_lse"])[:, :1]), -1)
+  np.testing.assert_allclose(_offline(teacher, cache, 1.0, "student_full"), -np.log(mass), rtol=1e-5)
+
+
+def test_estimated_temperature_is_exact_for_a_flat_tail():
+  # the tail (everything outside the top 6) is flat: the flat-tail estimate of lse_T is then exact
+  rng = np.random.default_rng(7)
+  teacher = np.full((N, V), -1.0, np.float32)
+  teacher[:, :6] = 2.0 + rng.standard_normal((N, 6))
+  teacher = jnp.asarray(teacher)
+  cache = _cached(teacher, 7, (1.0, 3.0))  # the 7th cached logit is a tail logit
+  for temperature, index in ((1.0, 0), (3.0, 1)):
+    estimated = od.teacher_lse_at(cache["teacher_values"], cache["teacher_lse"], temperature, None)
+    np.testing.assert_allclose(estimated, cache["teacher_lse"][:, index], rtol=1e-6)
+  student = _logits(8)
+  np.testing.assert_allclose(
+    _offline(student, cache, 3.0, lse_index=None), _offline(student, cache, 3.0, lse_index=1), rtol=1e-5, atol=1e-6
+  )
+
+
+def test_bfloat16_values_stay_finite_and_close():
+  student, teacher = _logits(9), _logits(10)
+  exact = _offline(student, _cached(teacher, 8), 2.0, lse_index=1)
+  values, ids, lse = od.cache_fields(teacher, 8, (1.0, 2.0), jnp.bfloat16)
+  cache = {"teacher_values": values, "teacher_ids": ids, "teacher_lse": lse}
+  rounded = _offline(student, cache, 2.0, lse_index=1)
+  assert np.all(np.isfinite(rounded))
+  np.testing.assert_allclose(rounded, exact, rtol=0.05, atol=0.02)  # bf16 keeps 8 bits of each logit

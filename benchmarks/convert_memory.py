@@ -98,16 +98,24 @@ def main() -> None:
     imports = "import jax; jax.devices()\nfrom MaxText import convert_hf_checkpoint as c"
     base = peak_rss_mib(imports)
     ckpt, out = os.path.join(tmp, "ckpt"), os.path.join(tmp, "out")
-    to_ours = peak_rss_mib(f"{imports}\nc.main(['--hf_dir', {hf_dir!r}, '--output', {ckpt!r}, '--dtype', {args.dtype!r}])")
-    to_hf = peak_rss_mib(f"{imports}\nc.main(['--to_hf', '--checkpoint', {ckpt!r}, '--output', {out!r}, "
-                         f"'--dtype', {args.dtype!r}, '--max_shard_size', '100MB'])")
+    to_ours = peak_rss_mib(
+      f"{imports}\nc.main(['--hf_dir', {hf_dir!r}, '--output', {ckpt!r}, '--dtype', {args.dtype!r}])"
+    )
+    to_hf = peak_rss_mib(
+      f"{imports}\nc.main(['--to_hf', '--checkpoint', {ckpt!r}, '--output', {out!r}, "
+      f"'--dtype', {args.dtype!r}, '--max_shard_size', '100MB'])"
+    )
   mib = 2**20
-  print(f"model {out_bytes / mib:.0f} MiB ({args.dtype}), largest tensor {largest / mib:.0f} MiB (float32 in the input)")
+  print(
+    f"model {out_bytes / mib:.0f} MiB ({args.dtype}), largest tensor {largest / mib:.0f} MiB (float32 in the input)"
+  )
   print(f"baseline process (imports + JAX): {base:.0f} MiB")
   for name, peak in (("HF -> ours", to_ours), ("ours -> HF (100MB shards)", to_hf)):
     over = peak - base
-    print(f"{name}: peak {peak:.0f} MiB, {over:.0f} MiB over baseline = {over * mib / out_bytes:.2f} x the model, "
-          f"{(over * mib - out_bytes) / largest:.2f} x the largest tensor beyond it")
+    print(
+      f"{name}: peak {peak:.0f} MiB, {over:.0f} MiB over baseline = {over * mib / out_bytes:.2f} x the model, "
+      f"{(over * mib - out_bytes) / largest:.2f} x the largest tensor beyond it"
+    )
 
 
 if __name__ == "__main__":

@@ -88,22 +88,27 @@ def kd_chunk_sums(xs: dict, shared: dict, options: KDOptions) -> dict:
     )
     kl_at_t_N = max_utils.kd_divergence(s_logits, target, temperature)
     kd_N, mass_kept_N = temperature * temperature * kl_at_t_N, target.mass_kept_N
-  # (1 - a) * CE exactly equals CE at a = 0, so alpha = 0 reproduces the plain CE run's losses
-  total_N = (1.0 - alpha) * hard_N + alpha * kd_N + z_N
   agree_N = (jnp.argmax(frozen_student, axis=-1) == teacher_top1_N).astype(jnp.float32)
+  per_token = {"teacher_loss": teacher_ce_N, "kl_div_at_T": kl_at_t_N, "kl_div_T1": kl_t1_N}
+  per_token.update(teacher_mass_kept=mass_kept_N, top1_agreement=agree_N)
+  return blended_sums(weights, alpha, hard_N, z_N, kd_N, per_token)
+
+
+def blended_sums(weights, alpha, hard_N, z_N, kd_N, kd_terms: dict) -> dict:
+  """total = (1 - a) CE + a KD + z per token; it and every term summed with the token weights.
+
+  (1 - a) * CE exactly equals CE at a = 0, so alpha = 0 reproduces the plain CE run's losses.
+  """
+  total_N = (1.0 - alpha) * hard_N + alpha * kd_N + z_N
   weighted = lambda x: jnp.sum(x * weights)
-  return {
+  sums = {
     "total_loss_sum": weighted(total_N),
     "ce_sum": weighted(hard_N),
     "z_loss_sum": weighted(z_N),
     "tokens": jnp.sum(weights),
     "kd/soft_loss_sum": weighted(kd_N),
-    "kd/teacher_loss_sum": weighted(teacher_ce_N),
-    "kd/kl_div_at_T_sum": weighted(kl_at_t_N),
-    "kd/kl_div_T1_sum": weighted(kl_t1_N),
-    "kd/teacher_mass_kept_sum": weighted(mass_kept_N),
-    "kd/top1_agreement_sum": weighted(agree_N),
   }
+  return sums | {f"kd/{name}_sum": weighted(x) for name, x in kd_terms.items()}
 
 
 @dataclasses.dataclass(frozen=True)

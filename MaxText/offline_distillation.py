@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from MaxText import max_utils
 from MaxText import model as model_lib
-from MaxText.distillation import alpha_at, temperature_at
+from MaxText.distillation import alpha_at, blended_sums, temperature_at
 from MaxText.train_step import run_decoder, token_inputs
 
 _FLOAT_MIN = float(jnp.finfo(jnp.float32).min)
@@ -117,20 +117,9 @@ def offline_chunk_sums(xs: dict, shared: dict, options: OfflineOptions) -> dict:
   else:
     kl_at_t_N, mass_kept_N = offline_divergence(s_logits, xs, temperature, options)
     kd_N = temperature * temperature * kl_at_t_N
-  total_N = (1.0 - alpha) * hard_N + alpha * kd_N + z_N
   agree_N = (jnp.argmax(frozen_student, axis=-1) == teacher_top1_N).astype(jnp.float32)
-  weighted = lambda x: jnp.sum(x * weights)
-  return {
-    "total_loss_sum": weighted(total_N),
-    "ce_sum": weighted(hard_N),
-    "z_loss_sum": weighted(z_N),
-    "tokens": jnp.sum(weights),
-    "kd/soft_loss_sum": weighted(kd_N),
-    "kd/kl_div_at_T_sum": weighted(kl_at_t_N),
-    "kd/kl_div_T1_sum": weighted(kl_t1_N),
-    "kd/teacher_mass_kept_sum": weighted(mass_kept_N),
-    "kd/top1_agreement_sum": weighted(agree_N),
-  }
+  per_token = {"kl_div_at_T": kl_at_t_N, "kl_div_T1": kl_t1_N, "teacher_mass_kept": mass_kept_N}
+  return blended_sums(weights, alpha, hard_N, z_N, kd_N, {**per_token, "top1_agreement": agree_N})
 
 
 def lse_index(config, temperatures: list[float]) -> int | None:

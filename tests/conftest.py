@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -27,6 +28,24 @@ def run_train(out_dir, *overrides, devices=1, check=True, yml="base.yml", timeou
   if check and proc.returncode != 0:
     raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
   return proc
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def run_processes(commands, devices_each: int, timeout=300) -> list[str]:
+  """Runs the commands side by side (the processes of one jax.distributed job); their outputs."""
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_each}", "JAX_PLATFORMS": "cpu"}
+  procs = [
+    subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for cmd in commands
+  ]
+  outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outputs)
+  return outputs
 
 
 def read_metrics(run_dir):

@@ -4,11 +4,12 @@ after an interruption, the manifest checks, and training from the cache."""
 import json
 import os
 import shutil
+import sys
 
 import jax
 import numpy as np
 import pytest
-from conftest import TINY, read_metrics, run_train, train_losses
+from conftest import REPO, TINY, free_port, read_metrics, run_processes, run_train, train_losses
 
 from MaxText import checkpointing, input_pipeline, offline_cache, pyconfig
 from MaxText import model as model_lib
@@ -191,3 +192,37 @@ def test_training_from_the_cache_learns_and_resumes_exactly(cache_dir, tmp_path)
   assert sorted(second) == [5, 6, 7, 8]
   for step in second:
     assert abs(first[step] - second[step]) <= 1e-6 * abs(first[step]), step
+
+
+def _save_command(teacher_dir, out_dir, *extra):
+  keys = {**SAVE_KEYS, "dataset_type": "synthetic", "per_device_batch_size": 2, "steps": 3}
+  args = [f"{k}={v}" for k, v in keys.items() if k != "dataset_path"]
+  script = os.path.join(REPO, "MaxText", "save_top_k_teacher_logits.py")
+  return [
+    sys.executable,
+    script,
+    "base.yml",
+    *args,
+    f"kd_teacher_parameters_path={teacher_dir}",
+    f"kd_offline_output_dir={out_dir}",
+    *extra,
+  ]
+
+
+def test_two_hosts_write_a_shard_set_each_that_together_equal_one_hosts_cache(teacher_dir, tmp_path):
+  single = str(tmp_path / "single")
+  run_processes([_save_command(teacher_dir, single)], devices_each=4)
+  multi = str(tmp_path / "multi")
+  distributed = ["jax_distributed_initialize=true", f"coordinator_address=127.0.0.1:{free_port()}", "num_processes=2"]
+  run_processes([_save_command(teacher_dir, multi, *distributed, f"process_id={i}") for i in range(2)], 2)
+  manifest, rows = _records(multi)
+  assert {s["process"] for s in manifest["shards"]} == {0, 1} and manifest["process_count"] == 2
+  assert manifest["sequences"] == 3 * 8
+  _, single_rows = _records(single)
+  by_tokens = {r["inputs"].tobytes(): r for r in single_rows}
+  assert sorted(by_tokens) == sorted(r["inputs"].tobytes() for r in rows)  # the same sequences, split by host
+  for row in rows:
+    want = by_tokens[row["inputs"].tobytes()]
+    np.testing.assert_array_equal(row["teacher_ids"], want["teacher_ids"])
+    np.testing.assert_allclose(row["teacher_values"], want["teacher_values"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(row["teacher_lse"], want["teacher_lse"], rtol=1e-5)

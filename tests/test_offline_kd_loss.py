@@ -113,3 +113,24 @@ def test_bfloat16_values_stay_finite_and_close():
   rounded = _offline(student, cache, 2.0, lse_index=1)
   assert np.all(np.isfinite(rounded))
   np.testing.assert_allclose(rounded, exact, rtol=0.05, atol=0.02)  # bf16 keeps 8 bits of each logit
+
+
+def test_hard_labels_are_the_student_ce_against_the_cached_argmax():
+  rng = np.random.default_rng(11)
+  hidden, w = jnp.asarray(rng.standard_normal((N, 16)), jnp.float32), jnp.asarray(rng.standard_normal((16, V)))
+  teacher = _logits(12)
+  xs = {
+    "hidden": hidden,
+    "targets": jnp.asarray(rng.integers(0, V, N)),
+    "weights": jnp.asarray(rng.integers(0, 2, N), jnp.float32),
+    **_cached(teacher, 4, (1.0,)),
+  }
+  options = od.OfflineOptions("other_bucket", True, 0.0, V, 0)
+  sums = od.offline_chunk_sums(xs, {"w_DxV": w, "alpha": 0.3, "temperature": 1.0}, options)
+  student = np.asarray(hidden @ w, np.float64)
+  log_q = student - np.log(np.sum(np.exp(student), -1, keepdims=True))
+  ce_vs_argmax = -log_q[np.arange(N), np.argmax(np.asarray(teacher), -1)]
+  np.testing.assert_allclose(sums["kd/soft_loss_sum"], np.sum(ce_vs_argmax * np.asarray(xs["weights"])), rtol=1e-5)
+  ce = -log_q[np.arange(N), np.asarray(xs["targets"])]
+  want_total = np.sum((0.7 * ce + 0.3 * ce_vs_argmax) * np.asarray(xs["weights"]))
+  np.testing.assert_allclose(sums["total_loss_sum"], want_total, rtol=1e-5)

@@ -97,9 +97,7 @@ def main() -> None:
     base = _common(args)
     teacher_path = os.path.join(tmp, "teacher")
     _make_teacher(teacher_path, args.vocab)
-    base.update(
-      kd_teacher_parameters_path=teacher_path, kd_offline_top_k=args.top_k, kd_offline_temperatures="2.0"
-    )
+    base.update(kd_teacher_parameters_path=teacher_path, kd_offline_top_k=args.top_k, kd_offline_temperatures="2.0")
     short = _save_seconds(base, os.path.join(tmp, "short"), 2)
     long_dir = os.path.join(tmp, "long")
     long = _save_seconds(base, long_dir, 2 + args.batches)
@@ -126,7 +124,8 @@ def main() -> None:
     f"save: {save_per_batch * 1e3:.0f} ms/batch ({tokens_per_batch / save_per_batch:,.0f} tokens/s) | teacher "
     f"forward + top-k alone {teacher_per_batch * 1e3:.0f} ms/batch | ratio {save_per_batch / teacher_per_batch:.2f}"
   )
-  print(f"train step: online KD {online * 1e3:.0f} ms | offline KD {offline * 1e3:.0f} ms | ratio {offline / online:.2f}")
+  ratio = offline / online
+  print(f"train step: online KD {online * 1e3:.0f} ms | offline KD {offline * 1e3:.0f} ms | ratio {ratio:.2f}")
 
 
 def _step_times(config, base, cache_dir, mesh, batches, calls):

@@ -9,7 +9,8 @@
   python -m MaxText.convert_hf_checkpoint --to_hf --checkpoint RUN_OR_STEP --output HF_DIR [--dtype bfloat16]
 
 Both directions go tensor by tensor (import fills the stacked arrays in place, export writes shard by
-shard), so the model is never in memory twice. Feature-KD projections and optimizer state are not exported.
+shard), so the model is never in memory twice. Only the decoder's parameters are read: the optimizer state
+and a feature-KD head are items of their own in a run's checkpoint.
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ import numpy as np
 if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from MaxText import checkpointing, hf_config, hf_export, hf_weights, pyconfig  # noqa: E402
+from MaxText import config as config_lib  # noqa: E402
+from MaxText.config.loader import parse_overrides  # noqa: E402
+from MaxText.config.views import MODEL_KEYS  # noqa: E402
+from MaxText.model import hf_config, hf_export, hf_weights, params_io  # noqa: E402
 
-MODEL_CONFIG_FILE = "model_config.json"  # model keys of a converted checkpoint (read by KD and --to_hf)
-_RUN_KEYS = (*pyconfig.MODEL_KEYS, "tokenizer_type", "tokenizer_path", "max_target_length")
+_RUN_KEYS = (*MODEL_KEYS, "tokenizer_type", "tokenizer_path", "max_target_length")
 
 
-class ConversionError(ValueError):
-  pass
+class ConversionError(config_lib.UserError, ValueError):
+  """A bad flag or output folder of the converter."""
 
 
 def _progress(desc: str, unit: str):
@@ -63,16 +66,16 @@ def _require_empty(path: str) -> None:
 def _import_config(args, hf: dict):
   """The model config: from the HF config.json, or the named preset checked against it."""
   hf_keys = hf_config.model_keys_from_hf(hf)
-  extra = pyconfig.parse_overrides(args.set)
+  extra = parse_overrides(args.set)
   if args.model_name:
-    config = pyconfig.from_dict({"model_name": args.model_name, **extra})
+    config = config_lib.load_dict({"model_name": args.model_name, **extra})
     hf_config.check_matches(hf_keys, config, os.path.join(args.hf_dir, "config.json"))
     return config
-  return pyconfig.from_dict({"model_name": "default", **hf_keys, **extra})
+  return config_lib.load_dict({"model_name": "default", **hf_keys, **extra})
 
 
 def _saved_model_keys(config, hf_dir: str) -> dict:
-  keys = {k: getattr(config, k) for k in pyconfig.MODEL_KEYS}
+  keys = {k: getattr(config, k) for k in MODEL_KEYS}
   if os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):
     keys.update(tokenizer_type="huggingface", tokenizer_path=os.path.abspath(hf_dir))
   return keys
@@ -85,8 +88,8 @@ def hf_to_checkpoint(args) -> str:
   dtype, progress = hf_export.DTYPES[args.dtype], _progress("converting", "parameter")
   # Placed as JAX arrays one by one: Orbax then writes them without another full host copy.
   params = hf_weights.hf_to_params(tensors, config, dtype, progress, place=jax.device_put)
-  checkpointing.save_params(args.output, params)
-  with open(os.path.join(args.output, MODEL_CONFIG_FILE), "w", encoding="utf-8") as f:
+  params_io.save_params(args.output, params)
+  with open(os.path.join(args.output, params_io.MODEL_CONFIG_FILE), "w", encoding="utf-8") as f:
     json.dump(_saved_model_keys(config, args.hf_dir), f, indent=1)
   count = sum(x.size for x in _leaves(params))
   return f"wrote {args.output} ({count:,} parameters, {args.dtype})"
@@ -94,31 +97,23 @@ def hf_to_checkpoint(args) -> str:
 
 def _run_config(step_dir: str, args):
   """The model/tokenizer keys of a checkpoint: its run's config.json, a converted model_config.json, or flags."""
-  extra = pyconfig.parse_overrides(args.set)
+  extra = parse_overrides(args.set)
   if args.model_name:
-    return pyconfig.from_dict({"model_name": args.model_name, **extra})
-  candidates = [
-    os.path.join(os.path.dirname(os.path.dirname(step_dir)), "config.json"),
-    os.path.join(step_dir, MODEL_CONFIG_FILE),
-  ]
-  for path in candidates:
-    if os.path.isfile(path):
-      with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-      keys = {k: saved[k] for k in _RUN_KEYS if k in saved}
-      return pyconfig.from_dict({**keys, "model_name": "default", **extra})
-  raise ConversionError(f"--checkpoint: no config.json of a run found for {step_dir!r}; pass --model_name")
+    return config_lib.load_dict({"model_name": args.model_name, **extra})
+  saved = params_io.saved_model_keys(step_dir)
+  if saved is None:
+    raise ConversionError(f"--checkpoint: no config.json of a run found for {step_dir!r}; pass --model_name")
+  keys = {k: saved[1][k] for k in _RUN_KEYS if k in saved[1]}
+  return config_lib.load_dict({**keys, "model_name": "default", **extra})
 
 
 def checkpoint_to_hf(args) -> str:
-  step_dir = checkpointing.latest_step_dir(args.checkpoint)
+  step_dir = params_io.latest_step_dir(args.checkpoint)
   config = _run_config(step_dir, args)
   hf_config.architecture_of(config)  # refuse an inexpressible model before reading anything
   max_shard_bytes = _parse_size(args.max_shard_size)
   _require_empty(args.output)
-  params = checkpointing.read_params_to_host(step_dir)
-  params.pop("kd_projection", None)  # a training-only student parameter
-  params = jax.tree.map(np.asarray, params)
+  params = jax.tree.map(np.asarray, params_io.read_params_to_host(step_dir))
   progress = _progress("writing", "shard")
   shards = hf_export.write_hf_dir(params, config, args.output, args.dtype, max_shard_bytes, progress)
   return f"wrote {args.output} from {step_dir} ({shards} safetensors file(s), {args.dtype})"
@@ -150,10 +145,8 @@ def main(argv: list[str] | None = None) -> None:
   args = parse_args(argv)
   try:
     message = checkpoint_to_hf(args) if args.to_hf else hf_to_checkpoint(args)
-  except (ConversionError, hf_config.HFConfigError, pyconfig.ConfigError, checkpointing.CheckpointError) as e:
+  except config_lib.UserError as e:
     sys.exit(f"error: {e}")
-  except (KeyError, ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e.args[0] if e.args else e}")
   print(message)
 
 

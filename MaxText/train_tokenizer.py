@@ -16,7 +16,7 @@ import types
 if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from MaxText.input_pipeline import read_texts  # noqa: E402
+from MaxText.data.input_pipeline import read_texts  # noqa: E402
 
 SPECIALS = ("<pad>", "<s>", "</s>")  # ids 0, 1, 2 in both kinds
 

@@ -23,7 +23,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from MaxText import distillation, max_utils  # noqa: E402
+from MaxText import max_utils  # noqa: E402
+from MaxText.distill.kd_loss import KDOptions, kd_chunk_sums  # noqa: E402
+from MaxText.distill.sources import LiveTeacher, Pruning  # noqa: E402
 
 MODES = {
   "full KL": {},
@@ -75,7 +77,8 @@ def bench_shape(tokens, vocab, chunk, repeats):
 
 
 def fused_memory(tokens, vocab=32768, dim=256, chunk=256):
-  options = distillation.KDOptions(0, 0.9, True, False, 0.0, False)
+  options = KDOptions(use_hard_labels=False, z_loss=0.0, temperature_is_one=False)
+  source = LiveTeacher(None, None, None, Pruning(top_p=0.9, use_other_bucket=True))
 
   def loss(h, w, th, tw):
     per_token = {
@@ -85,7 +88,7 @@ def fused_memory(tokens, vocab=32768, dim=256, chunk=256):
       "weights": jnp.ones(tokens, jnp.float32),
     }
     shared = {"w_DxV": w, "teacher_w_DxV": tw, "alpha": jnp.float32(0.5), "temperature": jnp.float32(2.0)}
-    fn = functools.partial(distillation.kd_chunk_sums, options=options)
+    fn = functools.partial(kd_chunk_sums, options=options, source=source)
     return max_utils.chunked_sums(fn, per_token, shared, chunk)["total_loss_sum"]
 
   shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((tokens, dim), (dim, vocab), (tokens, dim), (dim, vocab))]

@@ -18,12 +18,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from MaxText import distillation, pyconfig, sharding  # noqa: E402
-from MaxText import model as model_lib  # noqa: E402
-from MaxText.input_pipeline import make_iterator  # noqa: E402
-from MaxText.train import to_global  # noqa: E402
-from MaxText.train_state import init_state, make_layout  # noqa: E402
-from MaxText.train_step import make_train_step  # noqa: E402
+from MaxText import pyconfig  # noqa: E402
+from MaxText.data.input_pipeline import make_iterator  # noqa: E402
+from MaxText.distill.objective import make_loss_fn  # noqa: E402
+from MaxText.distill.schedules import step_metrics  # noqa: E402
+from MaxText.distill.teacher import load_live_teacher  # noqa: E402
+from MaxText.model import decoder as model_lib  # noqa: E402
+from MaxText.parallel import sharding  # noqa: E402
+from MaxText.training.runtime import to_global  # noqa: E402
+from MaxText.training.state import init_state, make_layout  # noqa: E402
+from MaxText.training.step import make_train_step  # noqa: E402
 
 
 def _timed(fn, args_per_call, repeats):
@@ -55,21 +59,21 @@ def main():
   config = pyconfig.initialize(["base.yml", *(f"{k}={v}" for k, v in flags.items())], {**common, "use_kd": True})
   plain = pyconfig.from_dict(common)
   mesh = sharding.create_mesh(config)
-  layout = make_layout(config, mesh)
+  alignment = pyconfig.feature_alignment(config)
+  layout = make_layout(config, mesh, alignment)
   batch_sharding = sharding.batch_sharding(mesh)
   data = make_iterator(config, None, "train", 8)
   batches = [to_global(next(data), batch_sharding) for _ in range(args.steps + 1)]
-  teacher, teacher_params = distillation.load_teacher(config, mesh, layout)
+  teacher, teacher_params = load_live_teacher(config, mesh)
   teacher_params = jax.tree.map(lambda x: x * 1.01, teacher_params)  # a distinct teacher, same architecture
 
   with jax.set_mesh(mesh):
     kd_step = jax.jit(
       make_train_step(
         config,
-        layout.graphdef,
         layout.tx,
-        distillation.make_kd_loss(config, teacher),
-        distillation.step_metrics(config),
+        make_loss_fn(config, layout.graphdef, teacher, alignment),
+        step_metrics(config, alignment is not None),
       ),
       donate_argnums=(0,),
     )
@@ -79,8 +83,9 @@ def main():
       model = model_lib.bind(teacher.graphdef, params)
       return model.logits(batch["inputs"], batch["inputs_position"], batch["inputs_segmentation"]).sum()
 
-    plain_layout = make_layout(plain, mesh)  # without the feature projection a KD layout may carry
-    ce_step = jax.jit(make_train_step(plain, plain_layout.graphdef, plain_layout.tx), donate_argnums=(0,))
+    plain_layout = make_layout(plain, mesh, None)  # without the feature head a KD layout may carry
+    ce_loss = make_loss_fn(plain, plain_layout.graphdef)
+    ce_step = jax.jit(make_train_step(plain, plain_layout.tx, ce_loss), donate_argnums=(0,))
     state = {"s": init_state(plain, plain_layout)}
 
     def ce_args(i):

@@ -22,13 +22,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from MaxText import checkpointing, distillation, offline_cache, offline_distillation, pyconfig, sharding  # noqa: E402
-from MaxText import model as model_lib  # noqa: E402
+from MaxText import pyconfig  # noqa: E402
 from MaxText import save_top_k_teacher_logits as save_job  # noqa: E402
-from MaxText.input_pipeline import make_iterator  # noqa: E402
-from MaxText.train import to_global  # noqa: E402
-from MaxText.train_state import init_state, make_layout  # noqa: E402
-from MaxText.train_step import make_train_step  # noqa: E402
+from MaxText.data import teacher_cache  # noqa: E402
+from MaxText.data.input_pipeline import make_iterator  # noqa: E402
+from MaxText.distill.objective import make_loss_fn  # noqa: E402
+from MaxText.distill.schedules import step_metrics  # noqa: E402
+from MaxText.distill.teacher import build_teacher, load_live_teacher  # noqa: E402
+from MaxText.model import decoder as model_lib  # noqa: E402
+from MaxText.model import params_io  # noqa: E402
+from MaxText.parallel import sharding  # noqa: E402
+from MaxText.training import preflight  # noqa: E402
+from MaxText.training.runtime import to_global  # noqa: E402
+from MaxText.training.state import init_state, make_layout  # noqa: E402
+from MaxText.training.step import make_train_step  # noqa: E402
 
 TEACHER = "emb_dim=512,num_decoder_layers=6,num_query_heads=8,num_kv_heads=4,head_dim=64,mlp_dim=2048"
 STUDENT = {"emb_dim": 128, "num_decoder_layers": 2, "num_query_heads": 4, "num_kv_heads": 2, "head_dim": 32}
@@ -57,7 +64,7 @@ def _make_teacher(path: str, vocab: int) -> None:
   keys = {k: int(v) for k, v in (kv.split("=") for kv in TEACHER.split(","))}
   teacher_config = pyconfig.from_dict({"model_name": "default", "vocab_size": vocab, **keys})
   _, params, _ = model_lib.split_params(model_lib.Decoder(teacher_config, nnx.Rngs(3)))
-  checkpointing.save_params(path, jax.tree.map(lambda x: x * 10.0, params))  # a peaked teacher
+  params_io.save_params(path, jax.tree.map(lambda x: x * 10.0, params))  # a peaked teacher
 
 
 def _save_seconds(base: dict, out: str, batches: int) -> float:
@@ -77,11 +84,11 @@ def _timed(fn, calls: int) -> float:
 
 
 def _teacher_seconds_per_batch(config, mesh, batches) -> float:
-  teacher, params = distillation.load_teacher(config, mesh, layout=None)
-  fields = tuple(offline_cache.temperatures(config))
+  teacher, params = load_live_teacher(config, mesh)
+  fields = tuple(teacher_cache.temperatures(config))
   step = jax.jit(
     lambda p, b: save_job.teacher_cache_step(
-      teacher.graphdef, p, b, config.kd_offline_top_k, fields, offline_cache.VALUE_DTYPES["bfloat16"], 256
+      teacher.graphdef, p, b, config.kd_offline_top_k, fields, teacher_cache.VALUE_DTYPES["bfloat16"], 256
     )
   )
   return _timed(lambda i: step(params, batches[i % len(batches)]), len(batches))
@@ -102,7 +109,7 @@ def main() -> None:
     long_dir = os.path.join(tmp, "long")
     long = _save_seconds(base, long_dir, 2 + args.batches)
     save_per_batch = (long - short) / args.batches
-    manifest = offline_cache.read_manifest(long_dir)
+    manifest = teacher_cache.read_manifest(long_dir)
     tokens_per_batch = manifest["tokens"] / (2 + args.batches)
 
     config = pyconfig.from_dict({**base, "steps": 1000})
@@ -115,7 +122,7 @@ def main() -> None:
       online, offline = _step_times(config, base, long_dir, mesh, batches, args.batches)
   print(f"student {STUDENT} vocab {args.vocab}; teacher {TEACHER}; batch 4 x 256; k {args.top_k}")
   bytes_per_token = manifest["bytes"] / manifest["tokens"]
-  layout_bytes = offline_cache.layout_of(manifest).record_bytes / manifest["max_target_length"]
+  layout_bytes = teacher_cache.layout_of(manifest).record_bytes / manifest["max_target_length"]
   print(
     f"cache: {bytes_per_token:.1f} bytes/token on disk ({layout_bytes:.0f} in the record layout: "
     f"k x 6 = {6 * args.top_k}, lse 4 x {len(manifest['temperatures'])}, tokens/targets/positions/segments 16)"
@@ -129,29 +136,22 @@ def main() -> None:
 
 
 def _step_times(config, base, cache_dir, mesh, batches, calls):
-  layout = make_layout(config, mesh)
-  teacher, teacher_params = distillation.load_teacher(config, mesh, layout)
+  layout = make_layout(config, mesh, None)
+  teacher, teacher_params = load_live_teacher(config, mesh)
+  online_loss = make_loss_fn(config, layout.graphdef, teacher)
   online_step = jax.jit(
-    make_train_step(
-      config, layout.graphdef, layout.tx, distillation.make_kd_loss(config, teacher), distillation.step_metrics(config)
-    ),
-    donate_argnums=(0,),
+    make_train_step(config, layout.tx, online_loss, step_metrics(config, False)), donate_argnums=(0,)
   )
   offline_config = pyconfig.from_dict(
     {**{k: v for k, v in base.items() if not k.startswith("kd_teacher")}, "kd_offline_data_dir": cache_dir}
   )
-  temperatures = offline_cache.read_manifest(cache_dir)["temperatures"]
+  cache = preflight.run(offline_config).cache
+  cached_teacher, _ = build_teacher(offline_config, mesh, cache)
+  offline_loss = make_loss_fn(offline_config, layout.graphdef, cached_teacher)
   offline_step = jax.jit(
-    make_train_step(
-      offline_config,
-      layout.graphdef,
-      layout.tx,
-      offline_distillation.make_offline_kd_loss(offline_config, temperatures),
-      distillation.step_metrics(offline_config),
-    ),
-    donate_argnums=(0,),
+    make_train_step(offline_config, layout.tx, offline_loss, step_metrics(offline_config, False)), donate_argnums=(0,)
   )
-  cached = offline_cache.make_iterator(offline_config, 4, 0, 1)
+  cached = teacher_cache.make_iterator(cache, offline_config.data_shuffle_seed, 4, 0, 1)
   batch_sharding = sharding.batch_sharding(mesh)
   cached_batches = [to_global(next(cached), batch_sharding) for _ in range(calls + 1)]
   state = {"s": init_state(config, layout)}
@@ -165,7 +165,7 @@ def _step_times(config, base, cache_dir, mesh, batches, calls):
 
   online = _timed(run(online_step, teacher_params, batches), calls)
   state["s"] = init_state(config, layout)
-  offline = _timed(run(offline_step, {}, cached_batches), calls)
+  offline = _timed(run(offline_step, None, cached_batches), calls)
   return online, offline
 
 

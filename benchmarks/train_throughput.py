@@ -18,13 +18,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from MaxText import pyconfig, sharding  # noqa: E402
-from MaxText.input_pipeline import make_iterator  # noqa: E402
-from MaxText.metrics import flops_per_token  # noqa: E402
-from MaxText.model import parameter_count  # noqa: E402
-from MaxText.train import to_global  # noqa: E402
-from MaxText.train_state import init_state, make_layout  # noqa: E402
-from MaxText.train_step import make_train_step  # noqa: E402
+from MaxText import pyconfig  # noqa: E402
+from MaxText.data.input_pipeline import make_iterator  # noqa: E402
+from MaxText.distill.objective import make_loss_fn  # noqa: E402
+from MaxText.model.decoder import parameter_count  # noqa: E402
+from MaxText.parallel import sharding  # noqa: E402
+from MaxText.training.metrics import flops_per_token  # noqa: E402
+from MaxText.training.runtime import to_global  # noqa: E402
+from MaxText.training.state import init_state, make_layout  # noqa: E402
+from MaxText.training.step import make_train_step  # noqa: E402
 
 CONFIGS = {
   "demo (byte vocab, seq 128, batch 8)": {"model_name": "demo", "max_target_length": 128, "per_device_batch_size": 8},
@@ -47,13 +49,13 @@ def measure(overrides: dict, steps: int, dtype: str) -> dict:
     {**overrides, "dataset_type": "synthetic", "dtype": dtype, "steps": steps + 1, "remat_policy": "none"}
   )
   mesh = sharding.create_mesh(config)
-  layout = make_layout(config, mesh)
+  layout = make_layout(config, mesh, None)
   state = init_state(config, layout)
   batch_sharding = sharding.batch_sharding(mesh)
   batch_size = int(config.per_device_batch_size * jax.device_count())
   data = make_iterator(config, None, "train", batch_size)
   step_fn = jax.jit(
-    make_train_step(config, layout.graphdef, layout.tx),
+    make_train_step(config, layout.tx, make_loss_fn(config, layout.graphdef)),
     donate_argnums=(0,),
     in_shardings=(layout.state_shardings, None, batch_sharding),
   )

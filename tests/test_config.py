@@ -111,3 +111,23 @@ def test_bad_config_exits_before_compiling_with_one_line(tmp_path):
   proc = run_train(tmp_path, "steps=abc", check=False)
   assert proc.returncode == 2
   assert proc.stderr.strip() == "config error: steps: expected an integer, got 'abc'"
+
+
+def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, capsys):
+  from MaxText import train
+  from MaxText.config.errors import MissingFileError
+
+  def failing(error):
+    class Trainer:
+      def __init__(self, *args):
+        raise error
+
+    return Trainer
+
+  argv = ["train.py", "base.yml", "dataset_type=synthetic"]
+  monkeypatch.setattr(train, "Trainer", failing(MissingFileError("dataset_path: no readable files match 'x'")))
+  assert train.main(argv) == 1
+  assert capsys.readouterr().err == "error: dataset_path: no readable files match 'x'\n"
+  monkeypatch.setattr(train, "Trainer", failing(KeyError("a bug")))  # not a UserError: it propagates
+  with pytest.raises(KeyError, match="a bug"):
+    train.main(argv)

@@ -9,29 +9,35 @@ import optax
 import pytest
 from flax import nnx
 
-from MaxText import distillation, feature_distillation, pyconfig, sharding
-from MaxText import model as model_lib
+from MaxText import pyconfig
+from MaxText.distill import feature_head
+from MaxText.distill.objective import make_loss_fn
+from MaxText.distill.schedules import step_metrics
+from MaxText.distill.sources import LiveTeacher
+from MaxText.losses.features import feature_distance
+from MaxText.model import decoder as model_lib
+from MaxText.parallel import sharding
 from MaxText.pyconfig import ConfigError
-from MaxText.train_state import make_layout
-from MaxText.train_step import make_train_step
+from MaxText.training.state import init_state, make_layout
+from MaxText.training.step import make_train_step
 from tests.conftest import TINY, read_metrics, run_train
 
 
 def test_cosine_distance_of_identical_features_is_0_and_of_opposite_ones_2():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(5, 8)), jnp.float32)
-  np.testing.assert_allclose(feature_distillation.feature_distance(x, 3 * x, "cosine"), 0.0, atol=1e-6)
-  np.testing.assert_allclose(feature_distillation.feature_distance(x, -x, "cosine"), 2.0, atol=1e-6)
+  np.testing.assert_allclose(feature_distance(x, 3 * x, "cosine"), 0.0, atol=1e-6)
+  np.testing.assert_allclose(feature_distance(x, -x, "cosine"), 2.0, atol=1e-6)
 
 
 def test_l2_is_the_mean_squared_difference():
   a, b = jnp.array([[1.0, 2.0, 3.0, 4.0]]), jnp.array([[0.0, 2.0, 5.0, 1.0]])
-  np.testing.assert_allclose(feature_distillation.feature_distance(a, b, "l2"), [(1 + 0 + 4 + 9) / 4])
+  np.testing.assert_allclose(feature_distance(a, b, "l2"), [(1 + 0 + 4 + 9) / 4])
 
 
 def test_zero_features_give_no_nan_values_or_gradients():
   zeros = jnp.zeros((3, 6))
   for kind in ("cosine", "l2"):
-    value, grad = jax.value_and_grad(lambda a, k=kind: feature_distillation.feature_distance(a, zeros, k).sum())(zeros)
+    value, grad = jax.value_and_grad(lambda a, k=kind: feature_distance(a, zeros, k).sum())(zeros)
     assert np.isfinite(float(value)) and np.isfinite(np.asarray(grad)).all()
 
 
@@ -104,7 +110,8 @@ def test_projection_learns_a_known_linear_map():
   student = jnp.asarray(rng.normal(size=(2, 4, 16, 32)), jnp.float32)  # [layers, B, L, D]
   teacher = jnp.einsum("nbld,de->nble", student, true_map)
   weights = jnp.ones(4 * 16)
-  loss = lambda p: feature_distillation.feature_loss_sum(config, student, teacher, p, weights) / weights.sum()
+  alignment = pyconfig.feature_alignment(config)
+  loss = lambda p: feature_head.feature_loss_sum(alignment, student, teacher, p, weights) / weights.sum()
   projection = jnp.zeros((1, 32, 48))
   tx = optax.adam(0.05)
   opt = tx.init(projection)
@@ -121,24 +128,24 @@ def test_scan_on_and_off_give_the_same_feature_loss():
   _, params, _ = model_lib.split_params(model_lib.Decoder(config, nnx.Rngs(0)))
   tokens = np.random.default_rng(1).integers(0, 320, (2, 12))
   weights = jnp.ones(24)
+  alignment = pyconfig.feature_alignment(config)
+  projection = feature_head.init_head(alignment, 0, config.weight_dtype)[feature_head.PROJECTION]
   losses = []
   for scan in (True, False):
     variant = dataclasses.replace(config, scan_layers=scan)
     model = model_lib.bind(nnx.graphdef(model_lib.abstract_model(variant)), params)
     feats = model(tokens, return_features=True).features
-    losses.append(
-      feature_distillation.feature_loss_sum(variant, feats, feats * 0.5 + 1.0, model.kd_projection[...], weights)
-    )
+    losses.append(feature_head.feature_loss_sum(alignment, feats, feats * 0.5 + 1.0, projection, weights))
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
 
 
 def _step_memory(config):
   mesh = sharding.create_mesh(config)
-  layout = make_layout(config, mesh)
-  teacher = distillation.Teacher(config, layout.graphdef, layout.param_shardings)
-  step = make_train_step(
-    config, layout.graphdef, layout.tx, distillation.make_kd_loss(config, teacher), distillation.step_metrics(config)
-  )
+  alignment = pyconfig.feature_alignment(config)
+  layout = make_layout(config, mesh, alignment)
+  teacher = LiveTeacher(config, layout.graphdef, layout.param_shardings)
+  loss_fn = make_loss_fn(config, layout.graphdef, teacher, alignment)
+  step = make_train_step(config, layout.tx, loss_fn, step_metrics(config, alignment is not None))
   shape = jax.ShapeDtypeStruct((4, 64), jnp.int32)
   batch = {k: shape for k in ("inputs", "inputs_position", "inputs_segmentation", "targets", "targets_segmentation")}
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), layout.abstract_state)
@@ -183,11 +190,14 @@ def test_feature_loss_falls_with_a_deeper_wider_teacher(tmp_path):
 
 
 def test_projection_is_a_student_parameter_left_out_of_the_hugging_face_tensors():
-  from MaxText import hf_weights
+  from MaxText.model import hf_weights
 
   config = pyconfig.from_dict({"model_name": "tiny", "dtype": "float32", "use_kd": True, "kd_beta": 1.0})
-  _, params, axes = model_lib.split_params(model_lib.Decoder(config, nnx.Rngs(0)))
-  assert params["kd_projection"].shape == (2, 32, 32) and axes["kd_projection"][0] == "layers"
-  exported = hf_weights.params_to_hf(params, config)
+  layout = make_layout(config, sharding.create_mesh(config), pyconfig.feature_alignment(config))
+  state = init_state(config, layout)
+  head, axes = state["kd_head"], feature_head.head_logical_axes()
+  assert head["kd_projection"].shape == (2, 32, 32) and axes["kd_projection"][0] == "layers"
+  assert "kd_projection" not in state["params"]  # the decoder's parameters hold no distillation parameter
+  exported = hf_weights.params_to_hf(state["params"], config)
   assert not any("projection" in name for name in exported)
   assert exported["model.layers.1.mlp.down_proj.weight"].shape == (32, 64)

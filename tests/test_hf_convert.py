@@ -10,9 +10,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from conftest import TINY, run_train  # noqa: E402
+from conftest import TINY, read_metrics, run_train  # noqa: E402
 
-from MaxText import checkpointing, convert_hf_checkpoint, hf_weights, pyconfig, tokenizer  # noqa: E402
+from MaxText import convert_hf_checkpoint, pyconfig  # noqa: E402
+from MaxText.data import tokenizer  # noqa: E402
+from MaxText.model import hf_weights, params_io  # noqa: E402
 
 TOL = 1e-4
 SIZES = dict(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
@@ -51,14 +53,14 @@ def _load_ours(ckpt_dir, **overrides):
   """Our model from a converted checkpoint, with the model keys the converter saved beside it."""
   import jax
 
-  from MaxText.model import abstract_model, bind, split_params
+  from MaxText.model.decoder import abstract_model, bind, split_params
 
-  with open(os.path.join(ckpt_dir, convert_hf_checkpoint.MODEL_CONFIG_FILE), encoding="utf-8") as f:
+  with open(os.path.join(ckpt_dir, params_io.MODEL_CONFIG_FILE), encoding="utf-8") as f:
     keys = {k: v for k, v in json.load(f).items() if k in pyconfig.MODEL_KEYS}
   config = pyconfig.from_dict({**keys, "dtype": "float32", **overrides})
   graphdef, abstract, _ = split_params(abstract_model(config))
   shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
-  return bind(graphdef, checkpointing.load_params(str(ckpt_dir), abstract, shardings))
+  return bind(graphdef, params_io.load_params(str(ckpt_dir), abstract, shardings))
 
 
 def _hf_logits(model, tokens):
@@ -110,13 +112,15 @@ def _greedy_ours(model, prompt, new_tokens):
 def test_kd_trained_student_exports_and_transformers_reproduces_it(tmp_path):
   import jax
 
-  from MaxText.model import abstract_model, bind, split_params
+  from MaxText.model.decoder import abstract_model, bind, split_params
 
-  # Self-distillation with feature KD: the checkpoint holds a kd_projection that must not be exported.
+  # Self-distillation with feature KD: the checkpoint holds a kd_projection, as an item of its own beside
+  # the decoder's parameters, so the export reads the decoder's item as it is.
   run = ["run_name=kd", "steps=3", "use_kd=true", "kd_alpha=0.5", "kd_temperature=2.0", "kd_beta=0.5"]
   run_train(tmp_path, *TINY, *run)
-  step_dir = checkpointing.latest_step_dir(str(tmp_path / "kd"))
-  assert "kd_projection" in checkpointing.read_params_to_host(step_dir)
+  step_dir = params_io.latest_step_dir(str(tmp_path / "kd"))
+  assert "kd_projection" in params_io.read_params_to_host(os.path.join(step_dir, "kd_head"))
+  assert "kd_projection" not in params_io.read_params_to_host(step_dir)
   _convert("--to_hf", "--checkpoint", tmp_path / "kd", "--output", tmp_path / "hf")
 
   config = pyconfig.from_dict({"model_name": "tiny", "dtype": "float32"})
@@ -125,7 +129,7 @@ def test_kd_trained_student_exports_and_transformers_reproduces_it(tmp_path):
   student_config = pyconfig.from_dict({"model_name": "tiny", "dtype": "float32", "use_kd": True, "kd_beta": 0.5})
   graphdef, abstract, _ = split_params(abstract_model(student_config))
   shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
-  ours = bind(graphdef, checkpointing.load_params(step_dir, abstract, shardings))
+  ours = bind(graphdef, params_io.load_params(step_dir, abstract, shardings))
 
   hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
   hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
@@ -203,7 +207,7 @@ def test_converted_teacher_is_checked_against_its_model_config(tmp_path):
     pyconfig.ConfigError, match="kd_teacher_overrides: teacher .* but the checkpoint at .* was trained with"
   ):
     pyconfig.from_dict({**student, "kd_teacher_overrides": "emb_dim=32,mlp_dim=128"})
-  with open(tmp_path / "teacher" / convert_hf_checkpoint.MODEL_CONFIG_FILE, encoding="utf-8") as f:
+  with open(tmp_path / "teacher" / params_io.MODEL_CONFIG_FILE, encoding="utf-8") as f:
     keys = {k: v for k, v in json.load(f).items() if k in pyconfig.MODEL_KEYS and k != "vocab_size"}
   overrides = ",".join(f"{k}={v}" for k, v in keys.items())
   config = pyconfig.from_dict({**student, "kd_teacher_overrides": overrides})  # the matching teacher is accepted
@@ -215,7 +219,7 @@ def test_converted_teacher_is_checked_against_its_model_config(tmp_path):
   [("bpe", "huggingface", "tokenizer.json"), ("sentencepiece", "sentencepiece", "tokenizer.model")],
 )
 def test_exported_tokenizer_files_encode_like_the_run(tmp_path, kind, tokenizer_type, file):
-  from MaxText import hf_export
+  from MaxText.model import hf_export
   from MaxText.train_tokenizer import main as train_tokenizer
 
   text = "To be, or not to be, that is the question."
@@ -231,3 +235,41 @@ def test_exported_tokenizer_files_encode_like_the_run(tmp_path, kind, tokenizer_
   if tokenizer_type == "huggingface":  # the exported folder itself is a valid tokenizer_path
     again = tokenizer.build_tokenizer("huggingface", str(tmp_path / "hf"))
     assert again.encode(text) == ours.encode(text) and (again.bos_id, again.eos_id) == (1, 2)
+
+
+def _model_keys_of(ckpt_dir) -> list[str]:
+  with open(os.path.join(ckpt_dir, params_io.MODEL_CONFIG_FILE), encoding="utf-8") as f:
+    saved = json.load(f)
+  return [f"{k}={saved[k]}" for k in pyconfig.MODEL_KEYS if k in saved]
+
+
+def test_feature_kd_student_starts_from_a_plain_and_a_converted_checkpoint_and_exports_as_is(tmp_path):
+  # A plain run's checkpoint and a converted Hugging Face model hold decoder parameters only; a feature-KD
+  # student (kd_beta > 0 with a learned projection) loads either and starts a fresh head of its own.
+  run_train(tmp_path, *TINY, "run_name=plain", "steps=4", "learning_rate=1e-2")  # far from a fresh init
+  _hf_model("llama").save_pretrained(tmp_path / "hf")
+  _convert("--hf_dir", tmp_path / "hf", "--output", tmp_path / "converted")
+  feature_kd = ["use_kd=true", "kd_alpha=0.5", "kd_beta=0.5", "kd_feature_projection=true"]
+  starts = {
+    "from_plain": (params_io.latest_step_dir(str(tmp_path / "plain")), []),
+    "from_hf": (str(tmp_path / "converted"), _model_keys_of(tmp_path / "converted")),
+  }
+  for name, (start, model_keys) in starts.items():
+    common = [*TINY, *model_keys, f"load_parameters_path={start}"]
+    run_train(tmp_path, *common, f"run_name={name}_ce", "steps=1", "enable_checkpointing=false")
+    run_train(tmp_path, *common, f"run_name={name}", "steps=2", *feature_kd)
+    ce_first = read_metrics(tmp_path / f"{name}_ce")[0]
+    kd_records = read_metrics(tmp_path / name)
+    # the first step's CE is that of the loaded parameters on the first batch (a fresh init's would differ)
+    assert kd_records[0]["kd/hard_loss"] == pytest.approx(ce_first["loss"], rel=1e-5), name
+    assert all("kd/feature_loss" in r for r in kd_records) and len(kd_records) == 2
+
+  # the feature student's export is its decoder's parameters, tensor for tensor, with no special case
+  step_dir = params_io.latest_step_dir(str(tmp_path / "from_hf"))
+  _convert("--to_hf", "--checkpoint", tmp_path / "from_hf", "--output", tmp_path / "exported")
+  config = pyconfig.initialize(["base.yml", *_model_keys_of(tmp_path / "converted")])
+  expected = hf_weights.params_to_hf(params_io.read_params_to_host(step_dir), config)
+  exported = hf_weights.read_safetensors_dir(str(tmp_path / "exported"))
+  assert sorted(exported) == sorted(expected)
+  for tensor, value in expected.items():
+    np.testing.assert_array_equal(exported[tensor], np.asarray(value, np.float32), err_msg=tensor)

@@ -6,8 +6,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from MaxText import hf_weights, pyconfig  # noqa: E402
-from MaxText.model import Decoder  # noqa: E402
+from MaxText import pyconfig  # noqa: E402
+from MaxText.model import hf_weights  # noqa: E402
+from MaxText.model.decoder import Decoder  # noqa: E402
 
 TOL = 1e-4
 COMMON = dict(
@@ -112,8 +113,9 @@ def test_qwen2_with_qkv_biases_matches_transformers():
 def test_converted_checkpoint_loads_as_parameters_and_matches_transformers(tmp_path):
   import jax
 
-  from MaxText import checkpointing, convert_hf_checkpoint
-  from MaxText.model import abstract_model, bind, split_params
+  from MaxText import convert_hf_checkpoint
+  from MaxText.model import params_io
+  from MaxText.model.decoder import abstract_model, bind, split_params
 
   torch.manual_seed(2)
   hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**COMMON, tie_word_embeddings=False)).eval()
@@ -135,7 +137,7 @@ def test_converted_checkpoint_loads_as_parameters_and_matches_transformers(tmp_p
   config = pyconfig.initialize(["base.yml", *keys])
   graphdef, abstract, _ = split_params(abstract_model(config))
   shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
-  params = checkpointing.load_params(str(tmp_path / "ckpt"), abstract, shardings)
+  params = params_io.load_params(str(tmp_path / "ckpt"), abstract, shardings)
   _compare(hf, bind(graphdef, params))
   with pytest.raises(SystemExit, match="--model_name: emb_dim=64 but .*config.json has 32"):
     convert_hf_checkpoint.main(

@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from MaxText import input_pipeline, pyconfig
-from MaxText.tokenizer import ByteTokenizer, build_tokenizer, check_fits_model
+from MaxText import pyconfig
+from MaxText.data import input_pipeline
+from MaxText.data.tokenizer import ByteTokenizer, build_tokenizer, check_fits_model
 from MaxText.train_tokenizer import main as train_tokenizer
 
 

@@ -1,13 +1,17 @@
 """The KD divergence and loss: analytic values, invariants, chunking/fusion, gradients, numerics, schedules."""
 
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from MaxText import distillation, max_utils, pyconfig
+from MaxText import max_utils, pyconfig
+from MaxText.distill import schedules
+from MaxText.distill.kd_loss import KDOptions, kd_chunk_sums
+from MaxText.distill.sources import LiveTeacher, Pruning
 from MaxText.max_utils import kl_divergence_between_logits as kl
 
 MODES = [
@@ -158,8 +162,10 @@ def test_finite_for_extreme_logits_minus_inf_tiny_and_huge_temperatures_and_bf16
 def _kd_sums(hidden, teacher_hidden, w, tw, targets, weights, options, alpha=0.5, temperature=2.0, chunk=1000):
   per_token = {"hidden": hidden, "teacher_hidden": teacher_hidden, "targets": targets, "weights": weights}
   shared = {"w_DxV": w, "teacher_w_DxV": tw, "alpha": jnp.float32(alpha), "temperature": jnp.float32(temperature)}
+  source = LiveTeacher(None, None, None, Pruning(options.top_k, options.top_p, options.use_other_bucket))
+  kd_options = KDOptions(use_hard_labels=options.use_hard_labels, z_loss=0.0, temperature_is_one=False)
   return max_utils.chunked_sums(
-    functools.partial(distillation.kd_chunk_sums, options=options), per_token, shared, chunk
+    functools.partial(kd_chunk_sums, options=kd_options, source=source), per_token, shared, chunk
   )
 
 
@@ -177,8 +183,8 @@ def _kd_inputs(n=48, d=8, v=30, seed=0):
 
 
 def _options(**kw):
-  base = dict(top_k=0, top_p=0.0, use_other_bucket=False, use_hard_labels=False, z_loss=0.0, temperature_is_one=False)
-  return distillation.KDOptions(**{**base, **kw})
+  base = dict(top_k=0, top_p=0.0, use_other_bucket=False, use_hard_labels=False)
+  return types.SimpleNamespace(**{**base, **kw})
 
 
 OPTION_SETS = [
@@ -254,7 +260,7 @@ def test_alpha_zero_total_is_exactly_the_cross_entropy():
 
 @pytest.mark.parametrize("kind, mid, end", [("constant", 0.8, 0.8), ("linear", 0.5, 0.2), ("cosine", 0.5, 0.2)])
 def test_schedules_at_start_mid_and_end(kind, mid, end):
-  value = lambda step: float(distillation.schedule_value(0.8, 0.2, kind, step, 100))
+  value = lambda step: float(schedules.schedule_value(0.8, 0.2, kind, step, 100))
   assert value(0) == pytest.approx(0.8)
   assert value(50) == pytest.approx(mid)
   assert value(100) == pytest.approx(end)
@@ -276,6 +282,6 @@ def test_alpha_and_temperature_follow_their_config_schedules():
       "kd_temperature_schedule": "cosine",
     }
   )
-  assert float(distillation.alpha_at(c, 5)) == pytest.approx(0.5)
-  assert float(distillation.temperature_at(c, 0)) == pytest.approx(4.0)
-  assert float(distillation.temperature_at(c, 10)) == pytest.approx(1.0)
+  assert float(schedules.alpha_at(c, 5)) == pytest.approx(0.5)
+  assert float(schedules.temperature_at(c, 0)) == pytest.approx(4.0)
+  assert float(schedules.temperature_at(c, 10)) == pytest.approx(1.0)

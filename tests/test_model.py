@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from MaxText import model as model_lib
 from MaxText import pyconfig
+from MaxText.model import decoder as model_lib
 
 
 def _model(**overrides):

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from conftest import REPO, TINY, free_port, read_metrics, run_processes, run_train, train_losses
 
-from MaxText import checkpointing, input_pipeline, offline_cache, pyconfig
-from MaxText import model as model_lib
+from MaxText import pyconfig
 from MaxText import save_top_k_teacher_logits as save_job
-from MaxText.train import build_corpus
+from MaxText.data import input_pipeline, teacher_cache
+from MaxText.model import decoder as model_lib
+from MaxText.model import params_io
+from MaxText.training.runtime import build_corpus
 
 SAVE_KEYS = {
   "model_name": "tiny",
@@ -49,7 +51,7 @@ def teacher_dir(tmp_path_factory):
   # a larger init than the student's makes a peaked teacher, far from the near-uniform student
   config = pyconfig.from_dict({"model_name": "tiny", "dtype": "float32", "init_std": 0.3})
   _, params, _ = model_lib.split_params(model_lib.Decoder(config, nnx.Rngs(7)))
-  checkpointing.save_params(path, params)
+  params_io.save_params(path, params)
   return path
 
 
@@ -69,8 +71,8 @@ def cache_dir(teacher_dir, corpus_file, tmp_path_factory):
 def _records(directory):
   from array_record.python.array_record_module import ArrayRecordReader
 
-  manifest = offline_cache.read_manifest(directory)
-  layout = offline_cache.layout_of(manifest)
+  manifest = teacher_cache.read_manifest(directory)
+  layout = teacher_cache.layout_of(manifest)
   rows = []
   for shard in manifest["shards"]:
     reader = ArrayRecordReader(os.path.join(directory, shard["file"]))
@@ -94,7 +96,7 @@ def test_cache_holds_the_packed_stream_and_the_teachers_top_k(teacher_dir, cache
 
   graphdef, abstract, _ = model_lib.split_params(model_lib.abstract_model(config))
   shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
-  teacher = model_lib.bind(graphdef, checkpointing.load_params(teacher_dir, abstract, shardings))
+  teacher = model_lib.bind(graphdef, params_io.load_params(teacher_dir, abstract, shardings))
   for row in rows[:4]:
     logits = np.asarray(
       teacher.logits(row["inputs"][None], row["inputs_position"][None], row["inputs_segmentation"][None])
@@ -111,23 +113,23 @@ def test_rerun_after_an_interrupted_save_gives_the_same_cache(teacher_dir, cache
   copy = str(tmp_path / "interrupted")
   shutil.copytree(cache_dir, copy)
   # the state a crash while writing the second shard leaves: one shard recorded, a half-written second
-  os.remove(os.path.join(copy, offline_cache.MANIFEST))
-  progress_file = offline_cache.progress_path(copy, 0)
+  os.remove(os.path.join(copy, teacher_cache.MANIFEST))
+  progress_file = teacher_cache.progress_path(copy, 0)
   with open(progress_file, encoding="utf-8") as f:
     progress = json.load(f)
   progress["finished"] = progress["finished"][:1]
-  offline_cache.write_json_atomic(progress_file, progress)
-  second = os.path.join(copy, offline_cache.shard_name(0, 1))
+  teacher_cache.write_json_atomic(progress_file, progress)
+  second = os.path.join(copy, teacher_cache.shard_name(0, 1))
   with open(second, "r+b") as f:
     f.truncate(os.path.getsize(second) // 2)
-  os.remove(os.path.join(copy, offline_cache.shard_name(0, 2)))
+  os.remove(os.path.join(copy, teacher_cache.shard_name(0, 2)))
 
   save_job.save(_save_config(teacher_dir, copy))
   for name in sorted(os.listdir(cache_dir)):
     with open(os.path.join(cache_dir, name), "rb") as a, open(os.path.join(copy, name), "rb") as b:
       assert a.read() == b.read(), name
 
-  with pytest.raises(offline_cache.CacheError, match="holds a cache made with another 'top_k'"):
+  with pytest.raises(teacher_cache.CacheError, match="holds a cache made with another 'top_k'"):
     save_job.save(_save_config(teacher_dir, copy, kd_offline_top_k=4))
 
 
@@ -162,13 +164,13 @@ def test_manifest_mismatches_and_a_truncated_shard_are_clear_errors(cache_dir, t
 
   broken = str(tmp_path / "broken")
   shutil.copytree(cache_dir, broken)
-  shard = os.path.join(broken, offline_cache.shard_name(0, 1))
+  shard = os.path.join(broken, teacher_cache.shard_name(0, 1))
   size = os.path.getsize(shard)
   with open(shard, "r+b") as f:
     f.truncate(size - 100)
-  with pytest.raises(pyconfig.ConfigError, match=f"shard {offline_cache.shard_name(0, 1)} has {size - 100} bytes"):
+  with pytest.raises(pyconfig.ConfigError, match=f"shard {teacher_cache.shard_name(0, 1)} has {size - 100} bytes"):
     _offline_run(broken)
-  os.remove(os.path.join(broken, offline_cache.MANIFEST))
+  os.remove(os.path.join(broken, teacher_cache.MANIFEST))
   with pytest.raises(pyconfig.ConfigError, match="no manifest.json"):
     _offline_run(broken)
 

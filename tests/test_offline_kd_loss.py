@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 from MaxText import max_utils
-from MaxText import offline_distillation as od
+from MaxText.distill.cached_source import CachedTopKTeacher
+from MaxText.distill.kd_loss import KDOptions, kd_chunk_sums
+from MaxText.distill.sources import LiveTeacher, Pruning
+from MaxText.losses import targets
 
 N, V = 12, 40
 TOL = 1e-5
@@ -18,13 +21,13 @@ def _logits(seed, scale=3.0):
 
 
 def _cached(teacher, k, temperatures=(1.0, 2.0)):
-  values, ids, lse = od.cache_fields(teacher, k, temperatures, jnp.float32)
+  values, ids, lse = targets.cache_fields(teacher, k, temperatures, jnp.float32)
   return {"teacher_values": values, "teacher_ids": ids, "teacher_lse": lse}
 
 
 def _offline(student, cache, temperature, normalization="other_bucket", lse_index=0):
-  options = od.OfflineOptions(normalization, False, 0.0, V, lse_index)
-  return od.offline_divergence(student, cache, temperature, options)[0]
+  source = CachedTopKTeacher(normalization, V, lse_index)
+  return source.chunk(cache, {}).divergence(student, temperature)[0]
 
 
 def _value_and_grad(fn, student):
@@ -97,7 +100,7 @@ def test_estimated_temperature_is_exact_for_a_flat_tail():
   teacher = jnp.asarray(teacher)
   cache = _cached(teacher, 7, (1.0, 3.0))  # the 7th cached logit is a tail logit
   for temperature, index in ((1.0, 0), (3.0, 1)):
-    estimated = od.teacher_lse_at(cache["teacher_values"], cache["teacher_lse"], temperature, None)
+    estimated = targets.teacher_lse_at(cache["teacher_values"], cache["teacher_lse"], temperature, None)
     np.testing.assert_allclose(estimated, cache["teacher_lse"][:, index], rtol=1e-6)
   student = _logits(8)
   np.testing.assert_allclose(
@@ -108,7 +111,7 @@ def test_estimated_temperature_is_exact_for_a_flat_tail():
 def test_bfloat16_values_stay_finite_and_close():
   student, teacher = _logits(9), _logits(10)
   exact = _offline(student, _cached(teacher, 8), 2.0, lse_index=1)
-  values, ids, lse = od.cache_fields(teacher, 8, (1.0, 2.0), jnp.bfloat16)
+  values, ids, lse = targets.cache_fields(teacher, 8, (1.0, 2.0), jnp.bfloat16)
   cache = {"teacher_values": values, "teacher_ids": ids, "teacher_lse": lse}
   rounded = _offline(student, cache, 2.0, lse_index=1)
   assert np.all(np.isfinite(rounded))
@@ -125,8 +128,9 @@ def test_hard_labels_are_the_student_ce_against_the_cached_argmax():
     "weights": jnp.asarray(rng.integers(0, 2, N), jnp.float32),
     **_cached(teacher, 4, (1.0,)),
   }
-  options = od.OfflineOptions("other_bucket", True, 0.0, V, 0)
-  sums = od.offline_chunk_sums(xs, {"w_DxV": w, "alpha": 0.3, "temperature": 1.0}, options)
+  options = KDOptions(use_hard_labels=True, z_loss=0.0, temperature_is_one=True)
+  source = CachedTopKTeacher("other_bucket", V, 0)
+  sums = kd_chunk_sums(xs, {"w_DxV": w, "alpha": 0.3, "temperature": 1.0}, options, source)
   student = np.asarray(hidden @ w, np.float64)
   log_q = student - np.log(np.sum(np.exp(student), -1, keepdims=True))
   ce_vs_argmax = -log_q[np.arange(N), np.argmax(np.asarray(teacher), -1)]
@@ -134,3 +138,30 @@ def test_hard_labels_are_the_student_ce_against_the_cached_argmax():
   ce = -log_q[np.arange(N), np.asarray(xs["targets"])]
   want_total = np.sum((0.7 * ce + 0.3 * ce_vs_argmax) * np.asarray(xs["weights"]))
   np.testing.assert_allclose(sums["total_loss_sum"], want_total, rtol=1e-5)
+
+
+def test_online_and_offline_teachers_run_through_one_assembly_and_agree_at_k_equal_to_vocab():
+  # kd_chunk_sums with a live teacher (its hidden states and unembedding) and with a cache of the same
+  # teacher's logits at k = vocab: every summed term the two share, and the student's gradient, agree.
+  rng = np.random.default_rng(13)
+  f = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
+  hidden, w, teacher_hidden, teacher_w = f(N, 16), f(16, V), f(N, 8), 2.0 * f(8, V)
+  common = {"targets": jnp.asarray(rng.integers(0, V, N)), "weights": jnp.asarray(rng.random(N) > 0.2, jnp.float32)}
+  online_xs = {**common, "teacher_hidden": teacher_hidden}
+  offline_xs = {**common, **_cached(teacher_hidden @ teacher_w, V, (1.0, 2.0))}
+  shared = {"w_DxV": w, "alpha": jnp.float32(0.4), "temperature": jnp.float32(2.0)}
+  options = KDOptions(use_hard_labels=False, z_loss=0.0, temperature_is_one=False)
+
+  def run(source, xs, extra_shared):
+    def total(h):
+      sums = kd_chunk_sums({**xs, "hidden": h}, {**shared, **extra_shared}, options, source)
+      return sums["total_loss_sum"], sums
+
+    return jax.value_and_grad(total, has_aux=True)(hidden)
+
+  (_, online), online_grad = run(LiveTeacher(None, None, None, Pruning()), online_xs, {"teacher_w_DxV": teacher_w})
+  (_, offline), offline_grad = run(CachedTopKTeacher("other_bucket", V, 1), offline_xs, {})
+  assert set(offline) == set(online) - {"kd/teacher_loss_sum"}  # only a live teacher has its own CE
+  for key in offline:
+    np.testing.assert_allclose(offline[key], online[key], rtol=TOL, atol=TOL, err_msg=key)
+  np.testing.assert_allclose(offline_grad, online_grad, rtol=TOL, atol=TOL)

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from MaxText import layers, pyconfig
-from MaxText.sharding import constrain
+from MaxText.model import layers
+from MaxText.parallel.sharding import constrain
 
 _REMAT_POLICIES = {
   "full": jax.checkpoint_policies.nothing_saveable,
@@ -75,9 +75,6 @@ class Decoder(nnx.Module):
     self.final_norm = _param(rngs, (config.emb_dim,), ("norm",), wd, None)
     if not config.logits_via_embedding:
       self.lm_head = _param(rngs, (config.emb_dim, config.vocab_size), ("embed", "vocab"), wd, config.init_std)
-    projection = pyconfig.feature_projection_shape(config)
-    if projection is not None:  # feature KD: student width -> teacher width per aligned layer
-      self.kd_projection = _param(rngs, projection, ("layers", "embed", None), wd, projection[1] ** -0.5)
 
   def output_matrix_DxV(self) -> jax.Array:
     """The unembedding matrix (the transposed embedding when tied), in the weight dtype."""
@@ -136,6 +133,16 @@ def split_params(model: Decoder):
 def bind(graphdef, params) -> Decoder:
   """A Decoder over a pure parameter dict (inside jit: traced arrays)."""
   return nnx.merge(graphdef, params)
+
+
+def init_params(config, param_shardings):
+  """Freshly initialised parameters (a pure function of `seed`), created directly in their shardings."""
+  return jax.jit(lambda: split_params(Decoder(config, nnx.Rngs(config.seed)))[1], out_shardings=param_shardings)()
+
+
+def run_on_batch(model: Decoder, batch: dict, return_features: bool = False) -> DecoderOutput:
+  """The decoder over a packed batch (MaxText's input names)."""
+  return model(batch["inputs"], batch["inputs_position"], batch["inputs_segmentation"], return_features)
 
 
 def parameter_count(params) -> int:

@@ -10,6 +10,8 @@ import time
 import jax
 import numpy as np
 
+from MaxText.config.errors import UserError
+
 
 def flops_per_token(config) -> float:
   """Training FLOPs per token (forward + backward = 3x forward; causal attention counted at half)."""
@@ -46,8 +48,8 @@ def _kd_console(record: dict) -> str:
   )
 
 
-class NonFiniteLossError(FloatingPointError):
-  pass
+class NonFiniteLossError(UserError, FloatingPointError):
+  """The loss went NaN/Inf: the run stops, keeping the checkpoints written before."""
 
 
 class MetricLogger:

@@ -9,6 +9,8 @@ from typing import Protocol
 
 import numpy as np
 
+from MaxText.config.errors import ConfigError, MissingFileError
+
 # Common names of the begin/end-of-sequence tokens, tried when a tokenizer does not declare them.
 _BOS_NAMES = ("<|begin_of_text|>", "<s>", "<bos>", "[BOS]", "<|startoftext|>")
 _EOS_NAMES = ("<|end_of_text|>", "</s>", "<eos>", "[EOS]", "<|endoftext|>", "<|im_end|>")
@@ -67,7 +69,7 @@ class HuggingFaceTokenizer:
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
-      raise FileNotFoundError(f"tokenizer_path: no tokenizer.json at {path!r}")
+      raise MissingFileError(f"tokenizer_path: no tokenizer.json at {path!r}")
     self._tok = HFTokenizer.from_file(file)
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
     declared = _read_declared_specials(os.path.join(folder, "tokenizer_config.json"))
@@ -115,17 +117,17 @@ def build_tokenizer(tokenizer_type: str, tokenizer_path: str = "") -> Tokenizer:
   if tokenizer_type == "byte":
     return ByteTokenizer()
   if not os.path.exists(tokenizer_path):
-    raise FileNotFoundError(f"tokenizer_path: {tokenizer_path!r} does not exist")
+    raise MissingFileError(f"tokenizer_path: {tokenizer_path!r} does not exist")
   if tokenizer_type == "sentencepiece":
     return SentencePieceTokenizer(tokenizer_path)
   if tokenizer_type == "huggingface":
     return HuggingFaceTokenizer(tokenizer_path)
-  raise ValueError(f"tokenizer_type: unknown {tokenizer_type!r}")
+  raise ConfigError(f"tokenizer_type: unknown {tokenizer_type!r}")
 
 
 def check_fits_model(tokenizer: Tokenizer, vocab_size: int) -> None:
   if tokenizer.vocab_size > vocab_size:
-    raise ValueError(
+    raise ConfigError(
       f"vocab_size: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {vocab_size}"
     )
 

@@ -1,4 +1,4 @@
-"""The offline-distillation cache: record layout, manifest, and the Grain pipeline that reads it.
+"""The offline-distillation cache: record layout, manifest, the checks against a run, and the reader.
 
 One record per packed sequence, fixed layout (sizes from the manifest), little-endian:
   inputs, targets, positions, segmentation  int32 [L] each
@@ -24,15 +24,16 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from MaxText.config.errors import UserError
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 VALUE_DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
 TOKEN_FIELDS = ("inputs", "targets", "inputs_position", "inputs_segmentation")
-NORMALIZATIONS = ("other_bucket", "renormalize_both", "student_full")  # see offline_distillation.py
 
 
-class CacheError(ValueError):
-  pass
+class CacheError(UserError, ValueError):
+  """A cache folder that is missing, incomplete, corrupt or made for another run."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,14 +165,49 @@ def check_against_run(manifest: dict, config) -> None:
     )
 
 
-def make_iterator(config, batch_size: int, process_index: int, process_count: int):
+def lse_index(temperatures: list[float], config) -> int | None:
+  """Column of the run's constant kd_temperature among the cached ones; None when it must be estimated."""
+  if config.kd_temperature_schedule != "constant":
+    return None
+  matches = [i for i, t in enumerate(temperatures) if abs(t - config.kd_temperature) <= 1e-6 * t]
+  return matches[0] if matches else None
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheView:
+  """A checked cache as a run uses it."""
+
+  directory: str
+  temperatures: tuple[float, ...]  # T = 1 first
+  lse_index: int | None  # column of the run's temperature; None = estimated from T = 1
+  layout: RecordLayout
+  shard_files: tuple[str, ...]
+
+
+def open_for_run(config) -> CacheView:
+  """Reads and checks the manifest and shards of `kd_offline_data_dir` against the run (one pass)."""
+  directory = config.kd_offline_data_dir
+  manifest = read_manifest(directory)
+  check_shards(directory, manifest)
+  check_against_run(manifest, config)
+  temperatures = [float(t) for t in manifest["temperatures"]]
+  index = lse_index(temperatures, config)
+  if index is None and not (config.kd_offline_approximate_temperature or config.kd_use_hard_labels):
+    constant = config.kd_temperature_schedule == "constant"
+    wanted = config.kd_temperature if constant else f"a {config.kd_temperature_schedule} schedule"
+    raise CacheError(
+      f"kd_temperature: {wanted} is not among the cached temperatures {temperatures}; save it with "
+      "kd_offline_temperatures or set kd_offline_approximate_temperature=true"
+    )
+  files = tuple(os.path.join(directory, shard["file"]) for shard in manifest["shards"])
+  return CacheView(directory, tuple(temperatures), index, layout_of(manifest), files)
+
+
+def make_iterator(cache: CacheView, shuffle_seed: int, batch_size: int, process_index: int, process_count: int):
   """Checkpointable iterator of per-process batches read from the cache: shuffled, sharded per host."""
   import grain
 
-  manifest = read_manifest(config.kd_offline_data_dir)
-  layout = layout_of(manifest)
-  paths = [os.path.join(config.kd_offline_data_dir, shard["file"]) for shard in manifest["shards"]]
-  ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths))
-  ds = ds.shuffle(seed=config.data_shuffle_seed)[process_index::process_count]
-  ds = ds.repeat(None).map(layout.decode)
+  ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(list(cache.shard_files)))
+  ds = ds.shuffle(seed=shuffle_seed)[process_index::process_count]
+  ds = ds.repeat(None).map(cache.layout.decode)
   return iter(ds.to_iter_dataset().batch(batch_size, drop_remainder=True))

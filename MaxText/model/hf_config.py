@@ -11,6 +11,8 @@ import json
 import os
 from typing import Any
 
+from MaxText.config.errors import MissingFileError, UserError
+
 # architecture -> (model_type, q/k/v biases, q/k-norm)
 ARCHITECTURES = {
   "LlamaForCausalLM": ("llama", False, False),
@@ -30,14 +32,14 @@ _PLAIN_FIELDS = {
 }
 
 
-class HFConfigError(ValueError):
+class HFConfigError(UserError, ValueError):
   pass
 
 
 def read_hf_config(hf_dir: str) -> dict[str, Any]:
   path = os.path.join(hf_dir, "config.json")
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"--hf_dir: no config.json in {hf_dir!r}")
+    raise MissingFileError(f"--hf_dir: no config.json in {hf_dir!r}")
   with open(path, encoding="utf-8") as f:
     return json.load(f)
 

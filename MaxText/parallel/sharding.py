@@ -11,6 +11,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from MaxText.config.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -78,14 +80,14 @@ DEFAULT_RULES = LogicalAxisRules(
 def _fill(shape: list[int], total: int, names: Sequence[str]) -> list[int]:
   """Replaces one -1 so that the product is `total`; raises naming the keys otherwise."""
   if shape.count(-1) > 1:
-    raise ValueError(f"only one of {', '.join(names)} may be -1")
+    raise ConfigError(f"only one of {', '.join(names)} may be -1")
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if total % known:
-      raise ValueError(f"{', '.join(names)}: {shape} cannot fill {total} devices")
+      raise ConfigError(f"{', '.join(names)}: {shape} cannot fill {total} devices")
     shape[shape.index(-1)] = total // known
   if math.prod(shape) != total:
-    raise ValueError(f"{', '.join(names)}: product of {shape} must equal {total}")
+    raise ConfigError(f"{', '.join(names)}: product of {shape} must equal {total}")
   return shape
 
 

@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping
 import ml_dtypes
 import numpy as np
 
-from MaxText import hf_config, hf_weights, tokenizer
+from MaxText.data import tokenizer
+from MaxText.model import hf_config, hf_weights
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
 _HF_TOKENIZER_FILES = (

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from MaxText.config.errors import BadInputError, MissingFieldError, MissingFileError
+
 _QK_NORM = ("q_norm", "k_norm")
 _QKV_BIAS = ("query_bias", "key_bias", "value_bias")
 
@@ -79,10 +81,10 @@ def _to_hf(name: str, w: np.ndarray, hf_shape: tuple[int, ...]) -> np.ndarray:
 
 def _take(tensors: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
   if name not in tensors:
-    raise KeyError(f"Hugging Face checkpoint has no tensor {name!r}")
+    raise MissingFieldError(f"Hugging Face checkpoint has no tensor {name!r}")
   w = np.asarray(tensors[name])
   if tuple(w.shape) != tuple(shape):
-    raise ValueError(f"tensor {name!r}: shape {tuple(w.shape)} does not match the config's {tuple(shape)}")
+    raise BadInputError(f"tensor {name!r}: shape {tuple(w.shape)} does not match the config's {tuple(shape)}")
   return w
 
 
@@ -171,7 +173,7 @@ class LazySafetensors(Mapping):
           with safe_open(os.path.join(hf_dir, name), framework="numpy") as f:
             weight_map.update(dict.fromkeys(f.keys(), name))  # noqa: SIM118 (safe_open is not a dict)
     if not weight_map:
-      raise FileNotFoundError(f"--hf_dir: no .safetensors files in {hf_dir!r}")
+      raise MissingFileError(f"--hf_dir: no .safetensors files in {hf_dir!r}")
     self._dir, self._map = hf_dir, weight_map
 
   def __getitem__(self, name: str) -> np.ndarray:
@@ -179,7 +181,7 @@ class LazySafetensors(Mapping):
 
     path = os.path.join(self._dir, self._map[name])
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path}: listed in the index for tensor {name!r} but missing")
+      raise MissingFileError(f"{path}: listed in the index for tensor {name!r} but missing")
     with safe_open(path, framework="numpy") as f:
       return f.get_tensor(name)  # bfloat16 stays bfloat16 (ml_dtypes)
 

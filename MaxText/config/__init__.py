@@ -1,0 +1,30 @@
+"""The run's configuration: yml chain + preset + `key=value` -> one validated, frozen Config.
+
+`load` reads and checks keys without touching any user file; the checks that read files (teacher
+folder, offline cache) are the separate pre-flight step in `MaxText.training.preflight`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from MaxText.config.checks import validate_values
+from MaxText.config.errors import ConfigError, UserError
+from MaxText.config.kd_checks import validate_kd
+from MaxText.config.loader import Config, merged_values
+
+__all__ = ["Config", "ConfigError", "UserError", "load", "load_dict"]
+
+
+def load(argv: Sequence[str], overrides: dict[str, Any] | None = None) -> Any:
+  """A checked Config from `[config.yml, key=value, ...]` (and library `overrides`, applied last)."""
+  values = merged_values(argv, overrides)
+  validate_values(values)
+  validate_kd(values)
+  return Config(**values)
+
+
+def load_dict(overrides: dict[str, Any]) -> Any:
+  """A checked Config from base.yml + preset + overrides, for tests and library use."""
+  return load(["base.yml"], overrides)

@@ -1,0 +1,126 @@
+"""Checks of the values of the run's keys (ranges, choices, relations); no file is read here."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from MaxText.config.errors import ConfigError
+
+
+def _positive(v):
+  return v > 0
+
+
+def _non_negative(v):
+  return v >= 0
+
+
+def _fraction(v):
+  return 0.0 <= v <= 1.0
+
+
+def _axis(v):
+  return v == -1 or v >= 1
+
+
+_ONE_OF = {
+  "dataset_type": ("synthetic", "text", "jsonl", "parquet", "arrayrecord"),
+  "tokenizer_type": ("byte", "sentencepiece", "huggingface"),
+  "dtype": ("bfloat16", "float32", "float16"),
+  "weight_dtype": ("bfloat16", "float32"),
+  "remat_policy": ("none", "full", "save_dots"),
+  "kd_alpha_schedule": ("constant", "linear", "cosine"),
+  "kd_temperature_schedule": ("constant", "linear", "cosine"),
+  "kd_beta_schedule": ("constant", "linear", "cosine"),
+  "kd_feature_loss_type": ("cosine", "l2"),
+  "kd_teacher_dtype": ("", "bfloat16", "float32", "float16"),
+  "kd_offline_normalization": ("other_bucket", "renormalize_both", "student_full"),
+  "kd_offline_logits_dtype": ("bfloat16", "float32"),
+}
+
+_CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
+  *[
+    (k, _positive, "a positive integer")
+    for k in (
+      "steps",
+      "vocab_size",
+      "emb_dim",
+      "num_decoder_layers",
+      "num_query_heads",
+      "num_kv_heads",
+      "head_dim",
+      "mlp_dim",
+      "max_target_length",
+      "log_period",
+      "loss_chunk_size",
+      "eval_steps",
+      "checkpoint_period",
+      "max_to_keep",
+      "gradient_accumulation_steps",
+    )
+  ],
+  *[
+    (k, _positive, "a positive number")
+    for k in (
+      "learning_rate",
+      "per_device_batch_size",
+      "rope_theta",
+      "normalization_layer_epsilon",
+      "init_std",
+      "kd_temperature",
+    )
+  ],
+  *[
+    (k, _non_negative, "a number >= 0")
+    for k in (
+      "adam_weight_decay",
+      "gradient_clipping_threshold",
+      "z_loss_multiplier",
+      "eval_interval",
+      "rope_scaling_factor",
+      "adam_eps",
+      "grain_worker_count",
+      "profiler_steps",
+      "kd_top_k",
+    )
+  ],
+  *[
+    (k, _fraction, "a value in [0, 1]")
+    for k in ("warmup_steps_fraction", "cosine_learning_rate_final_fraction", "eval_fraction", "kd_alpha", "kd_top_p")
+  ],
+  ("kd_alpha_end", lambda v: v == -1.0 or 0.0 <= v <= 1.0, "a value in [0, 1] (or -1 = unset)"),
+  ("kd_beta", _non_negative, "a number >= 0"),
+  ("kd_beta_end", lambda v: v == -1.0 or v >= 0, "a number >= 0 (or -1 = unset)"),
+  ("kd_temperature_end", lambda v: v == -1.0 or v > 0, "a positive number (or -1 = unset)"),
+  *[(k, lambda v: 0.0 <= v < 1.0, "a value in [0, 1)") for k in ("adam_b1", "adam_b2")],
+  *[
+    (f"{p}_{a}_parallelism", _axis, "-1 (fill) or a positive integer")
+    for p in ("ici", "dcn")
+    for a in ("data", "fsdp", "tensor")
+  ],
+]
+
+
+def _check_relations(v: dict[str, Any]) -> None:
+  if v["num_query_heads"] % v["num_kv_heads"]:
+    raise ConfigError(f"num_query_heads: {v['num_query_heads']} must be a multiple of num_kv_heads={v['num_kv_heads']}")
+  if v["rope_scaling_factor"] and v["rope_high_freq_factor"] <= v["rope_low_freq_factor"]:
+    raise ConfigError("rope_high_freq_factor: must be larger than rope_low_freq_factor when RoPE scaling is on")
+  if v["dataset_type"] in ("jsonl", "parquet", "arrayrecord") and not v["dataset_path"]:
+    raise ConfigError(f"dataset_path: required for dataset_type={v['dataset_type']}")
+  if v["tokenizer_type"] != "byte" and not v["tokenizer_path"]:
+    raise ConfigError(f"tokenizer_path: required for tokenizer_type={v['tokenizer_type']}")
+
+
+def validate_values(values: dict[str, Any]) -> None:
+  """Types are already right (the loader coerced them); these are the checks on the values themselves."""
+  for key, choices in _ONE_OF.items():
+    if values[key] not in choices:
+      raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {values[key]!r}")
+  for key, ok, expected in _CHECKS:
+    value = values[key]
+    if isinstance(value, float) and not math.isfinite(value) or not ok(value):
+      raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+  _check_relations(values)

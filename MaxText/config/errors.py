@@ -1,0 +1,30 @@
+"""Errors in what the user gave (keys, files, data): entry points print them as one line.
+
+Anything else that escapes a job is a bug in the code and keeps its traceback. The subclasses also
+derive from the built-in exception a caller would expect (ValueError, FileNotFoundError, KeyError).
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+  """A bad key, file or input; the message names it and what was expected."""
+
+  def __str__(self) -> str:  # the message as written (KeyError would quote it)
+    return str(self.args[0]) if len(self.args) == 1 else super().__str__()
+
+
+class ConfigError(UserError, ValueError):
+  """A bad key or value: the message names the key and what was expected."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+  """A file or folder named by a key or flag is missing or unreadable."""
+
+
+class BadInputError(UserError, ValueError):
+  """A file or data set that exists but holds something other than what was expected."""
+
+
+class MissingFieldError(UserError, KeyError):
+  """A record, column or tensor named by a key is absent from the input."""

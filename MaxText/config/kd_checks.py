@@ -1,0 +1,126 @@
+"""Checks of the distillation keys against each other and the student's keys; no file is read here
+(the teacher folder and the offline cache are checked by the pre-flight step, training/preflight.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from MaxText.config.errors import ConfigError
+from MaxText.config.loader import defaults
+from MaxText.config.views import feature_layer_pairs, teacher_model_values, teacher_width, uses_features
+
+_HARD_LABEL_NO_OPS = (
+  "kd_top_k",
+  "kd_top_p",
+  "kd_use_other_bucket",
+  "kd_temperature",
+  "kd_temperature_end",
+  "kd_temperature_schedule",
+)
+_FEATURE_KEYS = ("kd_feature_loss_type", "kd_layer_indices", "kd_teacher_layer_indices", "kd_feature_projection")
+_OFFLINE_CONFLICTS = {
+  "kd_teacher_parameters_path": "the cache replaces the teacher",
+  "kd_top_p": "the cache holds a fixed top-k",
+  "kd_use_other_bucket": "kd_offline_normalization chooses how the tail is treated",
+  "kd_beta": "features are not cached",
+}
+
+
+def _changed(v: dict[str, Any], keys) -> list[str]:
+  base = defaults()
+  return [k for k in keys if v[k] != base[k]]
+
+
+def _check_kd(v: dict[str, Any]) -> None:
+  if not v["use_kd"]:
+    stray = _changed(v, [k for k in v if k.startswith("kd_")])
+    if stray:
+      raise ConfigError(f"{stray[0]}: set to {v[stray[0]]!r} but use_kd is false (set use_kd=true)")
+    return
+  for name in ("kd_alpha", "kd_temperature", "kd_beta"):
+    if v[f"{name}_schedule"] != "constant" and v[f"{name}_end"] == -1.0:
+      raise ConfigError(f"{name}_end: required by {name}_schedule={v[f'{name}_schedule']}")
+  if v["kd_top_k"] and v["kd_top_p"]:
+    raise ConfigError("kd_top_p: exclusive with kd_top_k (use one pruning rule)")
+  if v["kd_use_other_bucket"] and not (v["kd_top_k"] or v["kd_top_p"]):
+    raise ConfigError("kd_use_other_bucket: needs pruning (kd_top_k or kd_top_p); without it there is no OTHER mass")
+  if v["kd_use_hard_labels"]:
+    meaningless = _changed(v, _HARD_LABEL_NO_OPS)
+    if meaningless:
+      raise ConfigError(f"{meaningless[0]}: has no effect with kd_use_hard_labels (the teacher's argmax ignores it)")
+  if not v["kd_teacher_parameters_path"] and (v["kd_teacher_model_name"] or v["kd_teacher_overrides"]):
+    raise ConfigError(
+      "kd_teacher_model_name: a teacher architecture needs kd_teacher_parameters_path "
+      "(empty path = self-distillation from the student's own initial parameters)"
+    )
+
+
+def _check_teacher(v: dict[str, Any]) -> None:
+  if not (v["use_kd"] and v["kd_teacher_parameters_path"]):
+    return
+  teacher = teacher_model_values(v)
+  if teacher["vocab_size"] != v["vocab_size"]:
+    raise ConfigError(
+      f"kd_teacher_overrides: teacher vocab_size {teacher['vocab_size']} differs from the "
+      f"student's vocab_size {v['vocab_size']}; they must match"
+    )
+  if teacher["num_query_heads"] % teacher["num_kv_heads"]:
+    raise ConfigError("kd_teacher_overrides: teacher num_query_heads must be a multiple of its num_kv_heads")
+
+
+def _check_features(v: dict[str, Any]) -> None:
+  if v["kd_beta"] == 0 and v["kd_beta_end"] > 0:
+    raise ConfigError(
+      "kd_beta: 0 with kd_beta_end > 0 would compile a step without features; start the schedule "
+      "from a small positive value (e.g. kd_beta=1e-4)"
+    )
+  if not uses_features(v):
+    stray = _changed(v, _FEATURE_KEYS)
+    if stray:
+      raise ConfigError(f"{stray[0]}: has no effect with kd_beta=0 (feature distillation is off)")
+    return
+  feature_layer_pairs(v)
+  width = teacher_width(v)
+  if not v["kd_feature_projection"] and width != v["emb_dim"]:
+    raise ConfigError(
+      f"kd_feature_projection: student width {v['emb_dim']} differs from teacher width "
+      f"{width}; features can only be compared through a projection (set it true)"
+    )
+
+
+def _check_offline_save_keys(v: dict[str, Any]) -> None:
+  """The keys of save_top_k_teacher_logits.py (checked when kd_offline_output_dir is set)."""
+  if not v["kd_offline_output_dir"]:
+    return
+  if not v["kd_teacher_parameters_path"]:
+    raise ConfigError("kd_teacher_parameters_path: the teacher whose logits are cached must be given")
+  if not 1 <= v["kd_offline_top_k"] <= v["vocab_size"]:
+    raise ConfigError(f"kd_offline_top_k: expected 1..vocab_size ({v['vocab_size']}), got {v['kd_offline_top_k']}")
+  try:
+    listed = [float(t) for t in v["kd_offline_temperatures"].split(",") if t.strip()]
+  except ValueError:
+    raise ConfigError(
+      f"kd_offline_temperatures: expected comma-separated numbers, got {v['kd_offline_temperatures']!r}"
+    ) from None
+  if any(t <= 0 for t in listed):
+    raise ConfigError(f"kd_offline_temperatures: temperatures must be > 0, got {v['kd_offline_temperatures']!r}")
+  if v["kd_offline_batches_per_shard"] < 1:
+    raise ConfigError("kd_offline_batches_per_shard: must be >= 1")
+
+
+def _check_offline_run(v: dict[str, Any]) -> None:
+  """Offline training: the cache replaces the teacher (whether it fits the run is a pre-flight check)."""
+  if not v["kd_offline_data_dir"]:
+    return
+  for key, why in _OFFLINE_CONFLICTS.items():
+    if v[key]:
+      raise ConfigError(f"{key}: cannot be used with kd_offline_data_dir ({why})")
+
+
+def validate_kd(values: dict[str, Any]) -> None:
+  _check_kd(values)
+  _check_teacher(values)
+  _check_features(values)
+  if values["use_kd"]:
+    _check_offline_save_keys(values)
+    _check_offline_run(values)

@@ -1,0 +1,126 @@
+"""Typed views of a validated Config, each built once: the teacher's config and the feature alignment.
+
+Pure functions of the keys (and the model presets shipped with the code); no user file is read here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from MaxText.config.errors import ConfigError
+from MaxText.config.loader import check_known, coerce, defaults, load_model_preset, parse_overrides
+
+# Keys that describe a model's architecture and numerics: the teacher has its own values for these.
+MODEL_KEYS = (
+  "vocab_size",
+  "emb_dim",
+  "num_decoder_layers",
+  "num_query_heads",
+  "num_kv_heads",
+  "head_dim",
+  "mlp_dim",
+  "normalization_layer_epsilon",
+  "rope_theta",
+  "rope_scaling_factor",
+  "rope_low_freq_factor",
+  "rope_high_freq_factor",
+  "rope_original_max_position",
+  "use_qk_norm",
+  "use_qkv_bias",
+  "logits_via_embedding",
+  "init_std",
+  "weight_dtype",
+  "scan_layers",
+)
+
+
+def teacher_model_values(v: dict[str, Any]) -> dict[str, Any]:
+  """The teacher's model keys: base.yml < teacher preset < kd_teacher_overrides (student CLI keys never leak)."""
+  base = defaults()
+  preset = load_model_preset(v["kd_teacher_model_name"] or v["model_name"])
+  overrides = parse_overrides([p for p in v["kd_teacher_overrides"].split(",") if p.strip()])
+  for key in overrides:
+    check_known(key, list(MODEL_KEYS), "kd_teacher_overrides")
+  model = {k: base[k] for k in MODEL_KEYS}
+  for layer in (preset, overrides):
+    for key, value in layer.items():
+      if key in MODEL_KEYS:
+        model[key] = coerce(key, value, base[key])
+  return model
+
+
+def teacher_width(v: dict[str, Any]) -> int:
+  return teacher_model_values(v)["emb_dim"] if v["kd_teacher_parameters_path"] else v["emb_dim"]
+
+
+def teacher_config(config) -> Any:
+  """The teacher's Config: the student's run keys with the teacher's own model keys (itself when self-distilling)."""
+  if not config.kd_teacher_parameters_path:
+    return config
+  values = dataclasses.asdict(config)
+  values.update(teacher_model_values(values))
+  values.update(
+    model_name=config.kd_teacher_model_name or config.model_name,
+    remat_policy="none",
+    dtype=config.kd_teacher_dtype or config.dtype,
+    kd_beta=0.0,  # the teacher is not trained: no feature term of its own
+    kd_beta_end=-1.0,
+  )
+  return type(config)(**values)
+
+
+def _indices(key: str, raw: str) -> list[int] | None:
+  if not raw.strip():
+    return None
+  try:
+    return [int(x) for x in raw.split(",")]
+  except ValueError:
+    raise ConfigError(f"{key}: expected comma-separated layer numbers, got {raw!r}") from None
+
+
+def feature_layer_pairs(v: dict[str, Any]) -> list[tuple[int, int]]:
+  """(student layer, teacher layer) pairs aligned by the feature term, checked against both depths."""
+  student_depth = v["num_decoder_layers"]
+  teacher_depth = (teacher_model_values(v) if v["kd_teacher_parameters_path"] else v)["num_decoder_layers"]
+  student = _indices("kd_layer_indices", v["kd_layer_indices"])
+  if student is None:  # evenly spaced, ending at the last layer
+    count = min(4, student_depth)
+    student = [round((i + 1) * student_depth / count) - 1 for i in range(count)]
+  matched = _indices("kd_teacher_layer_indices", v["kd_teacher_layer_indices"])
+  if matched is None:  # the same relative depth
+    matched = [round((s + 1) * teacher_depth / student_depth) - 1 for s in student]
+  if len(matched) != len(student):
+    raise ConfigError(f"kd_teacher_layer_indices: {len(matched)} layers given for {len(student)} student layers")
+  for key, layers, depth in (
+    ("kd_layer_indices", student, student_depth),
+    ("kd_teacher_layer_indices", matched, teacher_depth),
+  ):
+    bad = [i for i in layers if not 0 <= i < depth]
+    if bad:
+      raise ConfigError(f"{key}: layer {bad[0]} is out of range for a {depth}-layer model")
+  return list(zip(student, matched, strict=True))
+
+
+def uses_features(v: dict[str, Any]) -> bool:
+  return bool(v["use_kd"]) and (v["kd_beta"] > 0 or v["kd_beta_end"] > 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureAlignment:
+  """What the feature term compares: layer pairs, the distance, and the learned projection's shape."""
+
+  student_layers: tuple[int, ...]
+  teacher_layers: tuple[int, ...]
+  loss_type: str  # cosine | l2
+  projection_shape: tuple[int, int, int] | None  # (aligned layers, student width, teacher width); None = direct
+
+
+def feature_alignment(config) -> FeatureAlignment | None:
+  """The feature term of a run, or None when it is off (kd_beta = 0: nothing is extracted)."""
+  v = dataclasses.asdict(config)
+  if not uses_features(v):
+    return None
+  pairs = feature_layer_pairs(v)
+  shape = (len(pairs), config.emb_dim, teacher_width(v)) if config.kd_feature_projection else None
+  return FeatureAlignment(tuple(s for s, _ in pairs), tuple(t for _, t in pairs), config.kd_feature_loss_type, shape)

@@ -1,0 +1,1 @@
+"""Input: tokenizers, Grain pipelines, and the offline teacher cache format (reader and writer)."""

@@ -1,0 +1,131 @@
+"""Writing the offline-distillation cache: shards, per-host progress (the resume points) and the manifest.
+
+The format itself (record layout, manifest fields) is in teacher_cache.py; this module only writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+
+import jax
+import numpy as np
+
+from MaxText.data import teacher_cache
+
+_ARRAY_RECORD_OPTIONS = "group_size:1,uncompressed"  # one record per chunk: cheap shuffled reads
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in the order it fed them."""
+  by_start = {s.index[0].start or 0: s for s in x.addressable_shards}
+  return np.concatenate([np.asarray(by_start[start].data) for start in sorted(by_start)])
+
+
+def cache_spec(config, teacher_fingerprint: str, local_batch: int) -> dict:
+  """Everything that fixes the cache's contents; a resumed save must match it exactly."""
+  return {
+    "format_version": teacher_cache.FORMAT_VERSION,
+    "top_k": config.kd_offline_top_k,
+    "vocab_size": config.vocab_size,
+    "max_target_length": config.max_target_length,
+    "temperatures": teacher_cache.temperatures(config),
+    "logits_dtype": config.kd_offline_logits_dtype,
+    "teacher_checkpoint": os.path.abspath(config.kd_teacher_parameters_path),
+    "teacher_fingerprint": teacher_fingerprint,
+    "tokenizer_fingerprint": teacher_cache.tokenizer_fingerprint(config),
+    "data": teacher_cache.data_spec(config),
+    "process_count": jax.process_count(),
+    "sequences_per_batch_per_process": local_batch,
+    "batches_per_shard": config.kd_offline_batches_per_shard,
+  }
+
+
+class ShardWriter(threading.Thread):
+  """Encodes and writes batches from a queue; closes a shard every `batches_per_shard` batches and
+  records it (with the data iterator state after it) in this process's progress file."""
+
+  def __init__(self, directory: str, layout: teacher_cache.RecordLayout, progress: dict, batches_per_shard: int):
+    super().__init__(daemon=True)
+    self.directory, self.layout, self.progress = directory, layout, progress
+    self.batches_per_shard = batches_per_shard
+    self.queue: queue.Queue = queue.Queue(maxsize=4)
+    self.error: BaseException | None = None
+    self._writer, self._records, self._tokens, self._batches = None, 0, 0, 0
+
+  def _open(self) -> None:
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    self._file = teacher_cache.shard_name(jax.process_index(), len(self.progress["finished"]))
+    self._writer = ArrayRecordWriter(os.path.join(self.directory, self._file), _ARRAY_RECORD_OPTIONS)
+    self._records = self._tokens = self._batches = 0
+
+  def _close(self, iterator_state) -> None:
+    self._writer.close()
+    size = os.path.getsize(os.path.join(self.directory, self._file))
+    shard = {"file": self._file, "records": self._records, "tokens": self._tokens, "bytes": size}
+    self.progress["finished"].append({**shard, "iterator_state": iterator_state})
+    teacher_cache.write_json_atomic(teacher_cache.progress_path(self.directory, jax.process_index()), self.progress)
+    self._writer = None
+
+  def _write_batch(self, host_batch: dict, teacher_out) -> None:
+    values, ids, lse = (local_rows(x) for x in teacher_out)
+    if not np.array_equal(host_batch["inputs_segmentation"], host_batch["targets_segmentation"]):
+      raise ValueError("inputs and targets segmentations differ; the cache stores one")
+    for row in range(values.shape[0]):
+      fields = {name: host_batch[name][row] for name in teacher_cache.TOKEN_FIELDS}
+      fields.update(teacher_values=values[row], teacher_ids=ids[row], teacher_lse=lse[row])
+      self._writer.write(self.layout.encode(fields))
+    self._records += values.shape[0]
+    self._tokens += int(np.count_nonzero(host_batch["targets_segmentation"]))
+
+  def run(self) -> None:
+    try:
+      while (item := self.queue.get()) is not None:
+        host_batch, teacher_out, iterator_state = item
+        if self._writer is None:
+          self._open()
+        self._write_batch(host_batch, teacher_out)
+        self._batches += 1
+        if iterator_state is not None:  # the end of a shard, or of the stream
+          self._close(iterator_state)
+    except BaseException as e:  # handed to the main thread, which stops feeding
+      self.error = e
+
+  def put(self, item) -> None:
+    if self.error is not None:
+      raise self.error
+    self.queue.put(item)
+
+
+def read_progress(directory: str, spec: dict) -> dict:
+  path = teacher_cache.progress_path(directory, jax.process_index())
+  if not os.path.isfile(path):
+    return {"spec": spec, "finished": []}
+  with open(path, encoding="utf-8") as f:
+    progress = json.load(f)
+  if progress["spec"] != spec:
+    changed = next(k for k in spec if progress["spec"].get(k) != spec[k])
+    raise teacher_cache.CacheError(
+      f"kd_offline_output_dir: {directory!r} holds a cache made with another {changed!r}; use a new folder"
+    )
+  return progress
+
+
+def write_manifest(directory: str, spec: dict) -> dict:
+  shards = []
+  for process in range(jax.process_count()):
+    with open(teacher_cache.progress_path(directory, process), encoding="utf-8") as f:
+      finished = json.load(f)["finished"]
+    shards += [{k: v for k, v in s.items() if k != "iterator_state"} | {"process": process} for s in finished]
+  manifest = {
+    **spec,
+    "shards": shards,
+    "sequences": sum(s["records"] for s in shards),
+    "tokens": sum(s["tokens"] for s in shards),
+    "bytes": sum(s["bytes"] for s in shards),
+  }
+  teacher_cache.write_json_atomic(os.path.join(directory, teacher_cache.MANIFEST), manifest)
+  return manifest

@@ -1,0 +1,74 @@
+"""The one per-chunk KD assembly, for every kind of teacher: CE on labels blended with the KD term.
+
+`kd_chunk_sums` projects the student's chunk of hidden states to logits, asks the teacher source for
+its chunk (live logits, cached top-k, ...) and sums, with the token weights:
+  total = (1 - alpha) CE + alpha KD + z-loss,  KD = T^2 KL_T(teacher || student)  (or, with hard
+  labels, the student's CE against the teacher's argmax),
+plus the diagnostics every run logs (KL at T = 1, teacher mass kept, top-1 agreement).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from MaxText.distill.sources import TeacherSource
+from MaxText.losses.cross_entropy import cross_entropy_with_logits, project_logits
+from MaxText.losses.divergences import kd_divergence
+
+
+@dataclasses.dataclass(frozen=True)
+class KDOptions:
+  """The static (compile-time) choices of the KD term that do not depend on the kind of teacher."""
+
+  use_hard_labels: bool
+  z_loss: float
+  temperature_is_one: bool  # constant T = 1: the KL at T and at 1 are the same computation
+
+  @classmethod
+  def from_config(cls, config) -> KDOptions:
+    return cls(
+      config.kd_use_hard_labels,
+      config.z_loss_multiplier,
+      config.kd_temperature_schedule == "constant" and config.kd_temperature == 1.0,
+    )
+
+
+def kd_chunk_sums(xs: dict, shared: dict, options: KDOptions, source: TeacherSource) -> dict:
+  """Summed KD-run terms of one token chunk. `shared` holds the unembedding(s), alpha and T."""
+  s_logits = project_logits(xs["hidden"], shared["w_DxV"])
+  teacher = source.chunk(xs, shared)
+  weights, alpha, temperature = xs["weights"], shared["alpha"], shared["temperature"]
+  ce_N, z_N = cross_entropy_with_logits(s_logits, xs["targets"], options.z_loss)
+  hard_N = ce_N - z_N
+  frozen_student = jax.lax.stop_gradient(s_logits)
+  kl_t1_N = kd_divergence(frozen_student, teacher.target_t1(), 1.0)
+  if options.use_hard_labels:
+    kd_N, _ = cross_entropy_with_logits(s_logits, teacher.top1_N)
+    kl_at_t_N, mass_kept_N = kl_t1_N, jnp.ones_like(kl_t1_N)
+  else:
+    kl_at_t_N, mass_kept_N = teacher.divergence(s_logits, temperature)
+    kd_N = temperature * temperature * kl_at_t_N
+  agree_N = (jnp.argmax(frozen_student, axis=-1) == teacher.top1_N).astype(jnp.float32)
+  per_token = {**teacher.own_terms(), "kl_div_at_T": kl_at_t_N, "kl_div_T1": kl_t1_N}
+  per_token.update(teacher_mass_kept=mass_kept_N, top1_agreement=agree_N)
+  return blended_sums(weights, alpha, hard_N, z_N, kd_N, per_token)
+
+
+def blended_sums(weights, alpha, hard_N, z_N, kd_N, kd_terms: dict) -> dict:
+  """total = (1 - a) CE + a KD + z per token; it and every term summed with the token weights.
+
+  (1 - a) * CE exactly equals CE at a = 0, so alpha = 0 reproduces the plain CE run's losses.
+  """
+  total_N = (1.0 - alpha) * hard_N + alpha * kd_N + z_N
+  weighted = lambda x: jnp.sum(x * weights)
+  sums = {
+    "total_loss_sum": weighted(total_N),
+    "ce_sum": weighted(hard_N),
+    "z_loss_sum": weighted(z_N),
+    "tokens": jnp.sum(weights),
+    "kd/soft_loss_sum": weighted(kd_N),
+  }
+  return sums | {f"kd/{name}_sum": weighted(x) for name, x in kd_terms.items()}

@@ -1,0 +1,53 @@
+"""The training objective with one signature for every run: `loss_fn(trainables, batch, step, teacher)`.
+
+- `trainables`: {"params": the student decoder's parameters, "kd_head": the feature head (feature KD only)};
+- `teacher`: the teacher state the source needs (a live teacher's parameters; None for a cache or a
+  plain run); it is never differentiated.
+It returns (the objective's token sum, a dict of summed metrics). Without a teacher source it is the
+plain cross-entropy run; with one, the KD assembly of kd_loss.py runs per token chunk, whatever the
+kind of teacher.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from MaxText.config.views import FeatureAlignment
+from MaxText.distill.feature_head import PROJECTION, feature_loss_sum
+from MaxText.distill.kd_loss import KDOptions, kd_chunk_sums
+from MaxText.distill.schedules import alpha_at, beta_at, temperature_at
+from MaxText.distill.sources import TeacherSource
+from MaxText.losses.chunking import chunked_sums, token_inputs
+from MaxText.losses.cross_entropy import ce_chunk_sums
+from MaxText.model import decoder
+
+
+def make_loss_fn(config, graphdef, source: TeacherSource | None = None, alignment: FeatureAlignment | None = None):
+  if source is None:
+    chunk_fn = functools.partial(ce_chunk_sums, z_loss=config.z_loss_multiplier)
+  else:
+    chunk_fn = functools.partial(kd_chunk_sums, options=KDOptions.from_config(config), source=source)
+  with_features = alignment is not None
+
+  def loss_fn(trainables, batch, step, teacher):
+    student = decoder.bind(graphdef, trainables["params"])
+    student_out = decoder.run_on_batch(student, batch, with_features)
+    per_token = token_inputs(student_out.hidden_BxLxD, batch)
+    shared = {"w_DxV": student.output_matrix_DxV()}
+    if source is None:
+      sums = chunked_sums(chunk_fn, per_token, shared, config.loss_chunk_size)
+      return sums["ce_sum"] + sums["z_loss_sum"], sums
+    teacher_inputs = source.inputs(teacher, batch, with_features)
+    per_token.update(teacher_inputs.per_token)
+    shared.update(teacher_inputs.shared, alpha=alpha_at(config, step), temperature=temperature_at(config, step))
+    sums = chunked_sums(chunk_fn, per_token, shared, config.loss_chunk_size)
+    if with_features:
+      projection = trainables["kd_head"][PROJECTION] if alignment.projection_shape else None
+      feature_sum = feature_loss_sum(
+        alignment, student_out.features, teacher_inputs.features, projection, per_token["weights"]
+      )
+      sums["kd/feature_loss_sum"] = beta_at(config, step) * feature_sum
+      sums["total_loss_sum"] = sums["total_loss_sum"] + sums["kd/feature_loss_sum"]
+    return sums["total_loss_sum"], sums
+
+  return loss_fn

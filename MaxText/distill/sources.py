@@ -1,0 +1,107 @@
+"""Where the KD assembly gets the teacher's signal: one interface, one implementation per kind of teacher.
+
+A `TeacherSource` does two things. `inputs` runs once per batch, outside the token-chunk loop: a live
+teacher runs its decoder there, a cached teacher takes its top-k fields from the batch. `chunk` runs
+inside the loop on one chunk of tokens and returns a `TeacherChunk`, which answers what the assembly
+in kd_loss.py asks: the teacher's top-1 token, its distribution at T = 1, the divergence of the
+student from it at T, and any per-token terms of its own. A new kind of teacher (an ensemble, scored
+generations) is one new pair of classes here; the step, the loop and the assembly stay as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+
+from MaxText.losses.cross_entropy import cross_entropy_with_logits, project_logits
+from MaxText.losses.divergences import kd_divergence
+from MaxText.losses.targets import TeacherTarget, teacher_target
+from MaxText.model import decoder
+
+
+class TeacherInputs(NamedTuple):
+  per_token: dict  # [N, ...] arrays sliced into chunks with the student's
+  shared: dict  # arrays every chunk sees whole (a teacher unembedding)
+  features: jax.Array | None  # [layers, B, L, D] for feature KD, when asked for
+
+
+class TeacherChunk(Protocol):
+  top1_N: jax.Array
+
+  def target_t1(self) -> TeacherTarget:
+    """The teacher's distribution at T = 1, unpruned (the KL@T1 diagnostic compares against it)."""
+
+  def divergence(self, student_logits_NxV: jax.Array, temperature) -> tuple[jax.Array, jax.Array]:
+    """(per-token KL of the student from the teacher's target at T, teacher mass inside the kept set)."""
+
+  def own_terms(self) -> dict[str, jax.Array]:
+    """Per-token diagnostics only this kind of teacher has (logged as kd/<name>)."""
+
+
+class TeacherSource(Protocol):
+  param_shardings: Any  # shardings of the teacher state the step is given (None: it takes none)
+  in_eval: bool  # eval batches carry this teacher's signal (a cache does not cover the eval split)
+
+  def inputs(self, teacher_state, batch: dict, with_features: bool) -> TeacherInputs: ...
+
+  def chunk(self, xs: dict, shared: dict) -> TeacherChunk: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Pruning:
+  """How the live teacher's distribution is cut: top-k or top-p, renormalised or with an OTHER bucket."""
+
+  top_k: int = 0
+  top_p: float = 0.0
+  use_other_bucket: bool = False
+
+  @classmethod
+  def from_config(cls, config) -> Pruning:
+    return cls(config.kd_top_k, config.kd_top_p, config.kd_use_other_bucket)
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveChunk:
+  logits_NxV: jax.Array  # the teacher's, float32, no gradient
+  targets_N: jax.Array
+  pruning: Pruning
+
+  @property
+  def top1_N(self) -> jax.Array:
+    return jnp.argmax(self.logits_NxV, axis=-1)
+
+  def target_t1(self) -> TeacherTarget:
+    return teacher_target(self.logits_NxV, 1.0)
+
+  def divergence(self, student_logits_NxV, temperature):
+    p = self.pruning
+    target = teacher_target(self.logits_NxV, temperature, p.top_k or None, p.top_p or None, p.use_other_bucket)
+    return kd_divergence(student_logits_NxV, target, temperature), target.mass_kept_N
+
+  def own_terms(self) -> dict:
+    return {"teacher_loss": cross_entropy_with_logits(self.logits_NxV, self.targets_N)[0]}
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveTeacher:
+  """A frozen teacher model run forward in the same step; its logits are projected chunk by chunk."""
+
+  config: Any
+  graphdef: Any
+  param_shardings: Any
+  pruning: Pruning = Pruning()
+  in_eval: bool = True
+
+  def inputs(self, teacher_params, batch: dict, with_features: bool) -> TeacherInputs:
+    model = decoder.bind(self.graphdef, jax.lax.stop_gradient(teacher_params))
+    out = decoder.run_on_batch(model, batch, with_features)
+    hidden = jax.lax.stop_gradient(out.hidden_BxLxD)
+    per_token = {"teacher_hidden": hidden.reshape(-1, hidden.shape[-1])}
+    return TeacherInputs(per_token, {"teacher_w_DxV": model.output_matrix_DxV()}, out.features)
+
+  def chunk(self, xs: dict, shared: dict) -> LiveChunk:
+    logits = jax.lax.stop_gradient(project_logits(xs["teacher_hidden"], shared["teacher_w_DxV"]))
+    return LiveChunk(logits, xs["targets"], self.pruning)

@@ -1,0 +1,35 @@
+"""Which teacher a run distills from, chosen in this one place: none, a live model, or a cache."""
+
+from __future__ import annotations
+
+from MaxText.config.views import teacher_config
+from MaxText.data.teacher_cache import CacheView
+from MaxText.distill.cached_source import CachedTopKTeacher
+from MaxText.distill.sources import LiveTeacher, Pruning, TeacherSource
+from MaxText.model import decoder
+from MaxText.model.params_io import load_params
+from MaxText.parallel.sharding import logical_shardings
+
+
+def load_live_teacher(config, mesh) -> tuple[LiveTeacher, object]:
+  """The frozen teacher and its parameters, sharded on the student's mesh (parameters only, read-only)."""
+  model_config = teacher_config(config)
+  graphdef, abstract_params, logical_axes = decoder.split_params(decoder.abstract_model(model_config))
+  shardings = logical_shardings(logical_axes, abstract_params, mesh)
+  source = LiveTeacher(model_config, graphdef, shardings, Pruning.from_config(config))
+  if config.kd_teacher_parameters_path:
+    params = load_params(config.kd_teacher_parameters_path, abstract_params, shardings)
+  elif config.load_parameters_path:  # self-distillation from the loaded starting point
+    params = load_params(config.load_parameters_path, abstract_params, shardings)
+  else:  # self-distillation: the student's initial parameters are a pure function of the seed, so a resumed run
+    params = decoder.init_params(config, shardings)  # rebuilds exactly the same teacher
+  return source, params
+
+
+def build_teacher(config, mesh, cache: CacheView | None) -> tuple[TeacherSource | None, object]:
+  """(source, the state the step is given for it): (None, None) for a plain run."""
+  if not config.use_kd:
+    return None, None
+  if config.kd_offline_data_dir:
+    return CachedTopKTeacher(config.kd_offline_normalization, config.vocab_size, cache.lse_index), None
+  return load_live_teacher(config, mesh)

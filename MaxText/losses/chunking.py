@@ -1,0 +1,67 @@
+"""Token-chunked evaluation of per-token losses, so that loss memory does not grow with batch x length.
+
+Per-token losses never need the full [batch x length x vocab] logits: `chunked_sums` slices the
+tokens into chunks, projects each chunk to the vocabulary inside a rematerialised scan body, and
+returns only summed scalars, so loss memory is set by `loss_chunk_size`. `chunked_map` is the same
+slicing for per-token outputs (the offline cache's top-k fields).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+
+def token_inputs(hidden_BxLxD, batch) -> dict:
+  """Flattens what the chunked loss needs to one token axis (weights: 1 on real targets, 0 on padding)."""
+  return {
+    "hidden": hidden_BxLxD.reshape(-1, hidden_BxLxD.shape[-1]),
+    "targets": batch["targets"].reshape(-1),
+    "weights": (batch["targets_segmentation"] != 0).reshape(-1).astype(jnp.float32),
+  }
+
+
+def _pad_rows(x: jax.Array, rows: int) -> jax.Array:
+  pad = rows - x.shape[0]
+  return x if pad == 0 else jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+
+
+def _to_chunks(per_token: dict, chunk_size: int) -> tuple[dict, int]:
+  """[N, ...] arrays -> [num_chunks, chunk, ...] (zero rows fill the last chunk), and N."""
+  n = jax.tree.leaves(per_token)[0].shape[0]
+  chunk = min(chunk_size, n)
+  num_chunks = -(-n // chunk)
+  return jax.tree.map(lambda x: _pad_rows(x, num_chunks * chunk).reshape(num_chunks, chunk, *x.shape[1:]), per_token), n
+
+
+def chunked_sums(chunk_fn: Callable[..., dict], per_token: dict, shared: dict, chunk_size: int) -> dict:
+  """Sums `chunk_fn(per_token_chunk, shared)` over token chunks.
+
+  `per_token` holds arrays with a leading token axis N (hidden states, targets, weights, ...);
+  rows added to fill the last chunk are zero, so `chunk_fn` must weight every term by the
+  `weights` entry. `shared` (e.g. the unembedding matrix) is passed whole to each chunk. The body
+  is rematerialised, so the backward pass also holds one chunk of logits at a time.
+  """
+  chunked, _ = _to_chunks(per_token, chunk_size)
+  if (
+    jax.tree.leaves(chunked)[0].shape[0] == 1
+  ):  # one chunk is the memory budget anyway: no need to recompute it in the backward pass
+    return chunk_fn(jax.tree.map(lambda x: x[0], chunked), shared)
+  body = jax.checkpoint(lambda xs: chunk_fn(xs, shared), policy=jax.checkpoint_policies.nothing_saveable)
+
+  def step(total, xs):
+    return jax.tree.map(jnp.add, total, body(xs)), None
+
+  first = body(jax.tree.map(lambda x: x[0], chunked))
+  total, _ = jax.lax.scan(step, first, jax.tree.map(lambda x: x[1:], chunked))
+  return total
+
+
+def chunked_map(chunk_fn: Callable[..., dict], per_token: dict, shared: dict, chunk_size: int) -> dict:
+  """Per-token outputs of `chunk_fn(per_token_chunk, shared)` (arrays with a leading chunk-token axis),
+  computed one chunk at a time and returned with a leading token axis N (the fill rows dropped)."""
+  chunked, n = _to_chunks(per_token, chunk_size)
+  outputs = jax.lax.map(lambda xs: chunk_fn(xs, shared), chunked)
+  return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:])[:n], outputs)

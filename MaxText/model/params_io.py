@@ -1,0 +1,106 @@
+"""Parameters-only checkpoints: what converters write, and what `load_parameters_path` and the KD teacher read.
+
+A run's checkpoint step folder holds the parameters as an Orbax item of their own (`params/`), so the
+same reader takes a step folder of a run or a parameters-only folder; no optimizer state is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from MaxText.config.errors import UserError
+
+PARAMS = "params"
+MODEL_CONFIG_FILE = "model_config.json"  # model keys of a converted checkpoint (read by KD and --to_hf)
+
+
+class CheckpointError(UserError, RuntimeError):
+  """A checkpoint folder that is missing, unreadable or of another model."""
+
+
+def abstract_with_shardings(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def _params_dir(path: str) -> str:
+  """Accepts a step folder of a run (holding `params/`) or a parameters-only folder itself."""
+  path = os.path.abspath(path)
+  candidate = os.path.join(path, PARAMS)
+  return candidate if os.path.isdir(candidate) else path
+
+
+def load_params(path: str, abstract_params, param_shardings):
+  """Parameters only, read-only, into the given shardings (no optimizer state is touched)."""
+  if not os.path.isdir(path):
+    raise CheckpointError(f"parameters checkpoint {path!r} does not exist or is not a folder")
+  target = abstract_with_shardings(abstract_params, param_shardings)
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      return checkpointer.restore(_params_dir(path), target)
+  except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(f"parameters checkpoint {path!r} cannot be read: {str(e).splitlines()[0]}") from None
+
+
+def save_params(path: str, params) -> None:
+  """A parameters-only checkpoint (what converters write and `load_parameters_path` reads)."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.join(os.path.abspath(path), PARAMS), params)
+
+
+def latest_step_dir(path: str) -> str:
+  """A run folder or its `checkpoints/` folder -> its newest step folder; any other folder as it is."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    path = os.path.join(path, "checkpoints")
+  steps = [int(name) for name in os.listdir(path) if name.isdigit()] if os.path.isdir(path) else []
+  return os.path.join(path, str(max(steps))) if steps else path
+
+
+def read_params_to_host(path: str) -> dict:
+  """Every parameter of a checkpoint as saved (no config needed), on the first local device."""
+  if not os.path.isdir(path):
+    raise CheckpointError(f"parameters checkpoint {path!r} does not exist or is not a folder")
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      saved = checkpointer.metadata(_params_dir(path)).item_metadata.tree
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
+      return checkpointer.restore(_params_dir(path), target)
+  except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(f"parameters checkpoint {path!r} cannot be read: {str(e).splitlines()[0]}") from None
+
+
+def params_fingerprint(params) -> str:
+  """sha256 over each tensor's path, shape, dtype, sum and sum of squares (computed on device, 6 digits)."""
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  stats = jax.jit(lambda p: [(jnp.sum(x.astype(jnp.float32)), jnp.sum(jnp.square(x.astype(jnp.float32)))) for x in p])(
+    [x for _, x in leaves]
+  )
+  text = json.dumps(
+    [
+      [jax.tree_util.keystr(path), list(x.shape), str(x.dtype), f"{float(s):.6e}", f"{float(q):.6e}"]
+      for (path, x), (s, q) in zip(leaves, stats, strict=True)
+    ]
+  )
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def saved_model_keys(checkpoint_path: str) -> tuple[str, dict] | None:
+  """(file, keys) saved beside a checkpoint: a run's config.json two levels up from its step folder,
+  or a converted checkpoint's model_config.json inside it; None when there is neither."""
+  path = os.path.abspath(checkpoint_path)
+  candidates = [
+    os.path.join(path, MODEL_CONFIG_FILE),
+    os.path.join(os.path.dirname(os.path.dirname(path)), "config.json"),
+  ]
+  found = next((c for c in candidates if os.path.isfile(c)), None)
+  if found is None:
+    return None
+  with open(found, encoding="utf-8") as f:
+    return found, json.load(f)

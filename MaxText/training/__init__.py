@@ -1,0 +1,1 @@
+"""Training: state and optimizer, the pure step, checkpoints, metrics, pre-flight checks and the Trainer loop."""

@@ -1,0 +1,69 @@
+"""The pre-flight step: the checks that read the user's files, run once after the keys are checked and
+before anything is built or compiled. It returns what later steps need from those files.
+
+- `tokenizer_path` and `load_parameters_path` exist;
+- the teacher folder is a readable folder, and the model keys saved beside it (a run's config.json or
+  a converted checkpoint's model_config.json) match the teacher's;
+- an offline cache's manifest and shards are intact and were made for this run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from MaxText.config.errors import ConfigError
+from MaxText.config.views import MODEL_KEYS, teacher_model_values
+from MaxText.data import teacher_cache
+from MaxText.model.params_io import saved_model_keys
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFiles:
+  """What the pre-flight step read and later steps use."""
+
+  cache: teacher_cache.CacheView | None  # offline KD only
+
+
+def _check_paths(config) -> None:
+  for key in ("tokenizer_path", "load_parameters_path"):
+    value = getattr(config, key)
+    if value and not os.path.exists(value):
+      raise ConfigError(f"{key}: {value!r} does not exist")
+
+
+def _check_teacher_folder(config) -> None:
+  path = config.kd_teacher_parameters_path
+  if not (config.use_kd and path):
+    return
+  if not os.path.isdir(path):
+    raise ConfigError(f"kd_teacher_parameters_path: {path!r} does not exist or is not a folder")
+  if not os.access(path, os.R_OK | os.X_OK):
+    raise ConfigError(f"kd_teacher_parameters_path: {path!r} is not readable")
+  saved = saved_model_keys(path)
+  if saved is None:
+    return
+  teacher = teacher_model_values(dataclasses.asdict(config))
+  for key in MODEL_KEYS:
+    if key in saved[1] and key != "scan_layers" and saved[1][key] != teacher[key]:
+      raise ConfigError(
+        f"kd_teacher_overrides: teacher {key}={teacher[key]!r} but the checkpoint at {os.path.abspath(path)!r} was "
+        f"trained with {key}={saved[1][key]!r} (set kd_teacher_model_name / kd_teacher_overrides)"
+      )
+
+
+def _open_cache(config) -> teacher_cache.CacheView | None:
+  if not (config.use_kd and config.kd_offline_data_dir):
+    return None
+  try:
+    return teacher_cache.open_for_run(config)
+  except (teacher_cache.CacheError, OSError, json.JSONDecodeError) as e:
+    raise ConfigError(str(e)) from None
+
+
+def run(config) -> RunFiles:
+  """All file checks of a run (or of the offline save job); raises ConfigError naming the key."""
+  _check_paths(config)
+  _check_teacher_folder(config)
+  return RunFiles(cache=_open_cache(config))

@@ -1,0 +1,156 @@
+"""The training loop: the run's state, its teacher (if any), the compiled steps, metrics and checkpoints.
+
+config -> pre-flight files -> mesh -> state layout -> teacher source -> input -> jitted train_step ->
+metrics/checkpoints. A plain run, an online-KD run and an offline-KD run differ only in the teacher
+source `distill.teacher.build_teacher` returns and, for the cache, where the batches come from.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+
+from MaxText.config.loader import non_default_keys
+from MaxText.config.views import feature_alignment
+from MaxText.data import input_pipeline, teacher_cache
+from MaxText.distill.objective import make_loss_fn
+from MaxText.distill.schedules import step_metrics
+from MaxText.distill.teacher import build_teacher
+from MaxText.model import decoder
+from MaxText.model.params_io import load_params
+from MaxText.parallel import sharding
+from MaxText.training import checkpointing, preflight
+from MaxText.training import metrics as metrics_lib
+from MaxText.training.runtime import build_corpus, global_batch_size, to_global
+from MaxText.training.state import init_state, make_layout, trainables
+from MaxText.training.step import make_eval_step, make_train_step
+
+
+def describe_teacher(config, teacher_params) -> str:
+  if config.kd_offline_data_dir:
+    return (
+      f"OFFLINE from the teacher cache {config.kd_offline_data_dir} "
+      f"(normalization {config.kd_offline_normalization}; no teacher model is loaded)"
+    )
+  if not config.kd_teacher_parameters_path:
+    return (
+      "SELF-DISTILLATION - kd_teacher_parameters_path is empty, so the student's own initial "
+      "parameters, frozen, act as the teacher"
+    )
+  count = decoder.parameter_count(teacher_params)
+  return f"teacher {config.kd_teacher_parameters_path} ({count:,} parameters, frozen)"
+
+
+def print_summary(config, mesh, params, teacher_params, start_step: int) -> None:
+  if jax.process_index() != 0:
+    return
+  flops = metrics_lib.flops_per_token(config) / 1e9
+  print(f"model: {decoder.parameter_count(params):,} parameters | {flops:.4f} GFLOPs/token (training)")
+  print(
+    f"mesh: {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
+    f"{jax.process_count()} process(es)"
+  )
+  print(f"keys that differ from base.yml: {non_default_keys(config)}")
+  if config.use_kd:
+    print(f"distillation: {describe_teacher(config, teacher_params)}")
+  if start_step:
+    print(f"resumed from checkpoint at step {start_step}")
+
+
+class Trainer:
+  """Holds the compiled steps and the run's state; `run()` is the loop."""
+
+  def __init__(self, config, files: preflight.RunFiles | None = None):
+    self.config = config
+    files = files if files is not None else preflight.run(config)
+    self.mesh = sharding.create_mesh(config)
+    self.batch_size = global_batch_size(config)
+    self.corpus = build_corpus(config)
+    alignment = feature_alignment(config)
+    self.layout = layout = make_layout(config, self.mesh, alignment)
+    self.batch_sharding = sharding.batch_sharding(self.mesh)
+    self.source, self.teacher = build_teacher(config, self.mesh, files.cache)
+    self.train_iter = self._train_iterator(files.cache)
+    self.manager = checkpointing.create_manager(config) if config.enable_checkpointing else None
+    self.state, self.start_step = self._initial_state()
+    loss_fn = make_loss_fn(config, layout.graphdef, self.source, alignment)
+    teacher_shardings = self.source.param_shardings if self.source is not None else None
+    kd_metrics = step_metrics(config, alignment is not None) if self.source is not None else None
+    self.train_step = jax.jit(
+      make_train_step(config, layout.tx, loss_fn, kd_metrics),
+      in_shardings=(layout.state_shardings, teacher_shardings, self.batch_sharding),
+      out_shardings=(layout.state_shardings, None),
+      donate_argnums=(0,),
+    )
+    # eval batches come from the pipeline: a cached teacher does not cover them, so that eval is the student's CE
+    evaluates_teacher = self.source is not None and self.source.in_eval
+    self.eval_teacher = self.teacher if evaluates_teacher else None
+    eval_loss_fn = loss_fn if evaluates_teacher else make_loss_fn(config, layout.graphdef)
+    trainable_shardings = trainables(layout.state_shardings)
+    self.eval_step = jax.jit(
+      make_eval_step(eval_loss_fn),
+      in_shardings=(trainable_shardings, teacher_shardings if evaluates_teacher else None, self.batch_sharding, None),
+    )
+
+  def _train_iterator(self, cache: teacher_cache.CacheView | None):
+    local_batch = self.batch_size // jax.process_count()
+    if cache is not None:  # the cache holds the sequences and the teacher's top-k
+      seed, index, count = self.config.data_shuffle_seed, jax.process_index(), jax.process_count()
+      return teacher_cache.make_iterator(cache, seed, local_batch, index, count)
+    return input_pipeline.make_iterator(self.config, self.corpus, "train", local_batch)
+
+  def _initial_state(self):
+    restored = None
+    if self.manager is not None:
+      restored = checkpointing.restore_latest(self.manager, self.layout, self.train_iter)
+    if restored is not None:
+      return restored
+    params = None
+    if self.config.load_parameters_path:  # the decoder only: a feature head always starts fresh
+      abstract_params = self.layout.abstract_state["params"]
+      params = load_params(self.config.load_parameters_path, abstract_params, self.layout.param_shardings)
+    return init_state(self.config, self.layout, params), 0
+
+  def evaluate(self, step: int, logger) -> dict:
+    started = time.perf_counter()
+    eval_iter = input_pipeline.make_iterator(self.config, self.corpus, "eval", self.batch_size // jax.process_count())
+    total = None
+    for _ in range(self.config.eval_steps):
+      batch = to_global(next(eval_iter), self.batch_sharding)
+      sums = self.eval_step(trainables(self.state), self.eval_teacher, batch, self.state["step"])
+      total = metrics_lib.accumulate_sums(total, sums)
+    record = logger.write_eval(step, total)
+    logger.window_start += time.perf_counter() - started  # eval time is not training throughput
+    return record
+
+  def run(self) -> None:
+    config = self.config
+    run_dir = checkpointing.run_dir(config)
+    logger = metrics_lib.MetricLogger(config, run_dir, jax.process_index() == 0, self.start_step)
+    checkpointing.save_run_config(config)
+    print_summary(config, self.mesh, self.state["params"], self.teacher, self.start_step)
+    pending = None  # metrics are read one step late so the host never stalls the device
+    try:
+      with jax.set_mesh(self.mesh):
+        for step in range(self.start_step + 1, config.steps + 1):
+          batch = to_global(next(self.train_iter), self.batch_sharding)
+          self.state, device_metrics = self.train_step(self.state, self.teacher, batch)
+          if pending is not None:
+            logger.add_step(*pending)
+          pending = (step, device_metrics)
+          last = step == config.steps
+          must_save = self.manager is not None and (step % config.checkpoint_period == 0 or last)
+          if step % config.log_period == 0 or last or must_save:
+            logger.add_step(*pending)  # a checkpoint is written only after its step's loss is known finite
+            pending = None
+            if step % config.log_period == 0 or last:
+              logger.write(step)
+          if must_save:
+            checkpointing.save(self.manager, step, self.state, self.train_iter)
+          if config.eval_interval and (step % config.eval_interval == 0 or last):
+            self.evaluate(step, logger)
+    finally:
+      if self.manager is not None:
+        self.manager.wait_until_finished()
+      logger.close()

@@ -35,6 +35,18 @@ MODEL_KEYS = (
 )
 
 
+# What the decoder reads: the architecture plus how it computes (not the run's keys).
+_MODEL_VIEW_KEYS = (*MODEL_KEYS, "dtype", "remat_policy")
+ModelConfig = dataclasses.make_dataclass(
+  "ModelConfig", [(key, type(defaults()[key])) for key in _MODEL_VIEW_KEYS], frozen=True
+)
+
+
+def model_config(config) -> Any:
+  """The decoder's view of a Config (or of another ModelConfig): its model keys only."""
+  return ModelConfig(**{key: getattr(config, key) for key in _MODEL_VIEW_KEYS})
+
+
 def teacher_model_values(v: dict[str, Any]) -> dict[str, Any]:
   """The teacher's model keys: base.yml < teacher preset < kd_teacher_overrides (student CLI keys never leak)."""
   base = defaults()

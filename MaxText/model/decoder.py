@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from MaxText.config.views import model_config
 from MaxText.model import layers
 from MaxText.parallel.sharding import constrain
 
@@ -120,7 +121,8 @@ class Decoder(nnx.Module):
 
 
 def abstract_model(config) -> Decoder:
-  return nnx.eval_shape(lambda: Decoder(config, nnx.Rngs(0)))
+  """The decoder's structure without values; its graphdef carries the model view of `config` only."""
+  return nnx.eval_shape(lambda: Decoder(model_config(config), nnx.Rngs(0)))
 
 
 def split_params(model: Decoder):
@@ -137,7 +139,8 @@ def bind(graphdef, params) -> Decoder:
 
 def init_params(config, param_shardings):
   """Freshly initialised parameters (a pure function of `seed`), created directly in their shardings."""
-  return jax.jit(lambda: split_params(Decoder(config, nnx.Rngs(config.seed)))[1], out_shardings=param_shardings)()
+  init = lambda: split_params(Decoder(model_config(config), nnx.Rngs(config.seed)))[1]
+  return jax.jit(init, out_shardings=param_shardings)()
 
 
 def run_on_batch(model: Decoder, batch: dict, return_features: bool = False) -> DecoderOutput:

@@ -28,6 +28,7 @@ if __package__ in (None, ""):
 
 from MaxText import config as config_lib  # noqa: E402
 from MaxText.config.loader import parse_overrides  # noqa: E402
+from MaxText.config.paths import check_local, check_output_folder  # noqa: E402
 from MaxText.config.views import MODEL_KEYS  # noqa: E402
 from MaxText.model import hf_config, hf_export, hf_weights, params_io  # noqa: E402
 
@@ -39,12 +40,12 @@ class ConversionError(config_lib.UserError, ValueError):
 
 
 def _progress(desc: str, unit: str):
-  """Wraps a loop in a tqdm bar on stderr (a convenience: without tqdm the loop runs bare)."""
+  """Wraps a loop in a tqdm bar on a terminal's stderr (none in logs; without tqdm the loop runs bare)."""
   try:
     from tqdm import tqdm
   except ImportError:
     return iter
-  return lambda iterable: tqdm(iterable, desc=desc, unit=unit, file=sys.stderr)
+  return lambda iterable: tqdm(iterable, desc=desc, unit=unit, file=sys.stderr, disable=None)
 
 
 def _parse_size(text: str) -> int:
@@ -59,8 +60,9 @@ def _parse_size(text: str) -> int:
 
 
 def _require_empty(path: str) -> None:
-  if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+  if os.path.isdir(path) and os.listdir(path):
     raise ConversionError(f"--output: {path!r} already exists and is not empty; nothing was written")
+  check_output_folder("--output", path, ())  # a file, or a folder that cannot be written
 
 
 def _import_config(args, hf: dict):
@@ -124,8 +126,13 @@ def _leaves(tree):
     yield from (_leaves(value) if isinstance(value, dict) else [value])
 
 
+class _OneLineParser(argparse.ArgumentParser):
+  def error(self, message: str):  # one line, like every other user error (argparse adds a usage block)
+    self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse_args(argv):
-  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = _OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--to_hf", action="store_true", help="export a checkpoint of a run to a Hugging Face folder")
   parser.add_argument("--hf_dir", help="Hugging Face folder to import (without --to_hf)")
   parser.add_argument("--checkpoint", help="run folder, step folder or parameters-only folder (with --to_hf)")
@@ -135,6 +142,12 @@ def parse_args(argv):
   parser.add_argument("--max_shard_size", default="5GB", help="with --to_hf: split safetensors past this size")
   parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config keys over the preset")
   args = parser.parse_args(argv)
+  for flag in ("hf_dir", "checkpoint", "output"):
+    if getattr(args, flag):
+      try:
+        check_local(f"--{flag}", getattr(args, flag))
+      except config_lib.ConfigError as e:
+        parser.exit(2, f"error: {e}\n")
   needed = "--checkpoint" if args.to_hf else "--hf_dir"
   if getattr(args, needed[2:]) is None:
     parser.error(f"{needed} is required {'with' if args.to_hf else 'without'} --to_hf")
@@ -142,6 +155,7 @@ def parse_args(argv):
 
 
 def main(argv: list[str] | None = None) -> None:
+  config_lib.ignore_closed_event_loop_callbacks()
   args = parse_args(argv)
   try:
     message = checkpoint_to_hf(args) if args.to_hf else hf_to_checkpoint(args)

@@ -23,6 +23,7 @@ if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from MaxText import config as config_lib  # noqa: E402
+from MaxText.config.paths import check_output_folder  # noqa: E402
 from MaxText.data import input_pipeline, teacher_cache  # noqa: E402
 from MaxText.data import teacher_cache_writer as writer_lib  # noqa: E402
 from MaxText.distill.teacher import load_live_teacher  # noqa: E402
@@ -58,12 +59,14 @@ def _progress_bar(total: int, done: int):
     from tqdm import tqdm
   except ImportError:
     return None
-  return tqdm(total=total, initial=done, unit="batch", desc="teacher top-k", disable=jax.process_index() != 0)
+  quiet = None if jax.process_index() == 0 else True  # None: a bar on a terminal only, none in logs
+  return tqdm(total=total, initial=done, unit="batch", desc="teacher top-k", disable=quiet)
 
 
 def save(config) -> dict:
   """Runs the whole job; returns the manifest."""
   directory = config.kd_offline_output_dir
+  check_output_folder("kd_offline_output_dir", directory, teacher_cache.CACHE_FILES)  # never a user's folder
   os.makedirs(directory, exist_ok=True)
   mesh = sharding.create_mesh(config)
   batch_size = global_batch_size(config)
@@ -120,6 +123,7 @@ def save(config) -> dict:
 
 
 def main(argv: list[str]) -> int:
+  config_lib.ignore_closed_event_loop_callbacks()
   try:
     config = config_lib.load(argv[1:], {"use_kd": True})
     if not config.kd_offline_output_dir:

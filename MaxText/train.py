@@ -22,6 +22,7 @@ from MaxText.training.trainer import Trainer  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
+  config_lib.ignore_closed_event_loop_callbacks()
   if "--help" in argv or "-h" in argv:
     print("usage: python MaxText/train.py base.yml [key=value ...]\n")
     print(help_text())
@@ -29,6 +30,7 @@ def main(argv: list[str]) -> int:
   try:
     config = config_lib.load(argv[1:])
     files = preflight.run(config)
+    preflight.check_run_folder(config)
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2

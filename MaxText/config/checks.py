@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from MaxText.config.errors import ConfigError
+from MaxText.config.paths import PATH_KEYS, check_local
 
 
 def _positive(v):
@@ -124,3 +125,6 @@ def validate_values(values: dict[str, Any]) -> None:
     if isinstance(value, float) and not math.isfinite(value) or not ok(value):
       raise ConfigError(f"{key}: expected {expected}, got {value!r}")
   _check_relations(values)
+  for key in PATH_KEYS:
+    for part in values[key].split(","):  # dataset_path may list several
+      check_local(key, part)

@@ -6,6 +6,8 @@ derive from the built-in exception a caller would expect (ValueError, FileNotFou
 
 from __future__ import annotations
 
+import sys
+
 
 class UserError(Exception):
   """A bad key, file or input; the message names it and what was expected."""
@@ -28,3 +30,19 @@ class BadInputError(UserError, ValueError):
 
 class MissingFieldError(UserError, KeyError):
   """A record, column or tensor named by a key is absent from the input."""
+
+
+def ignore_closed_event_loop_callbacks() -> None:
+  """Drops the 'Event loop is closed' RuntimeErrors that Orbax/TensorStore callbacks raise when a read of a
+  damaged checkpoint finishes after its checkpointer closed (they arrive through sys.unraisablehook, after
+  the user error was already reported, and would print a traceback under it). Everything else goes to the
+  default hook."""
+  default = sys.unraisablehook
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+      return
+    default(unraisable)
+
+  sys.unraisablehook = hook

@@ -34,7 +34,7 @@ def _read_yaml(path: str) -> dict[str, Any]:
   except OSError as e:
     raise ConfigError(f"config file {path!r} cannot be read: {e.strerror}") from None
   except yaml.YAMLError as e:
-    raise ConfigError(f"config file {path!r} is not valid YAML: {e}") from None
+    raise ConfigError(f"config file {path!r} is not valid YAML: {' '.join(str(e).split())}") from None
   if data is None:
     return {}
   if not isinstance(data, dict):
@@ -133,11 +133,13 @@ def _load_chain(path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
   return merged
 
 
-def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
+def parse_overrides(args: Sequence[str], source: str = "") -> dict[str, Any]:
+  """`key=value` strings -> values; `source` names the key they came from (default: the command line)."""
   overrides = {}
   for arg in args:
     if "=" not in arg:
-      raise ConfigError(f"command-line argument {arg!r}: expected key=value")
+      where = f"{source}: entry" if source else "command-line argument"
+      raise ConfigError(f"{where} {arg!r}: expected key=value")
     key, raw = arg.split("=", 1)
     overrides[key.strip()] = _parse_cli_value(raw)
   return overrides

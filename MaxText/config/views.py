@@ -51,7 +51,7 @@ def teacher_model_values(v: dict[str, Any]) -> dict[str, Any]:
   """The teacher's model keys: base.yml < teacher preset < kd_teacher_overrides (student CLI keys never leak)."""
   base = defaults()
   preset = load_model_preset(v["kd_teacher_model_name"] or v["model_name"])
-  overrides = parse_overrides([p for p in v["kd_teacher_overrides"].split(",") if p.strip()])
+  overrides = parse_overrides([p for p in v["kd_teacher_overrides"].split(",") if p.strip()], "kd_teacher_overrides")
   for key in overrides:
     check_known(key, list(MODEL_KEYS), "kd_teacher_overrides")
   model = {k: base[k] for k in MODEL_KEYS}

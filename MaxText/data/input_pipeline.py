@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from MaxText.config.errors import BadInputError, MissingFieldError, MissingFileError
+from MaxText.data import array_records
 from MaxText.data.tokenizer import Tokenizer, encode_documents
 
 _SPLIT_SEED = 20240607  # fixed: the train/eval split must not move when the shuffle seed does
@@ -52,7 +53,12 @@ def read_texts(config) -> list[str]:
   """The documents of a text/jsonl/parquet data set, in a fixed order."""
   if config.dataset_type == "text":
     files = expand_paths(config.dataset_path) if config.dataset_path else shakespeare_files()
-    return [_read_file(p) for p in files]
+    texts = [_read_file(p) for p in files]
+    if not any(t.strip() for t in texts):
+      raise BadInputError(
+        f"dataset_path: the text data set holds no text ({len(files)} empty file(s): {files[0]!r}, ...)"
+      )
+    return texts
   files = expand_paths(config.dataset_path)
   if config.dataset_type == "jsonl":
     return [text for p in files for text in _read_jsonl(p, config.data_column)]
@@ -60,11 +66,26 @@ def read_texts(config) -> list[str]:
 
 
 def _read_file(path: str) -> str:
+  """A UTF-8 text file; a binary file (NUL bytes, invalid UTF-8) is refused rather than trained on as noise."""
   try:
-    with open(path, encoding="utf-8", errors="replace") as f:
-      return f.read()
+    with open(path, "rb") as f:
+      data = f.read()
   except OSError as e:
     raise MissingFileError(f"dataset_path: cannot read {path!r}: {e.strerror}") from None
+  nul = data.find(b"\x00")
+  if nul >= 0:
+    raise BadInputError(f"dataset_path: {path!r} is not text (it holds a NUL byte at offset {nul})")
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise BadInputError(f"dataset_path: {path!r} is not UTF-8 text (invalid byte at offset {e.start})") from None
+
+
+def _as_text(value, where: str, column: str) -> str:
+  if not isinstance(value, str):
+    kind = "null" if value is None else f"a {type(value).__name__}"
+    raise BadInputError(f"data_column: {where} field {column!r} is {kind}, not text")
+  return value
 
 
 def _read_jsonl(path: str, column: str) -> list[str]:
@@ -78,7 +99,7 @@ def _read_jsonl(path: str, column: str) -> list[str]:
       raise BadInputError(f"dataset_path: {path}:{line_number} is not valid JSON") from None
     if column not in record:
       raise MissingFieldError(f"data_column: {path}:{line_number} has no field {column!r}")
-    texts.append(str(record[column]))
+    texts.append(_as_text(record[column], f"{path}:{line_number}", column))
   return texts
 
 
@@ -91,7 +112,7 @@ def _read_parquet(path: str, column: str) -> list[str]:
     raise MissingFileError(f"dataset_path: cannot read parquet file {path!r}: {e}") from None
   if column not in table.column_names:
     raise MissingFieldError(f"data_column: parquet file {path!r} has no column {column!r} (has {table.column_names})")
-  return [str(t) for t in table.column(column).to_pylist()]
+  return [_as_text(t, f"parquet file {path!r} row {i}", column) for i, t in enumerate(table.column(column).to_pylist())]
 
 
 def windows(tokens: np.ndarray, length: int) -> list[np.ndarray]:
@@ -162,8 +183,7 @@ class TokenizedCorpus:
   def __init__(self, config, tokenizer: Tokenizer | None):
     self.lazy = config.dataset_type == "arrayrecord"
     if self.lazy:
-      files = expand_paths(config.dataset_path)
-      self.source = grain.sources.ArrayRecordDataSource(files)
+      self.source = array_records.open_records(expand_paths(config.dataset_path), "dataset_path")
     else:
       documents = encode_documents(tokenizer, read_texts(config), config.add_bos, config.add_eos)
       self.source = [w for doc in documents for w in windows(doc, config.max_target_length)]

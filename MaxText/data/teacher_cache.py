@@ -25,9 +25,11 @@ import ml_dtypes
 import numpy as np
 
 from MaxText.config.errors import UserError
+from MaxText.data import array_records
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+CACHE_FILES = ("shard-*.array_record", "progress-*.json", "manifest.json", "*.tmp")  # all the save job writes
 VALUE_DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
 TOKEN_FIELDS = ("inputs", "targets", "inputs_position", "inputs_segmentation")
 
@@ -117,16 +119,29 @@ def write_json_atomic(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
+_MANIFEST_KEYS = ("shards", "temperatures", "top_k", "vocab_size", "max_target_length", "logits_dtype")
+
+
 def read_manifest(directory: str) -> dict:
   path = os.path.join(directory, MANIFEST)
   if not os.path.isfile(path):
     raise CacheError(
       f"kd_offline_data_dir: no {MANIFEST} in {directory!r} (an unfinished save? rerun save_top_k_teacher_logits.py)"
     )
-  with open(path, encoding="utf-8") as f:
-    manifest = json.load(f)
-  if manifest.get("format_version") != FORMAT_VERSION:
-    raise CacheError(f"kd_offline_data_dir: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
+  try:
+    with open(path, encoding="utf-8") as f:
+      manifest = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise CacheError(f"kd_offline_data_dir: {path!r} cannot be read ({e}); truncated?") from None
+  if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    raise CacheError(
+      f"kd_offline_data_dir: {path!r} has format_version {version}, this code reads {FORMAT_VERSION}; "
+      "save the cache again"
+    )
+  missing = [k for k in _MANIFEST_KEYS if k not in manifest]
+  if missing:
+    raise CacheError(f"kd_offline_data_dir: {path!r} lacks {missing[0]!r}; save the cache again")
   return manifest
 
 
@@ -207,7 +222,7 @@ def make_iterator(cache: CacheView, shuffle_seed: int, batch_size: int, process_
   """Checkpointable iterator of per-process batches read from the cache: shuffled, sharded per host."""
   import grain
 
-  ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(list(cache.shard_files)))
+  ds = grain.MapDataset.source(array_records.open_records(list(cache.shard_files), "kd_offline_data_dir"))
   ds = ds.shuffle(seed=shuffle_seed)[process_index::process_count]
   ds = ds.repeat(None).map(cache.layout.decode)
   return iter(ds.to_iter_dataset().batch(batch_size, drop_remainder=True))

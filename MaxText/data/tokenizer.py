@@ -9,7 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
-from MaxText.config.errors import ConfigError, MissingFileError
+from MaxText.config.errors import BadInputError, ConfigError, MissingFileError
 
 # Common names of the begin/end-of-sequence tokens, tried when a tokenizer does not declare them.
 _BOS_NAMES = ("<|begin_of_text|>", "<s>", "<bos>", "[BOS]", "<|startoftext|>")
@@ -47,7 +47,10 @@ class SentencePieceTokenizer:
   def __init__(self, path: str):
     import sentencepiece as spm
 
-    self._sp = spm.SentencePieceProcessor(model_file=path)
+    try:
+      self._sp = spm.SentencePieceProcessor(model_file=path)
+    except (RuntimeError, OSError) as e:
+      raise BadInputError(f"tokenizer_path: {path!r} is not a sentencepiece model ({str(e)[:120]})") from None
     self.vocab_size = self._sp.get_piece_size()
     self.bos_id = self._sp.bos_id() if self._sp.bos_id() >= 0 else None
     self.eos_id = self._sp.eos_id() if self._sp.eos_id() >= 0 else None
@@ -70,7 +73,10 @@ class HuggingFaceTokenizer:
     file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
       raise MissingFileError(f"tokenizer_path: no tokenizer.json at {path!r}")
-    self._tok = HFTokenizer.from_file(file)
+    try:
+      self._tok = HFTokenizer.from_file(file)
+    except Exception as e:  # noqa: BLE001 - `tokenizers` raises a bare Exception for a file it cannot parse
+      raise BadInputError(f"tokenizer_path: {file!r} is not a Hugging Face tokenizer.json ({e})") from None
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
     declared = _read_declared_specials(os.path.join(folder, "tokenizer_config.json"))
     self.bos_id = self._find_id(declared.get("bos_token"), _BOS_NAMES)

@@ -32,6 +32,16 @@ def _divergence(with_other, student_NxV, temperature, target_NxV, log_target_NxV
   return _divergence_fwd(with_other, student_NxV, temperature, target_NxV, log_target_NxV, other_mass_N, pruned_NxV)[0]
 
 
+def _rules_out_teacher_mass(x_NxV, target_NxV, other_mass_N, lse_pruned_N, with_other: bool):
+  """Rows where the teacher puts mass on what the student rules out (a -inf logit, a row of them, or no
+  student mass at all outside the kept set while OTHER has mass): there the KL is +inf, not a large or
+  negative finite number."""
+  ruled_out_N = jnp.sum(jnp.where(x_NxV <= FLOAT_MIN, target_NxV, 0.0), axis=-1) > 0
+  if with_other:
+    ruled_out_N = ruled_out_N | ((other_mass_N > 0) & (lse_pruned_N <= 0.5 * FLOAT_MIN))
+  return ruled_out_N
+
+
 def _divergence_fwd(with_other, student_NxV, temperature, target_NxV, log_target_NxV, other_mass_N, pruned_NxV):
   # KL = sum_i pi_i (log pi_i - log q_i)  [+ P_o (log P_o - log Q_o)], log q = x - lse(x), x = s / T.
   # -inf logits are clamped to the float32 minimum so that 0 * (-inf) never makes a NaN.
@@ -43,6 +53,7 @@ def _divergence_fwd(with_other, student_NxV, temperature, target_NxV, log_target
     lse_pruned_N = _weighted_logsumexp(x, pruned_NxV)
     log_other = jnp.log(jnp.maximum(other_mass_N, 1e-30))  # (a normal float: no flush-to-zero)
     value = value + jnp.where(other_mass_N > 0, other_mass_N * (log_other - lse_pruned_N + lse_N), 0.0)
+  value = jnp.where(_rules_out_teacher_mass(x, target_NxV, other_mass_N, lse_pruned_N, with_other), jnp.inf, value)
   return value, (student_NxV, temperature, target_NxV, other_mass_N, pruned_NxV, lse_N, lse_pruned_N)
 
 

@@ -40,8 +40,14 @@ def read_hf_config(hf_dir: str) -> dict[str, Any]:
   path = os.path.join(hf_dir, "config.json")
   if not os.path.isfile(path):
     raise MissingFileError(f"--hf_dir: no config.json in {hf_dir!r}")
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      hf = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise HFConfigError(f"--hf_dir: {path!r} is not a readable JSON config ({e})") from None
+  if not isinstance(hf, dict):
+    raise HFConfigError(f"--hf_dir: {path!r} holds {type(hf).__name__}, not a config mapping")
+  return hf
 
 
 def _rope(hf: dict[str, Any]) -> dict[str, Any]:

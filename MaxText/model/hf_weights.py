@@ -85,6 +85,8 @@ def _take(tensors: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]) 
   w = np.asarray(tensors[name])
   if tuple(w.shape) != tuple(shape):
     raise BadInputError(f"tensor {name!r}: shape {tuple(w.shape)} does not match the config's {tuple(shape)}")
+  if not np.isfinite(w).all():
+    raise BadInputError(f"tensor {name!r}: holds NaN or Inf values; a checkpoint with them cannot train or serve")
   return w
 
 
@@ -156,12 +158,19 @@ def params_to_hf(params: Mapping, config) -> dict[str, np.ndarray]:
   return dict(iter_hf_tensors(params, config))
 
 
+def _open(path: str):
+  from safetensors import safe_open
+
+  try:
+    return safe_open(path, framework="numpy")
+  except Exception as e:  # noqa: BLE001 - SafetensorError (not exported): a truncated or foreign file
+    raise BadInputError(f"{path}: not a readable safetensors file ({e})") from None
+
+
 class LazySafetensors(Mapping):
   """HF tensor name -> numpy array of a (single or sharded) safetensors folder, read when asked for."""
 
   def __init__(self, hf_dir: str):
-    from safetensors import safe_open
-
     index = os.path.join(hf_dir, "model.safetensors.index.json")
     if os.path.isfile(index):
       with open(index, encoding="utf-8") as f:
@@ -170,20 +179,21 @@ class LazySafetensors(Mapping):
       weight_map = {}
       for name in sorted(os.listdir(hf_dir)):
         if name.endswith(".safetensors"):
-          with safe_open(os.path.join(hf_dir, name), framework="numpy") as f:
+          with _open(os.path.join(hf_dir, name)) as f:
             weight_map.update(dict.fromkeys(f.keys(), name))  # noqa: SIM118 (safe_open is not a dict)
     if not weight_map:
       raise MissingFileError(f"--hf_dir: no .safetensors files in {hf_dir!r}")
     self._dir, self._map = hf_dir, weight_map
 
   def __getitem__(self, name: str) -> np.ndarray:
-    from safetensors import safe_open
-
     path = os.path.join(self._dir, self._map[name])
     if not os.path.isfile(path):
       raise MissingFileError(f"{path}: listed in the index for tensor {name!r} but missing")
-    with safe_open(path, framework="numpy") as f:
-      return f.get_tensor(name)  # bfloat16 stays bfloat16 (ml_dtypes)
+    with _open(path) as f:
+      try:
+        return f.get_tensor(name)  # bfloat16 stays bfloat16 (ml_dtypes)
+      except Exception as e:  # noqa: BLE001 - SafetensorError: the data of a truncated file
+        raise BadInputError(f"{path}: tensor {name!r} cannot be read ({e}); a truncated file?") from None
 
   def __iter__(self) -> Iterator[str]:
     return iter(self._map)

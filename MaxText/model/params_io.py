@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 
 import jax
@@ -28,6 +29,11 @@ def abstract_with_shardings(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+def first_line(error: Exception) -> str:
+  lines = str(error).strip().splitlines() or [type(error).__name__]
+  return lines[0].split(". See full")[0][:300]
+
+
 def _params_dir(path: str) -> str:
   """Accepts a step folder of a run (holding `params/`) or a parameters-only folder itself."""
   path = os.path.abspath(path)
@@ -43,8 +49,8 @@ def load_params(path: str, abstract_params, param_shardings):
   try:
     with ocp.StandardCheckpointer() as checkpointer:
       return checkpointer.restore(_params_dir(path), target)
-  except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
-    raise CheckpointError(f"parameters checkpoint {path!r} cannot be read: {str(e).splitlines()[0]}") from None
+  except Exception as e:  # noqa: BLE001 - whatever Orbax/TensorStore raise for damaged or foreign files
+    raise CheckpointError(f"parameters checkpoint {path!r} cannot be read: {first_line(e)}") from None
 
 
 def save_params(path: str, params) -> None:
@@ -69,11 +75,22 @@ def read_params_to_host(path: str) -> dict:
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   try:
     with ocp.StandardCheckpointer() as checkpointer:
-      saved = checkpointer.metadata(_params_dir(path)).item_metadata.tree
+      absl_logger = logging.getLogger("absl")
+      level = absl_logger.level
+      absl_logger.setLevel(logging.ERROR)  # Orbax warns on a damaged folder; the error below says it in one line
+      try:
+        metadata = checkpointer.metadata(_params_dir(path)).item_metadata
+      finally:
+        absl_logger.setLevel(level)
+      if metadata is None:
+        raise CheckpointError(f"parameters checkpoint {path!r} cannot be read: no readable metadata (truncated?)")
+      saved = metadata.tree
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), saved)
       return checkpointer.restore(_params_dir(path), target)
-  except (FileNotFoundError, ValueError, KeyError, TypeError) as e:
-    raise CheckpointError(f"parameters checkpoint {path!r} cannot be read: {str(e).splitlines()[0]}") from None
+  except CheckpointError:
+    raise
+  except Exception as e:  # noqa: BLE001 - whatever Orbax/TensorStore raise for damaged or foreign files
+    raise CheckpointError(f"parameters checkpoint {path!r} cannot be read: {first_line(e)}") from None
 
 
 def params_fingerprint(params) -> str:

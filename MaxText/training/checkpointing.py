@@ -7,17 +7,20 @@ and the Hugging Face export read them alone, with no knowledge of distillation o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import sys
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
-from MaxText.model.params_io import PARAMS, CheckpointError, abstract_with_shardings
+from MaxText.model.params_io import PARAMS, CheckpointError, abstract_with_shardings, first_line
 
 KD_HEAD, TRAIN_STATE, DATA_ITER = "kd_head", "train_state", "data_iter"
+RUN_FILES = ("checkpoints", "tensorboard", "metrics.jsonl", "metrics.jsonl.tmp", "config.json")  # a run's own outputs
 
 
 def run_dir(config) -> str:
@@ -53,14 +56,43 @@ def save(manager: ocp.CheckpointManager, step: int, state: dict, data_iterator) 
     items[KD_HEAD] = ocp.args.StandardSave(state[KD_HEAD])
   if data_iterator is not None:
     items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iterator)
-  manager.save(step, args=ocp.args.Composite(**items), force=True)
+  with _write_errors_as_one_line(manager, step):
+    manager.save(step, args=ocp.args.Composite(**items), force=True)
 
 
-def restore_latest(manager: ocp.CheckpointManager, layout, data_iterator):
-  """(state, step) from the newest checkpoint, with the data iterator restored in place; None if none."""
-  step = manager.latest_step()
-  if step is None:
-    return None
+def wait_until_finished(manager: ocp.CheckpointManager) -> None:
+  """Waits for a background save; a failed write (disk full, folder gone read-only) ends as one line."""
+  with _write_errors_as_one_line(manager, None):
+    manager.wait_until_finished()
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+  """The OSError behind an error (Orbax re-raises a background write's failure wrapped), if any."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, OSError):
+      return error
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return None
+
+
+@contextlib.contextmanager
+def _write_errors_as_one_line(manager: ocp.CheckpointManager, step: int | None):
+  try:
+    yield
+  except Exception as e:
+    os_error = _os_error_in(e)
+    if os_error is None:
+      raise
+    raise CheckpointError(
+      f"base_output_directory: {f'checkpoint step {step}' if step else 'a checkpoint'} cannot be written in "
+      f"{manager.directory} ({os_error}); "
+      "the run stopped, the checkpoints already on disk are kept"
+    ) from None
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, layout, data_iterator) -> dict:
   abstract = abstract_with_shardings(layout.abstract_state, layout.state_shardings)
   items = {
     PARAMS: ocp.args.StandardRestore(abstract["params"]),
@@ -70,15 +102,53 @@ def restore_latest(manager: ocp.CheckpointManager, layout, data_iterator):
     items[KD_HEAD] = ocp.args.StandardRestore(abstract[KD_HEAD])
   if data_iterator is not None:
     items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iterator)
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
-  except (FileNotFoundError, ValueError, KeyError) as e:
-    raise CheckpointError(f"checkpoint {manager.directory}/{step} cannot be restored: {e}") from None
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
   train_state = restored[TRAIN_STATE]
   state = {"step": train_state["step"], "params": restored[PARAMS], "opt_state": train_state["opt_state"]}
   if KD_HEAD in abstract:
     state[KD_HEAD] = restored[KD_HEAD]
-  return state, step
+  return state
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Renames an unrestorable step folder (kept for inspection, never deleted) so the run can save that step again."""
+  folder = os.path.join(str(manager.directory), str(step))
+  aside = os.path.join(str(manager.directory), f"unrestorable-{step}")
+  if jax.process_index() == 0 and os.path.isdir(folder):
+    os.replace(folder, aside)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
+  manager.reload()
+  return aside
+
+
+def restore_latest(manager: ocp.CheckpointManager, layout, data_iterator):
+  """(state, step) from the newest checkpoint that restores, with the data iterator restored in place;
+  None when there is none. A step that fails to restore (truncated by a crash or a full disk) is set
+  aside and the one before it is used, and the run says so."""
+  failed = {}
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state = _restore(manager, step, layout, data_iterator)
+    except Exception as e:  # noqa: BLE001 - anything wrong with the files of a step: try an older one
+      failed[step] = first_line(e)
+      continue
+    # An older step of the same run restores, so the newer ones are damaged (not of another structure):
+    # they are set aside, and the run says so.
+    for bad, reason in failed.items():
+      print(f"checkpoint step {bad} cannot be restored ({reason}); kept as {_set_aside(manager, bad)}", file=sys.stderr)
+    if failed:
+      print(f"resuming from step {step}, the newest checkpoint that restores", file=sys.stderr)
+    return state, step
+  if failed:
+    newest = max(failed)
+    raise CheckpointError(
+      f"no checkpoint in {manager.directory} can be restored (step {newest}: {failed[newest]}); "
+      "was the run's config changed?"
+    )
+  return None
 
 
 def save_run_config(config) -> None:

@@ -49,7 +49,51 @@ def _kd_console(record: dict) -> str:
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
-  """The loss went NaN/Inf: the run stops, keeping the checkpoints written before."""
+  """The loss or the gradient went NaN/Inf, or the gradient vanished: the run stops, keeping its checkpoints."""
+
+
+_KEPT = "stopping; the last checkpoint saved before this step is intact."
+
+
+def check_trainable(step: int, host: dict) -> None:
+  """Stops on a non-finite loss, a non-finite gradient norm, or a gradient norm of exactly 0, naming which."""
+  objective = host.get("total_loss_sum", host["ce_sum"] + host.get("z_loss_sum", 0.0))  # KD adds its total
+  loss = objective / max(host["tokens"], 1)
+  if not math.isfinite(objective):
+    raise NonFiniteLossError(f"step {step}: the loss is {loss:.6g} (not finite); {_KEPT}")
+  grad_norm = host.get("grad_norm")  # absent in eval
+  if grad_norm is None:
+    return
+  if not math.isfinite(grad_norm):
+    raise NonFiniteLossError(
+      f"step {step}: the gradient norm is {grad_norm} (not finite) while the loss is {loss:.6g} (parameters blew up: "
+      f"learning_rate too high?); {_KEPT}"
+    )
+  if grad_norm == 0.0 and host["tokens"] > 0:
+    raise NonFiniteLossError(
+      f"step {step}: the gradient norm is exactly 0 at loss {loss:.6g}, so nothing trains (activations "
+      f"overflowing, e.g. init_std too large, or saturated); {_KEPT}"
+    )
+
+
+def keep_records_up_to(path: str, step: int) -> None:
+  """Drops the records after `step` (written before a crash, after the checkpoint a run resumes from),
+  so that the resumed run's records supersede them and each step appears once."""
+  if not os.path.isfile(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= step:
+        kept.append(line)
+    except (json.JSONDecodeError, KeyError, TypeError):
+      pass  # a line cut short by the crash
+  if len(kept) != len(lines):
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      f.writelines(kept)
+    os.replace(path + ".tmp", path)
 
 
 class MetricLogger:
@@ -72,17 +116,14 @@ class MetricLogger:
 
       os.makedirs(run_dir, exist_ok=True)
       self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
-      self.jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")  # noqa: SIM115
+      path = os.path.join(run_dir, "metrics.jsonl")
+      keep_records_up_to(path, start_step)
+      self.jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
   def add_step(self, step: int, device_metrics: dict) -> None:
     """Adds one step's metrics (fetched from device here); raises on a NaN/Inf loss."""
     host = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
-    objective = host.get("total_loss_sum", host["ce_sum"] + host.get("z_loss_sum", 0.0))  # KD adds its total
-    if not math.isfinite(objective) or not math.isfinite(host.get("grad_norm", 0.0)):
-      raise NonFiniteLossError(
-        f"step {step}: loss is {objective / max(host['tokens'], 1):.6g} (not finite); stopping. The last "
-        f"checkpoint saved before this step is intact."
-      )
+    check_trainable(step, host)
     for key, value in host.items():
       if key.endswith("_sum") or key == "tokens":
         self.window[key] = self.window.get(key, 0.0) + value

@@ -14,9 +14,11 @@ import json
 import os
 
 from MaxText.config.errors import ConfigError
+from MaxText.config.paths import check_output_folder
 from MaxText.config.views import MODEL_KEYS, teacher_model_values
 from MaxText.data import teacher_cache
 from MaxText.model.params_io import saved_model_keys
+from MaxText.training import checkpointing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,3 +69,23 @@ def run(config) -> RunFiles:
   _check_paths(config)
   _check_teacher_folder(config)
   return RunFiles(cache=_open_cache(config))
+
+
+def check_run_folder(config) -> None:
+  """The training job's output: a new folder, or one holding only this run's own outputs (a resume)."""
+  folder = checkpointing.run_dir(config)
+  check_output_folder("base_output_directory", folder, checkpointing.RUN_FILES)
+  saved_path = os.path.join(folder, "config.json")
+  if not os.path.isfile(saved_path):
+    return
+  try:
+    with open(saved_path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ConfigError(f"run_name: {saved_path!r} cannot be read ({e}); use another run_name") from None
+  for key in MODEL_KEYS:
+    if key in saved and saved[key] != getattr(config, key):
+      raise ConfigError(
+        f"run_name: {folder!r} holds another run ({key}={saved[key]!r} there, {getattr(config, key)!r} here); "
+        "use another run_name or base_output_directory"
+      )

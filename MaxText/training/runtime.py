@@ -43,10 +43,11 @@ def global_batch_size(config) -> int:
 
 
 def build_corpus(config):
-  if config.dataset_type == "synthetic":
-    return None
+  """The tokenized corpus (None for synthetic data); the tokenizer must fit the model even then."""
   tokenizer = build_tokenizer(config.tokenizer_type, config.tokenizer_path)
   check_fits_model(tokenizer, config.vocab_size)
+  if config.dataset_type == "synthetic":
+    return None
   return input_pipeline.TokenizedCorpus(config, tokenizer)
 
 

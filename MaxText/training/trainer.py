@@ -152,5 +152,5 @@ class Trainer:
             self.evaluate(step, logger)
     finally:
       if self.manager is not None:
-        self.manager.wait_until_finished()
+        checkpointing.wait_until_finished(self.manager)
       logger.close()

@@ -34,6 +34,8 @@ def kl_divergence_between_logits(
   distribution (0 or None = off; k >= V or p >= 1 = off); the kept teacher probabilities are
   renormalised, or with `use_other_bucket` the pruned teacher mass and the student's mass outside
   the kept set form one extra OTHER bucket. The student always uses full-vocabulary log-probs.
+  Edges: never negative; +inf where the teacher puts mass on what the student rules out (a -inf logit,
+  a row of them, or no student mass outside the kept set while the OTHER bucket has some).
   """
   if top_k and top_p:
     raise ValueError("kd_top_k and kd_top_p are exclusive")

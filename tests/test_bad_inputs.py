@@ -279,6 +279,12 @@ CASES = [
     "kd_offline_temperatures",
   ),
   (
+    "save_over_a_manifest_it_did_not_write",
+    SAVE,
+    ["kd_teacher_parameters_path={teacher}", "kd_offline_output_dir={out}/stray"],
+    "holds a manifest.json without this host's progress file",
+  ),
+  (
     "save_truncated_teacher",
     SAVE,
     ["kd_teacher_parameters_path={truncated_teacher}", "kd_offline_output_dir={out}/c"],
@@ -354,7 +360,11 @@ def results(tmp_path_factory):
     out = str(tmp_path_factory.mktemp(case[0]))
     _write(os.path.join(out, "foreign", "notes.txt"), "a user's file")
     _write(os.path.join(out, "other", "config.json"), json.dumps({"emb_dim": 64}))
+    _write(os.path.join(out, "stray", "manifest.json"), "{}")
     proc = subprocess.run(_command(case, inputs, out), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc.foreign_after = sorted(os.listdir(os.path.join(out, "foreign")))  # a user's folder, never written into
+    with open(os.path.join(out, "stray", "manifest.json"), encoding="utf-8") as f:
+      proc.stray_manifest_after = f.read()
     return case[0], proc
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
@@ -375,7 +385,9 @@ def test_bad_input_gets_one_line_naming_it(results, case):
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
   assert len(lines) == 1, proc.stderr[-3000:]
   assert lines[0].startswith(("config error: ", "error: ")), lines[0]
+  assert not lines[0].split(": ", 1)[1].startswith(("'", '"')), lines[0]  # the message itself, not its repr
   assert case[3] in lines[0], lines[0]
+  assert proc.foreign_after == ["notes.txt"] and proc.stray_manifest_after == "{}"
 
 
 def test_no_input_file_was_changed_by_any_case(results):

@@ -128,3 +128,32 @@ def test_load_parameters_path_fine_tunes_from_a_run(tmp_path):
   run_train(tmp_path, *TINY, "run_name=tuned", "steps=1", f"load_parameters_path={tmp_path}/base/checkpoints/4")
   tuned_first = train_losses(tmp_path / "tuned")[1]
   assert tuned_first < np.log(320) - 0.05 and abs(tuned_first - base_last) < 0.3
+
+
+def test_resume_falls_back_past_a_damaged_newest_step_and_each_step_is_logged_once(tmp_path):
+  common = [*TINY, "run_name=r", "steps=6", "checkpoint_period=2", "dataset_type=synthetic"]
+  run_train(tmp_path, *common)
+  first = train_losses(tmp_path / "r")
+  damaged = tmp_path / "r" / "checkpoints" / "6"
+  for data_file in glob.glob(str(damaged / "params" / "**" / "d" / "*"), recursive=True):
+    with open(data_file, "r+b") as f:
+      f.truncate(10)  # as a crash or a full disk leaves it
+  proc = run_train(tmp_path, *common)
+  assert "checkpoint step 6 cannot be restored" in proc.stderr
+  assert "resuming from step 4, the newest checkpoint that restores" in proc.stderr
+  assert os.path.isdir(tmp_path / "r" / "checkpoints" / "unrestorable-6")  # kept, never deleted
+  records = [r for r in read_metrics(tmp_path / "r") if "loss" in r]
+  assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]  # steps 5 and 6 appear once, from the resumed run
+  for step in (5, 6):
+    assert records[step - 1]["loss"] == first[step], step  # the replayed steps are bitwise the same
+
+
+def test_a_run_folder_of_another_run_or_holding_a_users_file_is_refused_and_left_as_it_is(tmp_path):
+  (tmp_path / "mine").mkdir()
+  (tmp_path / "mine" / "notes.txt").write_text("keep me")
+  proc = run_train(tmp_path, *TINY, "run_name=mine", "steps=1", check=False)
+  assert proc.returncode == 2 and "holds 'notes.txt', which this job did not write" in proc.stderr
+  assert os.listdir(tmp_path / "mine") == ["notes.txt"]
+  run_train(tmp_path, *TINY, "run_name=small", "steps=1")
+  proc = run_train(tmp_path, *TINY, "run_name=small", "steps=2", "emb_dim=64", check=False)
+  assert proc.returncode == 2 and "holds another run (emb_dim=32 there, 64 here)" in proc.stderr

@@ -101,11 +101,23 @@ class ShardWriter(threading.Thread):
 
 
 def read_progress(directory: str, spec: dict) -> dict:
+  """This process's finished shards (a resume point), checked to belong to this very cache."""
   path = teacher_cache.progress_path(directory, jax.process_index())
   if not os.path.isfile(path):
+    # A finished cache always has every host's progress file: a manifest without ours is not this job's.
+    if os.path.isfile(os.path.join(directory, teacher_cache.MANIFEST)):
+      raise teacher_cache.CacheError(
+        f"kd_offline_output_dir: {directory!r} holds a {teacher_cache.MANIFEST} without this host's progress "
+        "file: not a cache this job wrote with this process count (nothing was written); use a new folder"
+      )
     return {"spec": spec, "finished": []}
-  with open(path, encoding="utf-8") as f:
-    progress = json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      progress = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise teacher_cache.CacheError(f"kd_offline_output_dir: {path!r} cannot be read ({e})") from None
+  if not isinstance(progress, dict) or "spec" not in progress:
+    raise teacher_cache.CacheError(f"kd_offline_output_dir: {path!r} is not a progress file of this job")
   if progress["spec"] != spec:
     changed = next(k for k in spec if progress["spec"].get(k) != spec[k])
     raise teacher_cache.CacheError(

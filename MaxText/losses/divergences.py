@@ -53,6 +53,7 @@ def _divergence_fwd(with_other, student_NxV, temperature, target_NxV, log_target
     lse_pruned_N = _weighted_logsumexp(x, pruned_NxV)
     log_other = jnp.log(jnp.maximum(other_mass_N, 1e-30))  # (a normal float: no flush-to-zero)
     value = value + jnp.where(other_mass_N > 0, other_mass_N * (log_other - lse_pruned_N + lse_N), 0.0)
+  value = jnp.maximum(value, 0.0)  # a KL is >= 0; float rounding can leave -1e-26 where p = q
   value = jnp.where(_rules_out_teacher_mass(x, target_NxV, other_mass_N, lse_pruned_N, with_other), jnp.inf, value)
   return value, (student_NxV, temperature, target_NxV, other_mass_N, pruned_NxV, lse_N, lse_pruned_N)
 

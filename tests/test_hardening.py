@@ -1,0 +1,110 @@
+"""The guarantees behind the one-line errors: unit checks of each rule the bad-input set exercises end to end."""
+
+import errno
+import json
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from MaxText.config import errors
+from MaxText.config.errors import ConfigError
+from MaxText.config.paths import check_local, check_output_folder
+from MaxText.max_utils import kl_divergence_between_logits as kl
+from MaxText.model.params_io import CheckpointError
+from MaxText.training import checkpointing
+from MaxText.training.metrics import NonFiniteLossError, check_trainable, keep_records_up_to
+
+TEACHER = jnp.log(jnp.array([[0.5, 0.3, 0.2]]))
+
+
+def _sums(loss_sum=4.0, grad_norm=0.5):
+  return {"ce_sum": loss_sum, "z_loss_sum": 0.0, "tokens": 2.0, "grad_norm": grad_norm}
+
+
+def test_the_stop_names_the_loss_or_the_gradient_norm():
+  check_trainable(1, _sums())  # a healthy step passes
+  check_trainable(1, {"ce_sum": 4.0, "tokens": 2.0})  # eval sums have no gradient norm
+  with pytest.raises(NonFiniteLossError, match=r"step 3: the loss is nan \(not finite\)"):
+    check_trainable(3, _sums(loss_sum=float("nan")))
+  with pytest.raises(NonFiniteLossError, match=r"the gradient norm is nan \(not finite\) while the loss is 2"):
+    check_trainable(4, _sums(grad_norm=float("nan")))
+  with pytest.raises(NonFiniteLossError, match="the gradient norm is exactly 0 at loss 2"):
+    check_trainable(5, _sums(grad_norm=0.0))
+
+
+def test_records_after_the_resumed_step_are_dropped_and_a_cut_line_too(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in (1, 2, 3, 4)]
+  path.write_text("\n".join(lines) + '\n{"step": 5, "lo')
+  keep_records_up_to(str(path), 2)
+  assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+  keep_records_up_to(str(tmp_path / "absent.jsonl"), 2)  # nothing to do
+
+
+def test_kl_is_plus_inf_where_the_student_rules_out_teacher_mass_and_never_negative():
+  minus_inf = -jnp.inf
+  assert np.isposinf(float(kl(jnp.full((1, 3), minus_inf), TEACHER, 1.0)[0]))  # a row of -inf
+  assert np.isposinf(float(kl(jnp.array([[0.0, 0.0, minus_inf]]), TEACHER, 1.0)[0]))  # teacher mass 0.2 there
+  bucket = kl(jnp.array([[0.0, 0.0, minus_inf]]), TEACHER, 1.0, top_k=2, use_other_bucket=True)
+  assert np.isposinf(float(bucket[0]))  # OTHER holds mass 0.2, the student none outside the kept set
+  # where the teacher has no mass either, the -inf is harmless: a finite, exact value
+  teacher = jnp.array([[1.0, 0.0, minus_inf]])
+  value = kl(jnp.array([[0.0, 0.0, minus_inf]]), teacher, 1.0)
+  p = np.exp([1.0, 0.0]) / np.exp([1.0, 0.0]).sum()
+  np.testing.assert_allclose(value, [np.sum(p * (np.log(p) - np.log(0.5)))], rtol=1e-6)
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    student, teacher = (jnp.asarray(rng.normal(size=(4, 9)) * 30, jnp.float32) for _ in range(2))
+    assert float(jnp.min(kl(student, teacher, 0.5, top_p=0.9, use_other_bucket=True))) >= 0.0
+
+
+def test_cloud_urls_and_unwritable_output_folders_are_named(tmp_path, monkeypatch):
+  with pytest.raises(ConfigError, match="base_output_directory: 'gs://b/x' is a gs:// path"):
+    check_local("base_output_directory", "gs://b/x")
+  check_local("dataset_path", "data/part-*.txt")  # a local glob is fine
+  check_output_folder("kd_offline_output_dir", str(tmp_path / "new" / "cache"), ())  # created later
+  monkeypatch.setattr("os.access", lambda path, mode: False)  # this machine runs as root: permissions do not bite
+  with pytest.raises(ConfigError, match="kd_offline_output_dir: .* is not writable"):
+    check_output_folder("kd_offline_output_dir", str(tmp_path), ())
+
+
+class _FailingManager:
+  directory = "/runs/r/checkpoints"
+
+  def __init__(self, error):
+    self.error = error
+
+  def save(self, *args, **kwargs):
+    raise self.error
+
+  def wait_until_finished(self):
+    raise self.error
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_with_one_line_and_a_bug_keeps_its_type():
+  state = {"step": 0, "params": {}, "opt_state": {}}
+  read_only = OSError(errno.EROFS, "Read-only file system")
+  with pytest.raises(CheckpointError, match="checkpoint step 7 cannot be written in /runs/r/checkpoints"):
+    checkpointing.save(_FailingManager(read_only), 7, state, None)
+  wrapped = RuntimeError("background save failed")
+  wrapped.__cause__ = read_only  # how a background write's failure comes back
+  with pytest.raises(CheckpointError, match="a checkpoint cannot be written .*Read-only file system"):
+    checkpointing.wait_until_finished(_FailingManager(wrapped))
+  with pytest.raises(TypeError):  # not a file problem: a bug, left as it is
+    checkpointing.save(_FailingManager(TypeError("bad argument")), 7, state, None)
+
+
+def test_closed_event_loop_callbacks_are_dropped_and_other_unraisables_are_not(monkeypatch):
+  seen = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
+  errors.ignore_closed_event_loop_callbacks()
+
+  class Unraisable:
+    def __init__(self, error):
+      self.exc_value = error
+
+  sys.unraisablehook(Unraisable(RuntimeError("Event loop is closed")))
+  sys.unraisablehook(Unraisable(RuntimeError("something else")))
+  assert seen == ["something else"]

@@ -1,6 +1,8 @@
 """Feature-level distillation: distances, layer mapping, projection, masking, scan parity, memory, end to end."""
 
 import dataclasses
+import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +22,7 @@ from MaxText.parallel import sharding
 from MaxText.pyconfig import ConfigError
 from MaxText.training.state import init_state, make_layout
 from MaxText.training.step import make_train_step
-from tests.conftest import TINY, read_metrics, run_train
+from tests.conftest import TINY, read_metrics, run_train, train_losses
 
 
 def test_cosine_distance_of_identical_features_is_0_and_of_opposite_ones_2():
@@ -201,3 +203,16 @@ def test_projection_is_a_student_parameter_left_out_of_the_hugging_face_tensors(
   exported = hf_weights.params_to_hf(state["params"], config)
   assert not any("projection" in name for name in exported)
   assert exported["model.layers.1.mlp.down_proj.weight"].shape == (32, 64)
+
+
+def test_a_feature_kd_run_resumes_exactly_with_its_head(tmp_path):
+  run = [*TINY, "run_name=f", "steps=4", "checkpoint_period=2", "learning_rate=5e-3", "use_kd=true", "kd_beta=1.0"]
+  run_train(tmp_path, *run)
+  straight = train_losses(tmp_path / "f")
+  assert os.path.isdir(tmp_path / "f" / "checkpoints" / "4" / "kd_head")  # the head is saved with the student
+  shutil.rmtree(tmp_path / "f" / "checkpoints" / "4")
+  proc = run_train(tmp_path, *run)
+  assert "resumed from checkpoint at step 2" in proc.stdout
+  resumed = train_losses(tmp_path / "f")
+  for step in (3, 4):
+    assert abs(resumed[step] - straight[step]) <= 1e-6 * abs(straight[step]), step

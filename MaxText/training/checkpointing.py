@@ -47,17 +47,24 @@ def create_manager(config) -> ocp.CheckpointManager:
   )
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: dict, data_iterator) -> None:
+def _items(state: dict, data_iterator, saving: bool) -> ocp.args.Composite:
+  """The checkpoint items of a state (arrays to save, or abstract arrays to restore into)."""
+  array_arg = ocp.args.StandardSave if saving else ocp.args.StandardRestore
   items = {
-    PARAMS: ocp.args.StandardSave(state["params"]),
-    TRAIN_STATE: ocp.args.StandardSave({"step": state["step"], "opt_state": state["opt_state"]}),
+    PARAMS: array_arg(state["params"]),
+    TRAIN_STATE: array_arg({"step": state["step"], "opt_state": state["opt_state"]}),
   }
   if KD_HEAD in state:
-    items[KD_HEAD] = ocp.args.StandardSave(state[KD_HEAD])
+    items[KD_HEAD] = array_arg(state[KD_HEAD])
   if data_iterator is not None:
-    items[DATA_ITER] = grain.checkpoint.CheckpointSave(data_iterator)
+    iterator_arg = grain.checkpoint.CheckpointSave if saving else grain.checkpoint.CheckpointRestore
+    items[DATA_ITER] = iterator_arg(data_iterator)
+  return ocp.args.Composite(**items)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: dict, data_iterator) -> None:
   with _write_errors_as_one_line(manager, step):
-    manager.save(step, args=ocp.args.Composite(**items), force=True)
+    manager.save(step, args=_items(state, data_iterator, saving=True), force=True)
 
 
 def wait_until_finished(manager: ocp.CheckpointManager) -> None:
@@ -94,15 +101,7 @@ def _write_errors_as_one_line(manager: ocp.CheckpointManager, step: int | None):
 
 def _restore(manager: ocp.CheckpointManager, step: int, layout, data_iterator) -> dict:
   abstract = abstract_with_shardings(layout.abstract_state, layout.state_shardings)
-  items = {
-    PARAMS: ocp.args.StandardRestore(abstract["params"]),
-    TRAIN_STATE: ocp.args.StandardRestore({"step": abstract["step"], "opt_state": abstract["opt_state"]}),
-  }
-  if KD_HEAD in abstract:
-    items[KD_HEAD] = ocp.args.StandardRestore(abstract[KD_HEAD])
-  if data_iterator is not None:
-    items[DATA_ITER] = grain.checkpoint.CheckpointRestore(data_iterator)
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  restored = manager.restore(step, args=_items(abstract, data_iterator, saving=False))
   train_state = restored[TRAIN_STATE]
   state = {"step": train_state["step"], "params": restored[PARAMS], "opt_state": train_state["opt_state"]}
   if KD_HEAD in abstract:

@@ -32,6 +32,7 @@ _ONE_OF = {
   "dtype": ("bfloat16", "float32", "float16"),
   "weight_dtype": ("bfloat16", "float32"),
   "remat_policy": ("none", "full", "save_dots"),
+  "attention": ("autoselect", "dot_product", "flash"),
   "kd_alpha_schedule": ("constant", "linear", "cosine"),
   "kd_temperature_schedule": ("constant", "linear", "cosine"),
   "kd_beta_schedule": ("constant", "linear", "cosine"),

@@ -1,4 +1,4 @@
-"""Pure functions of the Llama-family decoder layer: RMSNorm, RoPE, GQA attention, SwiGLU.
+"""Pure functions of the Llama-family decoder layer: RMSNorm, RoPE, SwiGLU; the kernels are in attention.py.
 
 They take plain arrays so that the scanned and the looped decoder run the very same code.
 """
@@ -10,9 +10,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from MaxText.model.attention import attend
 from MaxText.parallel.sharding import constrain
-
-_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 def rms_norm(x_BxLxD: jax.Array, scale_D: jax.Array, eps: float) -> jax.Array:
@@ -53,23 +52,6 @@ def apply_rope(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, inv_freq_K2: jax.
   return rotated.astype(x_BxLxHxK.dtype)
 
 
-def attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL) -> jax.Array:
-  """Causal, segment-aware grouped-query attention; softmax in float32."""
-  batch, length, num_heads, head_dim = q_BxLxHxK.shape
-  num_kv = k_BxLxGxK.shape[2]
-  q_BxLxGxRxK = q_BxLxHxK.reshape(batch, length, num_kv, num_heads // num_kv, head_dim)
-  scores_BxGxRxLxT = jnp.einsum(
-    "blgrk,btgk->bgrlt", q_BxLxGxRxK, k_BxLxGxK, preferred_element_type=jnp.float32
-  ) / math.sqrt(head_dim)
-  causal_LxT = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))
-  same_segment_BxLxT = segment_ids_BxL[:, :, None] == segment_ids_BxL[:, None, :]
-  mask_Bx1x1xLxT = (causal_LxT[None] & same_segment_BxLxT)[:, None, None]
-  scores_BxGxRxLxT = jnp.where(mask_Bx1x1xLxT, scores_BxGxRxLxT, _MASK_VALUE)
-  probs = jax.nn.softmax(scores_BxGxRxLxT, axis=-1).astype(v_BxLxGxK.dtype)
-  out_BxLxGxRxK = jnp.einsum("bgrlt,btgk->blgrk", probs, v_BxLxGxK)
-  return out_BxLxGxRxK.reshape(batch, length, num_heads, head_dim)
-
-
 def decoder_layer(p: dict, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config):
   """One pre-norm Llama layer on the weights `p` of that layer. Returns (output, attention output)."""
   dtype = x_BxLxD.dtype
@@ -85,7 +67,7 @@ def decoder_layer(p: dict, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, co
     k = rms_norm(k, p["k_norm"], eps)
   q = apply_rope(q, positions_BxL, inv_freq)
   k = apply_rope(k, positions_BxL, inv_freq)
-  attended = attention(q, k, v, segment_ids_BxL)
+  attended = attend(q, k, v, segment_ids_BxL, config.attention)
   attn_out_BxLxD = jnp.einsum("blhk,hkd->bld", attended, p["out"].astype(dtype))
   x_BxLxD = constrain(x_BxLxD + attn_out_BxLxD, ("batch", "activation_length", "activation_embed"))
   h = rms_norm(x_BxLxD, p["mlp_norm"], eps)

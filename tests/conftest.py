@@ -8,6 +8,11 @@ import sys
 
 import pytest
 
+# The suite runs on CPU. With libtpu installed (the compile-job tests use its TPU topologies), JAX would
+# otherwise probe for a TPU; and libtpu allows one process at a time unless told otherwise.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO, "MaxText", "train.py")
 TINY = [

@@ -11,12 +11,18 @@ from MaxText.model.params_io import load_params
 from MaxText.parallel.sharding import logical_shardings
 
 
-def load_live_teacher(config, mesh) -> tuple[LiveTeacher, object]:
-  """The frozen teacher and its parameters, sharded on the student's mesh (parameters only, read-only)."""
+def live_teacher(config, mesh) -> tuple[LiveTeacher, object]:
+  """The teacher source and its abstract parameters (shapes, dtypes, shardings on the student's mesh)."""
   model_config = teacher_config(config)
   graphdef, abstract_params, logical_axes = decoder.split_params(decoder.abstract_model(model_config))
   shardings = logical_shardings(logical_axes, abstract_params, mesh)
-  source = LiveTeacher(model_config, graphdef, shardings, Pruning.from_config(config))
+  return LiveTeacher(model_config, graphdef, shardings, Pruning.from_config(config)), abstract_params
+
+
+def load_live_teacher(config, mesh) -> tuple[LiveTeacher, object]:
+  """The frozen teacher and its parameters, sharded on the student's mesh (parameters only, read-only)."""
+  source, abstract_params = live_teacher(config, mesh)
+  shardings = source.param_shardings
   if config.kd_teacher_parameters_path:
     params = load_params(config.kd_teacher_parameters_path, abstract_params, shardings)
   elif config.load_parameters_path:  # self-distillation from the loaded starting point

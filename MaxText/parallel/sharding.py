@@ -99,13 +99,16 @@ def mesh_shapes(config, num_devices: int, num_slices: int) -> tuple[list[int], l
   return ici, dcn
 
 
-def create_mesh(config, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """Mesh over (data, fsdp, tensor); across processes the dcn_* axes split between hosts."""
+def create_mesh(config, devices: Sequence[jax.Device] | None = None, num_slices: int | None = None) -> Mesh:
+  """Mesh over (data, fsdp, tensor); across processes (or the slices of a compile topology, given as
+  `num_slices`) the dcn_* axes split between hosts or slices."""
   devices = list(devices if devices is not None else jax.devices())
-  num_slices = jax.process_count() if devices == jax.devices() else 1
+  by_slice = num_slices is not None
+  if num_slices is None:
+    num_slices = jax.process_count() if devices == jax.devices() else 1
   ici, dcn = mesh_shapes(config, len(devices), num_slices)
   if num_slices > 1:
-    device_array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=True)
+    device_array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=not by_slice)
   else:
     try:
       device_array = mesh_utils.create_device_mesh(ici, devices)

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from MaxText.distill.objective import make_loss_fn
+from MaxText.distill.schedules import step_metrics
 from MaxText.training import state as state_lib
 from MaxText.training.optimizers import learning_rate_schedule
 
@@ -57,6 +59,19 @@ def make_train_step(config, tx, loss_fn, step_metrics=None):
     return new_state, metrics
 
   return train_step
+
+
+def jit_train_step(config, layout, source, batch_sharding):
+  """The run's train step, jitted with its shardings and the state donated; `source` None = plain CE."""
+  loss_fn = make_loss_fn(config, layout.graphdef, source, layout.alignment)
+  kd_metrics = step_metrics(config, layout.alignment is not None) if source is not None else None
+  teacher_shardings = source.param_shardings if source is not None else None
+  return jax.jit(
+    make_train_step(config, layout.tx, loss_fn, kd_metrics),
+    in_shardings=(layout.state_shardings, teacher_shardings, batch_sharding),
+    out_shardings=(layout.state_shardings, None),
+    donate_argnums=(0,),
+  )
 
 
 def make_eval_step(loss_fn):

@@ -15,7 +15,6 @@ from MaxText.config.loader import non_default_keys
 from MaxText.config.views import feature_alignment
 from MaxText.data import input_pipeline, teacher_cache
 from MaxText.distill.objective import make_loss_fn
-from MaxText.distill.schedules import step_metrics
 from MaxText.distill.teacher import build_teacher
 from MaxText.model import decoder
 from MaxText.model.params_io import load_params
@@ -24,7 +23,7 @@ from MaxText.training import checkpointing, preflight
 from MaxText.training import metrics as metrics_lib
 from MaxText.training.runtime import build_corpus, global_batch_size, to_global
 from MaxText.training.state import init_state, make_layout, trainables
-from MaxText.training.step import make_eval_step, make_train_step
+from MaxText.training.step import jit_train_step, make_eval_step
 
 
 def describe_teacher(config, teacher_params) -> str:
@@ -74,23 +73,17 @@ class Trainer:
     self.train_iter = self._train_iterator(files.cache)
     self.manager = checkpointing.create_manager(config) if config.enable_checkpointing else None
     self.state, self.start_step = self._initial_state()
-    loss_fn = make_loss_fn(config, layout.graphdef, self.source, alignment)
-    teacher_shardings = self.source.param_shardings if self.source is not None else None
-    kd_metrics = step_metrics(config, alignment is not None) if self.source is not None else None
-    self.train_step = jax.jit(
-      make_train_step(config, layout.tx, loss_fn, kd_metrics),
-      in_shardings=(layout.state_shardings, teacher_shardings, self.batch_sharding),
-      out_shardings=(layout.state_shardings, None),
-      donate_argnums=(0,),
-    )
+    self.train_step = jit_train_step(config, layout, self.source, self.batch_sharding)
     # eval batches come from the pipeline: a cached teacher does not cover them, so that eval is the student's CE
     evaluates_teacher = self.source is not None and self.source.in_eval
     self.eval_teacher = self.teacher if evaluates_teacher else None
-    eval_loss_fn = loss_fn if evaluates_teacher else make_loss_fn(config, layout.graphdef)
+    teacher_shardings = self.source.param_shardings if evaluates_teacher else None
+    eval_source, eval_alignment = (self.source, alignment) if evaluates_teacher else (None, None)
+    eval_loss_fn = make_loss_fn(config, layout.graphdef, eval_source, eval_alignment)
     trainable_shardings = trainables(layout.state_shardings)
     self.eval_step = jax.jit(
       make_eval_step(eval_loss_fn),
-      in_shardings=(trainable_shardings, teacher_shardings if evaluates_teacher else None, self.batch_sharding, None),
+      in_shardings=(trainable_shardings, teacher_shardings, self.batch_sharding, None),
     )
 
   def _train_iterator(self, cache: teacher_cache.CacheView | None):

@@ -155,7 +155,7 @@ def parse_args(argv):
 
 
 def main(argv: list[str] | None = None) -> None:
-  config_lib.ignore_closed_event_loop_callbacks()
+  config_lib.silence_async_leftovers()
   args = parse_args(argv)
   try:
     message = checkpoint_to_hf(args) if args.to_hf else hf_to_checkpoint(args)

@@ -123,7 +123,7 @@ def save(config) -> dict:
 
 
 def main(argv: list[str]) -> int:
-  config_lib.ignore_closed_event_loop_callbacks()
+  config_lib.silence_async_leftovers()
   try:
     config = config_lib.load(argv[1:], {"use_kd": True})
     if not config.kd_offline_output_dir:

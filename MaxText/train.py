@@ -22,7 +22,7 @@ from MaxText.training.trainer import Trainer  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
-  config_lib.ignore_closed_event_loop_callbacks()
+  config_lib.silence_async_leftovers()
   if "--help" in argv or "-h" in argv:
     print("usage: python MaxText/train.py base.yml [key=value ...]\n")
     print(help_text())

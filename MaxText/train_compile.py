@@ -22,7 +22,7 @@ from MaxText.training import aot  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
-  config_lib.ignore_closed_event_loop_callbacks()
+  config_lib.silence_async_leftovers()
   try:
     config = config_lib.load(argv[1:])
     if not config.compile_topology:

@@ -2,6 +2,7 @@
 
 import errno
 import json
+import logging
 import sys
 
 import jax.numpy as jnp
@@ -96,10 +97,10 @@ def test_a_checkpoint_that_cannot_be_written_stops_with_one_line_and_a_bug_keeps
     checkpointing.save(_FailingManager(TypeError("bad argument")), 7, state, None)
 
 
-def test_closed_event_loop_callbacks_are_dropped_and_other_unraisables_are_not(monkeypatch):
+def test_async_leftovers_of_a_failed_read_are_dropped_and_nothing_else(monkeypatch):
   seen = []
   monkeypatch.setattr(sys, "unraisablehook", lambda u: seen.append(str(u.exc_value)))
-  errors.ignore_closed_event_loop_callbacks()
+  errors.silence_async_leftovers()
 
   class Unraisable:
     def __init__(self, error):
@@ -108,3 +109,14 @@ def test_closed_event_loop_callbacks_are_dropped_and_other_unraisables_are_not(m
   sys.unraisablehook(Unraisable(RuntimeError("Event loop is closed")))
   sys.unraisablehook(Unraisable(RuntimeError("something else")))
   assert seen == ["something else"]
+  logged = []
+  handler = logging.Handler()
+  handler.emit = lambda record: logged.append(record.getMessage())
+  asyncio_logger = logging.getLogger("asyncio")
+  asyncio_logger.addHandler(handler)
+  try:
+    asyncio_logger.error("Task exception was never retrieved\nfuture: <Task finished ...>")
+    asyncio_logger.error("Unclosed client session")
+  finally:
+    asyncio_logger.removeHandler(handler)
+  assert logged == ["Unclosed client session"]

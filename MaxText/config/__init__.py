@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from MaxText.config.checks import validate_values
-from MaxText.config.errors import ConfigError, UserError, ignore_closed_event_loop_callbacks
+from MaxText.config.errors import ConfigError, UserError, silence_async_leftovers
 from MaxText.config.kd_checks import validate_kd
 from MaxText.config.loader import Config, merged_values
 
-__all__ = ["Config", "ConfigError", "UserError", "ignore_closed_event_loop_callbacks", "load", "load_dict"]
+__all__ = ["Config", "ConfigError", "UserError", "silence_async_leftovers", "load", "load_dict"]
 
 
 def load(argv: Sequence[str], overrides: dict[str, Any] | None = None) -> Any:

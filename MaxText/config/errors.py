@@ -6,6 +6,7 @@ derive from the built-in exception a caller would expect (ValueError, FileNotFou
 
 from __future__ import annotations
 
+import logging
 import sys
 
 
@@ -32,11 +33,19 @@ class MissingFieldError(UserError, KeyError):
   """A record, column or tensor named by a key is absent from the input."""
 
 
-def ignore_closed_event_loop_callbacks() -> None:
-  """Drops the 'Event loop is closed' RuntimeErrors that Orbax/TensorStore callbacks raise when a read of a
-  damaged checkpoint finishes after its checkpointer closed (they arrive through sys.unraisablehook, after
-  the user error was already reported, and would print a traceback under it). Everything else goes to the
-  default hook."""
+class _DropUnretrievedTaskErrors(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Task exception was never retrieved")
+
+
+def silence_async_leftovers() -> None:
+  """Quiets what Orbax/TensorStore's concurrent reads leave behind once one of them has failed on a
+  damaged or foreign checkpoint, and that failure was already reported as the one-line error:
+  - 'Event loop is closed' RuntimeErrors of callbacks that finish after their checkpointer closed
+    (they arrive through sys.unraisablehook);
+  - 'Task exception was never retrieved' records of the sibling reads that failed the same way (the
+    asyncio logger).
+  Entry points call it first; everything else still goes to the default hook and logger."""
   default = sys.unraisablehook
 
   def hook(unraisable):
@@ -46,3 +55,4 @@ def ignore_closed_event_loop_callbacks() -> None:
     default(unraisable)
 
   sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(_DropUnretrievedTaskErrors())

@@ -29,6 +29,7 @@ if __package__ in (None, ""):
 from MaxText import config as config_lib  # noqa: E402
 from MaxText.config.loader import parse_overrides  # noqa: E402
 from MaxText.config.paths import check_local, check_output_folder  # noqa: E402
+from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
 from MaxText.config.views import MODEL_KEYS  # noqa: E402
 from MaxText.model import hf_config, hf_export, hf_weights, params_io  # noqa: E402
 
@@ -155,6 +156,7 @@ def parse_args(argv):
 
 
 def main(argv: list[str] | None = None) -> None:
+  default_to_cpu_without_accelerator()
   config_lib.silence_async_leftovers()
   args = parse_args(argv)
   try:

@@ -24,6 +24,7 @@ if __package__ in (None, ""):
 
 from MaxText import config as config_lib  # noqa: E402
 from MaxText.config.paths import check_output_folder  # noqa: E402
+from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
 from MaxText.data import input_pipeline, teacher_cache  # noqa: E402
 from MaxText.data import teacher_cache_writer as writer_lib  # noqa: E402
 from MaxText.distill.teacher import load_live_teacher  # noqa: E402
@@ -123,6 +124,7 @@ def save(config) -> dict:
 
 
 def main(argv: list[str]) -> int:
+  default_to_cpu_without_accelerator()
   config_lib.silence_async_leftovers()
   try:
     config = config_lib.load(argv[1:], {"use_kd": True})

@@ -16,12 +16,14 @@ import jax  # noqa: E402
 
 from MaxText import config as config_lib  # noqa: E402
 from MaxText.config.loader import help_text  # noqa: E402
+from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
 from MaxText.training import preflight  # noqa: E402
 from MaxText.training.runtime import maybe_initialize_distributed  # noqa: E402
 from MaxText.training.trainer import Trainer  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
+  default_to_cpu_without_accelerator()
   config_lib.silence_async_leftovers()
   if "--help" in argv or "-h" in argv:
     print("usage: python MaxText/train.py base.yml [key=value ...]\n")

@@ -44,9 +44,16 @@ CONFIGS = {
 }
 
 
-def measure(overrides: dict, steps: int, dtype: str) -> dict:
+def measure(overrides: dict, steps: int, dtype: str, attention: str = "autoselect") -> dict:
   config = pyconfig.from_dict(
-    {**overrides, "dataset_type": "synthetic", "dtype": dtype, "steps": steps + 1, "remat_policy": "none"}
+    {
+      **overrides,
+      "dataset_type": "synthetic",
+      "dtype": dtype,
+      "steps": steps + 1,
+      "remat_policy": "none",
+      "attention": attention,
+    }
   )
   mesh = sharding.create_mesh(config)
   layout = make_layout(config, mesh, None)
@@ -81,14 +88,16 @@ def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  parser.add_argument("--attention", default="autoselect", help="kernel(s), comma-separated, timed side by side")
   args = parser.parse_args()
   print(f"{jax.device_count()} {jax.devices()[0].platform} device(s), dtype {args.dtype}, {args.steps} timed steps")
   for name, overrides in CONFIGS.items():
-    r = measure(overrides, args.steps, args.dtype)
-    print(
-      f"{name}: {r['params']:,} params | {r['s_per_step']:.3f} s/step | {r['tokens_per_s']:,.0f} tokens/s | "
-      f"{r['tflops_per_device']:.4f} TFLOP/s/device"
-    )
+    for attention in args.attention.split(","):
+      r = measure(overrides, args.steps, args.dtype, attention)
+      print(
+        f"{name}, attention={attention}: {r['params']:,} params | {r['s_per_step']:.3f} s/step | "
+        f"{r['tokens_per_s']:,.0f} tokens/s | {r['tflops_per_device']:.4f} TFLOP/s/device"
+      )
 
 
 if __name__ == "__main__":

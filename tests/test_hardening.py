@@ -3,6 +3,8 @@
 import errno
 import json
 import logging
+import os
+import subprocess
 import sys
 
 import jax.numpy as jnp
@@ -16,6 +18,7 @@ from MaxText.max_utils import kl_divergence_between_logits as kl
 from MaxText.model.params_io import CheckpointError
 from MaxText.training import checkpointing
 from MaxText.training.metrics import NonFiniteLossError, check_trainable, keep_records_up_to
+from tests.conftest import REPO
 
 TEACHER = jnp.log(jnp.array([[0.5, 0.3, 0.2]]))
 
@@ -120,3 +123,20 @@ def test_async_leftovers_of_a_failed_read_are_dropped_and_nothing_else(monkeypat
   finally:
     asyncio_logger.removeHandler(handler)
   assert logged == ["Unclosed client session"]
+
+
+def test_without_jax_platforms_set_a_user_error_is_still_one_line(tmp_path):
+  # libtpu is installed with the test extras; on a host without an accelerator the jobs default JAX to
+  # CPU, so libtpu's page of start-up warnings never lands under the one error line.
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  train = os.path.join(REPO, "MaxText", "train.py")
+  args = [
+    "base.yml",
+    "model_name=tiny",
+    "steps=1",
+    "dataset_path=/no/such/file.txt",
+    f"base_output_directory={tmp_path}",
+  ]
+  proc = subprocess.run([sys.executable, train, *args], env=env, cwd=REPO, capture_output=True, text=True)
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines() == ["error: dataset_path: no readable files match '/no/such/file.txt'"]

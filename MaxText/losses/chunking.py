@@ -13,6 +13,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from MaxText.parallel.sharding import constrain
+
 
 def token_inputs(hidden_BxLxD, batch) -> dict:
   """Flattens what the chunked loss needs to one token axis (weights: 1 on real targets, 0 on padding)."""
@@ -29,11 +31,29 @@ def _pad_rows(x: jax.Array, rows: int) -> jax.Array:
 
 
 def _to_chunks(per_token: dict, chunk_size: int) -> tuple[dict, int]:
-  """[N, ...] arrays -> [num_chunks, chunk, ...] (zero rows fill the last chunk), and N."""
+  """[N, ...] arrays -> [num_chunks, chunk, ...] (zero rows fill the end), and N.
+
+  Chunk c holds tokens c, c + num_chunks, c + 2 num_chunks, ...: strided, not consecutive. The token
+  axis arrives sharded in contiguous blocks over the batch's mesh axes; read as [chunk, num_chunks],
+  each device keeps its block of every chunk, so each step of the loop over chunks works on all
+  devices at once with no data moved. Consecutive chunks would each live on one device, and the loop
+  would gather every chunk to every device (the whole batch's hidden states, and the loss computed
+  once per device). Sums do not depend on which tokens share a chunk.
+  """
   n = jax.tree.leaves(per_token)[0].shape[0]
   chunk = min(chunk_size, n)
   num_chunks = -(-n // chunk)
-  return jax.tree.map(lambda x: _pad_rows(x, num_chunks * chunk).reshape(num_chunks, chunk, *x.shape[1:]), per_token), n
+
+  def split(x):
+    strided = _pad_rows(x, num_chunks * chunk).reshape(chunk, num_chunks, *x.shape[1:])
+    return jnp.swapaxes(constrain(strided, ("batch", *[None] * (x.ndim))), 0, 1)
+
+  return jax.tree.map(split, per_token), n
+
+
+def _from_chunks(x, n: int):
+  """The inverse of `_to_chunks` for one per-token output [num_chunks, chunk, ...] -> [N, ...]."""
+  return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])[:n]
 
 
 def chunked_sums(chunk_fn: Callable[..., dict], per_token: dict, shared: dict, chunk_size: int) -> dict:
@@ -64,4 +84,4 @@ def chunked_map(chunk_fn: Callable[..., dict], per_token: dict, shared: dict, ch
   computed one chunk at a time and returned with a leading token axis N (the fill rows dropped)."""
   chunked, n = _to_chunks(per_token, chunk_size)
   outputs = jax.lax.map(lambda xs: chunk_fn(xs, shared), chunked)
-  return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:])[:n], outputs)
+  return jax.tree.map(lambda x: _from_chunks(x, n), outputs)

@@ -5,6 +5,10 @@
   # them against a preset instead.
   python -m MaxText.convert_hf_checkpoint --hf_dir DIR --output CKPT [--model_name llama3.1-8b] [--dtype bfloat16]
 
+  # a llama.cpp GGUF file (Llama, Qwen2, Qwen3; F32/F16/BF16/Q8_0/Q4_0/Q4_1/Q5_0/Q5_1 tensors) -> the same,
+  # plus the file's tokenizer and chat template as tokenizer.json / tokenizer_config.json in CKPT
+  python -m MaxText.convert_hf_checkpoint --gguf FILE.gguf --output CKPT
+
   # any checkpoint of a run (run folder, step folder or parameters-only folder) -> a HF folder
   python -m MaxText.convert_hf_checkpoint --to_hf --checkpoint RUN_OR_STEP --output HF_DIR [--dtype bfloat16]
 
@@ -31,7 +35,8 @@ from MaxText.config.loader import parse_overrides  # noqa: E402
 from MaxText.config.paths import check_local, check_output_folder  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
 from MaxText.config.views import MODEL_KEYS  # noqa: E402
-from MaxText.model import hf_config, hf_export, hf_weights, params_io  # noqa: E402
+from MaxText.data import gguf_tokenizer  # noqa: E402
+from MaxText.model import gguf_weights, hf_config, hf_export, hf_weights, params_io  # noqa: E402
 
 _RUN_KEYS = (*MODEL_KEYS, "tokenizer_type", "tokenizer_path", "max_target_length")
 
@@ -66,36 +71,53 @@ def _require_empty(path: str) -> None:
   check_output_folder("--output", path, ())  # a file, or a folder that cannot be written
 
 
-def _import_config(args, hf: dict):
-  """The model config: from the HF config.json, or the named preset checked against it."""
+def _import_config(args, hf: dict, source: str):
+  """The model config: from the HF config fields, or the named preset checked against them."""
   hf_keys = hf_config.model_keys_from_hf(hf)
   extra = parse_overrides(args.set)
   if args.model_name:
     config = config_lib.load_dict({"model_name": args.model_name, **extra})
-    hf_config.check_matches(hf_keys, config, os.path.join(args.hf_dir, "config.json"))
+    hf_config.check_matches(hf_keys, config, source)
     return config
   return config_lib.load_dict({"model_name": "default", **hf_keys, **extra})
 
 
-def _saved_model_keys(config, hf_dir: str) -> dict:
+def _saved_model_keys(config, tokenizer_dir: str) -> dict:
   keys = {k: getattr(config, k) for k in MODEL_KEYS}
-  if os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):
-    keys.update(tokenizer_type="huggingface", tokenizer_path=os.path.abspath(hf_dir))
+  if os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
+    keys.update(tokenizer_type="huggingface", tokenizer_path=os.path.abspath(tokenizer_dir))
   return keys
 
 
-def hf_to_checkpoint(args) -> str:
-  config = _import_config(args, hf_config.read_hf_config(args.hf_dir))
-  _require_empty(args.output)
-  tensors = hf_weights.LazySafetensors(args.hf_dir)
+def _write_checkpoint(args, config, tensors, tokenizer_dir: str) -> str:
   dtype, progress = hf_export.DTYPES[args.dtype], _progress("converting", "parameter")
   # Placed as JAX arrays one by one: Orbax then writes them without another full host copy.
   params = hf_weights.hf_to_params(tensors, config, dtype, progress, place=jax.device_put)
   params_io.save_params(args.output, params)
   with open(os.path.join(args.output, params_io.MODEL_CONFIG_FILE), "w", encoding="utf-8") as f:
-    json.dump(_saved_model_keys(config, args.hf_dir), f, indent=1)
+    json.dump(_saved_model_keys(config, tokenizer_dir), f, indent=1)
   count = sum(x.size for x in _leaves(params))
   return f"wrote {args.output} ({count:,} parameters, {args.dtype})"
+
+
+def hf_to_checkpoint(args) -> str:
+  source = os.path.join(args.hf_dir, "config.json")
+  config = _import_config(args, hf_config.read_hf_config(args.hf_dir), source)
+  _require_empty(args.output)
+  return _write_checkpoint(args, config, hf_weights.LazySafetensors(args.hf_dir), args.hf_dir)
+
+
+def gguf_to_checkpoint(args) -> str:
+  """A GGUF file -> parameters, model_config.json and the file's tokenizer, all in --output."""
+  gguf_file = gguf_weights.GGUFFile(args.gguf)
+  hf = gguf_weights.hf_config_of(gguf_file)
+  config = _import_config(args, hf, args.gguf)
+  gguf_tokenizer.build_tokenizer(gguf_file.metadata, args.gguf)  # refuse a tokenizer it cannot write first
+  _require_empty(args.output)
+  os.makedirs(args.output, exist_ok=True)
+  gguf_tokenizer.write_tokenizer_files(gguf_file.metadata, args.gguf, args.output, hf["max_position_embeddings"])
+  message = _write_checkpoint(args, config, gguf_weights.GGUFTensors(gguf_file, hf), args.output)
+  return message + "; tokenizer.json and tokenizer_config.json from the file's metadata"
 
 
 def _run_config(step_dir: str, args):
@@ -136,6 +158,7 @@ def parse_args(argv):
   parser = _OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--to_hf", action="store_true", help="export a checkpoint of a run to a Hugging Face folder")
   parser.add_argument("--hf_dir", help="Hugging Face folder to import (without --to_hf)")
+  parser.add_argument("--gguf", help="llama.cpp GGUF file to import (instead of --hf_dir)")
   parser.add_argument("--checkpoint", help="run folder, step folder or parameters-only folder (with --to_hf)")
   parser.add_argument("--output", required=True, help="folder to write; must not exist or be empty")
   parser.add_argument("--model_name", default="", help="preset under MaxText/configs/models/ (checked / used)")
@@ -143,15 +166,16 @@ def parse_args(argv):
   parser.add_argument("--max_shard_size", default="5GB", help="with --to_hf: split safetensors past this size")
   parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config keys over the preset")
   args = parser.parse_args(argv)
-  for flag in ("hf_dir", "checkpoint", "output"):
+  for flag in ("hf_dir", "gguf", "checkpoint", "output"):
     if getattr(args, flag):
       try:
         check_local(f"--{flag}", getattr(args, flag))
       except config_lib.ConfigError as e:
         parser.exit(2, f"error: {e}\n")
-  needed = "--checkpoint" if args.to_hf else "--hf_dir"
-  if getattr(args, needed[2:]) is None:
-    parser.error(f"{needed} is required {'with' if args.to_hf else 'without'} --to_hf")
+  if args.to_hf and args.checkpoint is None:
+    parser.error("--checkpoint is required with --to_hf")
+  if not args.to_hf and (args.hf_dir is None) == (args.gguf is None):
+    parser.error("exactly one of --hf_dir and --gguf is required without --to_hf")
   return args
 
 
@@ -160,7 +184,10 @@ def main(argv: list[str] | None = None) -> None:
   config_lib.silence_async_leftovers()
   args = parse_args(argv)
   try:
-    message = checkpoint_to_hf(args) if args.to_hf else hf_to_checkpoint(args)
+    if args.to_hf:
+      message = checkpoint_to_hf(args)
+    else:
+      message = gguf_to_checkpoint(args) if args.gguf else hf_to_checkpoint(args)
   except config_lib.UserError as e:
     sys.exit(f"error: {e}")
   print(message)

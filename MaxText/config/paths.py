@@ -19,6 +19,7 @@ PATH_KEYS = (
   "kd_teacher_parameters_path",
   "kd_offline_data_dir",
   "kd_offline_output_dir",
+  "prune_output_dir",
 )
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 

@@ -52,8 +52,8 @@ def apply_rope(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, inv_freq_K2: jax.
   return rotated.astype(x_BxLxHxK.dtype)
 
 
-def decoder_layer(p: dict, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config):
-  """One pre-norm Llama layer on the weights `p` of that layer. Returns (output, attention output)."""
+def attention_block(p: dict, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config):
+  """Pre-norm attention of one layer: (normed input, per-head attention output, projected output)."""
   dtype = x_BxLxD.dtype
   eps = config.normalization_layer_epsilon
   h = rms_norm(x_BxLxD, p["attn_norm"], eps)
@@ -67,12 +67,24 @@ def decoder_layer(p: dict, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, co
     k = rms_norm(k, p["k_norm"], eps)
   q = apply_rope(q, positions_BxL, inv_freq)
   k = apply_rope(k, positions_BxL, inv_freq)
-  attended = attend(q, k, v, segment_ids_BxL, config.attention)
-  attn_out_BxLxD = jnp.einsum("blhk,hkd->bld", attended, p["out"].astype(dtype))
-  x_BxLxD = constrain(x_BxLxD + attn_out_BxLxD, ("batch", "activation_length", "activation_embed"))
-  h = rms_norm(x_BxLxD, p["mlp_norm"], eps)
+  attended_BxLxHxK = attend(q, k, v, segment_ids_BxL, config.attention)
+  return h, attended_BxLxHxK, jnp.einsum("blhk,hkd->bld", attended_BxLxHxK, p["out"].astype(dtype))
+
+
+def mlp_block(p: dict, x_BxLxD, config):
+  """Pre-norm SwiGLU of one layer: (normed input, the F activations fed to `wo`, projected output)."""
+  dtype = x_BxLxD.dtype
+  h = rms_norm(x_BxLxD, p["mlp_norm"], config.normalization_layer_epsilon)
   gate_BxLxF = jnp.einsum("bld,df->blf", h, p["wi_gate"].astype(dtype))
   up_BxLxF = jnp.einsum("bld,df->blf", h, p["wi_up"].astype(dtype))
-  mlp_out = jnp.einsum("blf,fd->bld", jax.nn.silu(gate_BxLxF) * up_BxLxF, p["wo"].astype(dtype))
-  x_BxLxD = constrain(x_BxLxD + mlp_out, ("batch", "activation_length", "activation_embed"))
+  hidden_BxLxF = jax.nn.silu(gate_BxLxF) * up_BxLxF
+  return h, hidden_BxLxF, jnp.einsum("blf,fd->bld", hidden_BxLxF, p["wo"].astype(dtype))
+
+
+def decoder_layer(p: dict, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config):
+  """One pre-norm Llama layer on the weights `p` of that layer. Returns (output, attention output)."""
+  _, _, attn_out_BxLxD = attention_block(p, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config)
+  x_BxLxD = constrain(x_BxLxD + attn_out_BxLxD, ("batch", "activation_length", "activation_embed"))
+  _, _, mlp_out_BxLxD = mlp_block(p, x_BxLxD, config)
+  x_BxLxD = constrain(x_BxLxD + mlp_out_BxLxD, ("batch", "activation_length", "activation_embed"))
   return x_BxLxD, attn_out_BxLxD

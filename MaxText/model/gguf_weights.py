@@ -140,6 +140,12 @@ def _refuse_unsupported(gguf_file: GGUFFile, head_dim: int) -> None:
       raise GGUFError(f"--gguf: {gguf_file.path}: {gguf_file.architecture}.{suffix} is not supported")
 
 
+def _float32_value(value) -> float:
+  """GGUF stores these as float32 (1e-5 reads back as 9.9999997e-06): the shortest decimal that is the
+  same float32, i.e. the value the model was made with, so configs and presets compare equal."""
+  return float(str(np.float32(value)))
+
+
 def hf_config_of(gguf_file: GGUFFile) -> dict[str, Any]:
   """The Hugging Face config.json fields this GGUF's metadata states."""
   required = ("block_count", "embedding_length", "feed_forward_length", "attention.head_count")
@@ -161,8 +167,8 @@ def hf_config_of(gguf_file: GGUFFile) -> dict[str, Any]:
     "num_key_value_heads": int(gguf_file.key("attention.head_count_kv", heads)),
     "head_dim": head_dim,
     "intermediate_size": int(gguf_file.key("feed_forward_length")),
-    "rms_norm_eps": float(gguf_file.key("attention.layer_norm_rms_epsilon", 1e-6)),
-    "rope_theta": float(gguf_file.key("rope.freq_base", 10000.0)),
+    "rms_norm_eps": _float32_value(gguf_file.key("attention.layer_norm_rms_epsilon", 1e-6)),
+    "rope_theta": _float32_value(gguf_file.key("rope.freq_base", 10000.0)),
     "tie_word_embeddings": "output.weight" not in gguf_file.tensor_names(),
     "max_position_embeddings": int(gguf_file.key("context_length", 2048)),
   }

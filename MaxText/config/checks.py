@@ -41,6 +41,7 @@ _ONE_OF = {
   "kd_offline_normalization": ("other_bucket", "renormalize_both", "student_full"),
   "kd_offline_logits_dtype": ("bfloat16", "float32"),
   "prune_layer_metric": ("cosine", "loss"),
+  "kd_divergence": ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl"),
 }
 
 _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
@@ -96,9 +97,17 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
   ],
   *[
     (k, _fraction, "a value in [0, 1]")
-    for k in ("warmup_steps_fraction", "cosine_learning_rate_final_fraction", "eval_fraction", "kd_alpha", "kd_top_p")
+    for k in (
+      "warmup_steps_fraction",
+      "cosine_learning_rate_final_fraction",
+      "eval_fraction",
+      "kd_alpha",
+      "kd_top_p",
+      "kd_jsd_beta",
+    )
   ],
   ("kd_alpha_end", lambda v: v == -1.0 or 0.0 <= v <= 1.0, "a value in [0, 1] (or -1 = unset)"),
+  ("kd_skew_alpha", lambda v: 0.0 <= v < 1.0, "a value in [0, 1) (1 would compare a distribution with itself)"),
   ("kd_beta", _non_negative, "a number >= 0"),
   ("kd_beta_end", lambda v: v == -1.0 or v >= 0, "a number >= 0 (or -1 = unset)"),
   ("kd_temperature_end", lambda v: v == -1.0 or v > 0, "a positive number (or -1 = unset)"),

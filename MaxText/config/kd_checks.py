@@ -10,6 +10,7 @@ from MaxText.config.loader import defaults
 from MaxText.config.views import feature_layer_pairs, teacher_model_values, teacher_width, uses_features
 
 _HARD_LABEL_NO_OPS = (
+  "kd_divergence",
   "kd_top_k",
   "kd_top_p",
   "kd_use_other_bucket",
@@ -48,10 +49,24 @@ def _check_kd(v: dict[str, Any]) -> None:
     meaningless = _changed(v, _HARD_LABEL_NO_OPS)
     if meaningless:
       raise ConfigError(f"{meaningless[0]}: has no effect with kd_use_hard_labels (the teacher's argmax ignores it)")
+  _check_divergence(v)
   if not v["kd_teacher_parameters_path"] and (v["kd_teacher_model_name"] or v["kd_teacher_overrides"]):
     raise ConfigError(
       "kd_teacher_model_name: a teacher architecture needs kd_teacher_parameters_path "
       "(empty path = self-distillation from the student's own initial parameters)"
+    )
+
+
+def _check_divergence(v: dict[str, Any]) -> None:
+  name = v["kd_divergence"]
+  if name != "jsd" and _changed(v, ["kd_jsd_beta"]):
+    raise ConfigError(f"kd_jsd_beta: has no effect with kd_divergence={name} (it is jsd's beta)")
+  if not name.startswith("skew_") and _changed(v, ["kd_skew_alpha"]):
+    raise ConfigError(f"kd_skew_alpha: has no effect with kd_divergence={name} (it is the skew KLs' alpha)")
+  if name != "forward_kl" and v["kd_offline_data_dir"] and v["kd_offline_normalization"] == "student_full":
+    raise ConfigError(
+      f"kd_offline_normalization: student_full is the cross-entropy form of forward KL; with kd_divergence={name} "
+      "use other_bucket or renormalize_both"
     )
 
 

@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from MaxText.distill.sources import TeacherInputs
-from MaxText.losses.divergences import kd_divergence, renormalized_divergence
-from MaxText.losses.targets import TeacherTarget, cached_target, teacher_lse_at
+from MaxText.losses.divergence_family import Divergence, divergence
+from MaxText.losses.divergences import renormalized_divergence
+from MaxText.losses.targets import TeacherTarget, cached_target, renormalized, teacher_lse_at
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +42,11 @@ class CachedChunk:
   def divergence(self, student_logits_NxV, temperature):
     lse_N = teacher_lse_at(self.values_NxK, self.lse_NxT, temperature, self.source.lse_index)
     target = cached_target(self.values_NxK, self.ids_NxK, lse_N, temperature, self.source.vocab)
+    kind = self.source.kind
     if self.source.normalization == "other_bucket":
-      return kd_divergence(student_logits_NxV, target, temperature), target.mass_kept_N
+      return divergence(student_logits_NxV, target, temperature, kind), target.mass_kept_N
+    if kind.name != "forward_kl":  # renormalize_both (student_full is forward KL only: kd_checks)
+      return divergence(student_logits_NxV, renormalized(target), temperature, kind), target.mass_kept_N
     student_full = self.source.normalization == "student_full"
     kl_N = renormalized_divergence(student_logits_NxV, self.values_NxK, self.ids_NxK, temperature, student_full)
     return kl_N, target.mass_kept_N
@@ -58,6 +62,7 @@ class CachedTopKTeacher:
   normalization: str
   vocab: int
   lse_index: int | None  # column of the run's constant T among the cached ones; None = estimated
+  kind: Divergence = Divergence()
   param_shardings: None = None
   in_eval: bool = False
 

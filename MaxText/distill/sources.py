@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from MaxText.losses.cross_entropy import cross_entropy_with_logits, project_logits
-from MaxText.losses.divergences import kd_divergence
+from MaxText.losses.divergence_family import Divergence, divergence
 from MaxText.losses.targets import TeacherTarget, teacher_target
 from MaxText.model import decoder
 
@@ -35,7 +35,7 @@ class TeacherChunk(Protocol):
     """The teacher's distribution at T = 1, unpruned (the KL@T1 diagnostic compares against it)."""
 
   def divergence(self, student_logits_NxV: jax.Array, temperature) -> tuple[jax.Array, jax.Array]:
-    """(per-token KL of the student from the teacher's target at T, teacher mass inside the kept set)."""
+    """(per-token `kd_divergence` of the student from the teacher's target at T, teacher mass kept)."""
 
   def own_terms(self) -> dict[str, jax.Array]:
     """Per-token diagnostics only this kind of teacher has (logged as kd/<name>)."""
@@ -68,6 +68,7 @@ class LiveChunk:
   logits_NxV: jax.Array  # the teacher's, float32, no gradient
   targets_N: jax.Array
   pruning: Pruning
+  kind: Divergence
 
   @property
   def top1_N(self) -> jax.Array:
@@ -79,7 +80,7 @@ class LiveChunk:
   def divergence(self, student_logits_NxV, temperature):
     p = self.pruning
     target = teacher_target(self.logits_NxV, temperature, p.top_k or None, p.top_p or None, p.use_other_bucket)
-    return kd_divergence(student_logits_NxV, target, temperature), target.mass_kept_N
+    return divergence(student_logits_NxV, target, temperature, self.kind), target.mass_kept_N
 
   def own_terms(self) -> dict:
     return {"teacher_loss": cross_entropy_with_logits(self.logits_NxV, self.targets_N)[0]}
@@ -93,6 +94,7 @@ class LiveTeacher:
   graphdef: Any
   param_shardings: Any
   pruning: Pruning = Pruning()
+  kind: Divergence = Divergence()
   in_eval: bool = True
 
   def inputs(self, teacher_params, batch: dict, with_features: bool) -> TeacherInputs:
@@ -104,4 +106,4 @@ class LiveTeacher:
 
   def chunk(self, xs: dict, shared: dict) -> LiveChunk:
     logits = jax.lax.stop_gradient(project_logits(xs["teacher_hidden"], shared["teacher_w_DxV"]))
-    return LiveChunk(logits, xs["targets"], self.pruning)
+    return LiveChunk(logits, xs["targets"], self.pruning, self.kind)

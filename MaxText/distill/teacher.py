@@ -6,6 +6,7 @@ from MaxText.config.views import teacher_config
 from MaxText.data.teacher_cache import CacheView
 from MaxText.distill.cached_source import CachedTopKTeacher
 from MaxText.distill.sources import LiveTeacher, Pruning, TeacherSource
+from MaxText.losses.divergence_family import Divergence
 from MaxText.model import decoder
 from MaxText.model.params_io import load_params
 from MaxText.parallel.sharding import logical_shardings
@@ -16,7 +17,8 @@ def live_teacher(config, mesh) -> tuple[LiveTeacher, object]:
   model_config = teacher_config(config)
   graphdef, abstract_params, logical_axes = decoder.split_params(decoder.abstract_model(model_config))
   shardings = logical_shardings(logical_axes, abstract_params, mesh)
-  return LiveTeacher(model_config, graphdef, shardings, Pruning.from_config(config)), abstract_params
+  source = LiveTeacher(model_config, graphdef, shardings, Pruning.from_config(config), Divergence.from_config(config))
+  return source, abstract_params
 
 
 def load_live_teacher(config, mesh) -> tuple[LiveTeacher, object]:
@@ -37,5 +39,6 @@ def build_teacher(config, mesh, cache: CacheView | None) -> tuple[TeacherSource 
   if not config.use_kd:
     return None, None
   if config.kd_offline_data_dir:
-    return CachedTopKTeacher(config.kd_offline_normalization, config.vocab_size, cache.lse_index), None
+    kind = Divergence.from_config(config)
+    return CachedTopKTeacher(config.kd_offline_normalization, config.vocab_size, cache.lse_index, kind), None
   return load_live_teacher(config, mesh)

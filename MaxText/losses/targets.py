@@ -76,6 +76,7 @@ class TeacherTarget(NamedTuple):
   other_mass_N: jax.Array | None  # pruned teacher mass (OTHER bucket); None without the bucket
   pruned_NxV: jax.Array | None  # 1.0 on pruned tokens (OTHER bucket), else None
   mass_kept_N: jax.Array  # teacher mass inside the kept set (1 without pruning)
+  support_NxV: jax.Array | None = None  # 1.0 on the kept tokens when the target is renormalised over them
 
 
 def _teacher_probs(teacher_logits_NxV, temperature):
@@ -110,7 +111,21 @@ def teacher_target(teacher_logits_NxV, temperature, top_k=None, top_p=None, use_
   pruned = 1.0 - kept
   log_mass = jnp.log(mass_kept)[:, None]
   return TeacherTarget(
-    kept_p / mass_kept[:, None], kept * (t_logp - log_mass) + pruned * FLOAT_MIN, None, None, mass_kept
+    kept_p / mass_kept[:, None], kept * (t_logp - log_mass) + pruned * FLOAT_MIN, None, None, mass_kept, kept
+  )
+
+
+def renormalized(target: TeacherTarget) -> TeacherTarget:
+  """An OTHER-bucket target renormalised over its kept tokens (a cached top-k's `renormalize_both`)."""
+  kept = 1.0 - target.pruned_NxV
+  log_mass = jnp.log(target.mass_kept_N)[:, None]
+  return TeacherTarget(
+    target.target_NxV / target.mass_kept_N[:, None],
+    kept * (target.log_target_NxV - log_mass) + target.pruned_NxV * FLOAT_MIN,
+    None,
+    None,
+    target.mass_kept_N,
+    kept,
   )
 
 

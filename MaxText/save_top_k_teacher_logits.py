@@ -25,6 +25,7 @@ if __package__ in (None, ""):
 from MaxText import config as config_lib  # noqa: E402
 from MaxText.config.paths import check_output_folder  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
+from MaxText.config.views import kd_vocab  # noqa: E402
 from MaxText.data import input_pipeline, teacher_cache  # noqa: E402
 from MaxText.data import teacher_cache_writer as writer_lib  # noqa: E402
 from MaxText.distill.teacher import load_live_teacher  # noqa: E402
@@ -38,8 +39,11 @@ from MaxText.training import preflight  # noqa: E402
 from MaxText.training.runtime import build_corpus, global_batch_size, maybe_initialize_distributed, to_global  # noqa: E402
 
 
-def teacher_cache_step(graphdef, params, batch, top_k: int, temperatures: tuple, value_dtype, chunk_size: int):
-  """[B, L, k] values and ids and [B, n_T, L] log-sum-exps, projecting chunk by chunk (no full logits)."""
+def teacher_cache_step(
+  graphdef, params, batch, top_k: int, temperatures: tuple, value_dtype, chunk_size: int, vocab: int
+):
+  """[B, L, k] values and ids and [B, n_T, L] log-sum-exps over the first `vocab` token ids (kd_vocab_size:
+  the rest is padding), projecting chunk by chunk (no full logits)."""
   model = decoder.bind(graphdef, params)
   hidden_BxLxD = decoder.run_on_batch(model, batch).hidden_BxLxD
   batch_size, length, width = hidden_BxLxD.shape
@@ -49,7 +53,7 @@ def teacher_cache_step(graphdef, params, batch, top_k: int, temperatures: tuple,
     return dict(zip(("values", "ids", "lse"), cache_fields(logits, top_k, temperatures, value_dtype), strict=True))
 
   per_token = {"hidden": hidden_BxLxD.reshape(-1, width)}
-  out = chunked_map(one_chunk, per_token, {"w_DxV": model.output_matrix_DxV()}, chunk_size)
+  out = chunked_map(one_chunk, per_token, {"w_DxV": model.output_matrix_DxV()[:, :vocab]}, chunk_size)
   lse_BxTxL = jnp.swapaxes(out["lse"].reshape(batch_size, length, -1), 1, 2)
   values, ids = (out[name].reshape(batch_size, length, top_k) for name in ("values", "ids"))
   return values, ids, lse_BxTxL
@@ -88,6 +92,7 @@ def save(config) -> dict:
       temperatures=tuple(spec["temperatures"]),
       value_dtype=teacher_cache.VALUE_DTYPES[config.kd_offline_logits_dtype],
       chunk_size=config.loss_chunk_size,
+      vocab=kd_vocab(config),
     ),
     in_shardings=(teacher.param_shardings, batch_sharding),
     out_shardings=batch_sharding,

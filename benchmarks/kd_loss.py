@@ -26,15 +26,32 @@ import numpy as np  # noqa: E402
 from MaxText import max_utils  # noqa: E402
 from MaxText.distill.kd_loss import KDOptions, kd_chunk_sums  # noqa: E402
 from MaxText.distill.sources import LiveTeacher, Pruning  # noqa: E402
+from MaxText.losses.divergence_family import Divergence, divergence  # noqa: E402
 
 MODES = {
-  "full KL": {},
+  "full KL": {},  # the divergences below are on full distributions unless their name says otherwise
   "top-k 64": {"top_k": 64},
   "top-k 64 + OTHER": {"top_k": 64, "use_other_bucket": True},
   "top-p 0.9": {"top_p": 0.9},
   "top-p 0.9 + OTHER": {"top_p": 0.9, "use_other_bucket": True},
   "hard labels": {"hard": True},
+  "reverse KL": {"div": Divergence("reverse_kl")},
+  "JSD beta 0.5": {"div": Divergence("jsd", 0.5)},
+  "TVD": {"div": Divergence("tvd")},
+  "skew forward KL 0.1": {"div": Divergence("skew_forward_kl", 0.1)},
+  "skew reverse KL 0.1": {"div": Divergence("skew_reverse_kl", 0.1)},
+  "JSD 0.5, top-p + OTHER": {"div": Divergence("jsd", 0.5), "top_p": 0.9, "use_other_bucket": True},
 }
+
+
+def processor() -> str:
+  """The CPU model (ratios depend on it), from /proc/cpuinfo where there is one."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+  except OSError:
+    names = []
+  return f"{names[0]} x {len(names)}" if names else "unknown processor"
 
 
 def _ce_chunk(xs, _):
@@ -45,7 +62,7 @@ def _kd_chunk(xs, _, mode):
   if mode.get("hard"):
     return {"v": jnp.sum(max_utils.cross_entropy_with_logits(xs["s"], jnp.argmax(xs["t"], -1))[0])}
   target = max_utils.teacher_target(xs["t"], 2.0, mode.get("top_k"), mode.get("top_p"), mode.get("use_other_bucket"))
-  return {"v": jnp.sum(max_utils.kd_divergence(xs["s"], target, 2.0))}
+  return {"v": jnp.sum(divergence(xs["s"], target, 2.0, mode.get("div", Divergence())))}
 
 
 def _time(fn, args, repeats):
@@ -68,12 +85,12 @@ def bench_shape(tokens, vocab, chunk, repeats):
     f"\n{tokens} tokens x {vocab} vocab, chunk {chunk}: CE value+grad {base * 1e3:.1f} ms, "
     f"temp {base_mem / 2**20:.0f} MiB"
   )
-  print(f"{'mode':<20} {'x CE':>6} {'temp MiB':>9}")
+  print(f"{'mode':<24} {'x CE':>6} {'temp MiB':>9}")
   for name, mode in MODES.items():
     kd_chunk = functools.partial(_kd_chunk, mode=mode)
     kd = jax.value_and_grad(lambda s, t, f=kd_chunk: max_utils.chunked_sums(f, {"s": s, "t": t}, {}, chunk)["v"])
     seconds, mem = _time(kd, (s, t), repeats)
-    print(f"{name:<20} {seconds / base:>6.2f} {mem / 2**20:>9.0f}")
+    print(f"{name:<24} {seconds / base:>6.2f} {mem / 2**20:>9.0f}")
 
 
 def fused_memory(tokens, vocab=32768, dim=256, chunk=256):
@@ -101,7 +118,7 @@ def main():
   parser.add_argument("--chunk_elements", type=int, default=256 * 32768)
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
-  print(f"{jax.devices()[0].platform} device, float32 logits")
+  print(f"{jax.devices()[0].platform} device ({processor()}), float32 logits")
   for tokens, vocab in ((1024, 32768), (256, 128256)):
     bench_shape(tokens, vocab, max(1, args.chunk_elements // vocab), args.repeats)
   print("\nfused KD loss (hidden 256 -> vocab 32768, top-p 0.9 + OTHER, chunk 256), value+grad temp memory:")

@@ -218,3 +218,78 @@ def test_forward_kl_default_is_todays_loss_bit_for_bit():
       s, t, 1.5, mode.get("top_k"), mode.get("top_p"), mode.get("use_other_bucket", False)
     )
     assert np.array_equal(np.asarray(_value(s, t, 1.5, Divergence(), **mode)), np.asarray(today))
+
+
+# --- padded vocabularies: kd_vocab_size ---
+
+
+def _padded_sums(student_w, teacher_w, kd_vocab, teacher_vocab, mode, div, alpha=1.0):
+  rng = np.random.default_rng(5)
+  f = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  hidden, teacher_hidden = f(32, 8), f(32, 8)
+  per_token = {
+    "hidden": hidden,
+    "teacher_hidden": teacher_hidden,
+    "targets": jnp.arange(32) % 20,
+    "weights": jnp.ones(32),
+  }
+  pruning = Pruning(mode.get("top_k", 0), mode.get("top_p", 0.0), mode.get("use_other_bucket", False))
+  source = LiveTeacher(None, None, None, pruning, div, teacher_vocab)
+  options = KDOptions(use_hard_labels=False, z_loss=0.0, temperature_is_one=False, kd_vocab=kd_vocab)
+  chunk_fn = functools.partial(kd_chunk_sums, options=options, source=source)
+
+  def total(h, w):
+    shared = {"w_DxV": w, "teacher_w_DxV": teacher_w, "alpha": jnp.float32(alpha), "temperature": jnp.float32(2.0)}
+    sums = max_utils.chunked_sums(chunk_fn, {**per_token, "hidden": h}, shared, 16)
+    return sums["total_loss_sum"], sums
+
+  (_, sums), grads = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(hidden, student_w)
+  return sums, grads
+
+
+@pytest.mark.parametrize("mode", [{}, {"top_p": 0.8, "use_other_bucket": True}], ids=str)
+@pytest.mark.parametrize("div", [Divergence("forward_kl"), Divergence("jsd", 0.5)], ids=ID)
+def test_padded_rows_of_teacher_or_student_change_nothing_in_the_kd_terms(div, mode):
+  rng = np.random.default_rng(6)
+  w, tw = jnp.asarray(rng.normal(size=(8, 24)), jnp.float32), jnp.asarray(rng.normal(size=(8, 24)) * 2, jnp.float32)
+  pad = lambda x, n: jnp.concatenate([x, 5.0 * jnp.asarray(rng.normal(size=(8, n)), jnp.float32)], axis=1)
+  base, base_grads = _padded_sums(w, tw, None, None, mode, div)
+  padded_teacher, teacher_grads = _padded_sums(w, pad(tw, 16), None, 24, mode, div)  # teacher 40 rows, 24 real
+  padded_student, student_grads = _padded_sums(pad(w, 8), tw, 24, None, mode, div)  # student 32 rows, 24 real
+  for key in ("total_loss_sum", "kd/soft_loss_sum", "kd/kl_div_T1_sum", "kd/top1_agreement_sum", "kd/teacher_loss_sum"):
+    np.testing.assert_allclose(padded_teacher[key], base[key], rtol=1e-6, err_msg=key)
+    if key != "kd/teacher_loss_sum":  # the teacher's CE is over its own rows, padding included
+      np.testing.assert_allclose(padded_student[key], base[key], rtol=1e-6, err_msg=key)
+  np.testing.assert_allclose(teacher_grads[0], base_grads[0], atol=1e-6)
+  np.testing.assert_allclose(student_grads[0], base_grads[0], atol=1e-6)  # alpha 1: the loss is the KD term only
+  np.testing.assert_allclose(student_grads[1][:, :24], base_grads[1], atol=1e-6)
+  assert not np.asarray(student_grads[1][:, 24:]).any()  # padded rows never receive mass, so no gradient
+
+
+def test_kd_vocab_size_is_checked_against_both_vocabularies(tmp_path):
+  from MaxText.config.errors import ConfigError
+
+  base = {"model_name": "tiny", "use_kd": True, "kd_teacher_parameters_path": str(tmp_path)}
+  with pytest.raises(ConfigError, match="with one tokenizer and differently padded embeddings set kd_vocab_size"):
+    pyconfig.from_dict({**base, "kd_teacher_overrides": "vocab_size=336"})
+  config = pyconfig.from_dict({**base, "kd_teacher_overrides": "vocab_size=336", "kd_vocab_size": 300})
+  assert KDOptions.from_config(config).kd_vocab == 300
+  with pytest.raises(ConfigError, match=r"kd_vocab_size: expected 0 to vocab_size \(320\), got 330"):
+    pyconfig.from_dict({**base, "kd_teacher_overrides": "vocab_size=336", "kd_vocab_size": 330})
+  with pytest.raises(ConfigError, match=r"kd_vocab_size: 300 is more than the teacher's vocab_size \(296\)"):
+    pyconfig.from_dict({**base, "kd_teacher_overrides": "vocab_size=296", "kd_vocab_size": 300})
+
+
+def test_offline_cache_over_the_shared_vocabulary_serves_a_padded_student():
+  student, teacher = _logits(19, (16, 24), 3.0), _logits(20, (16, 24), 3.0)
+  padded_student = jnp.concatenate([student, _logits(21, (16, 8), 5.0)], axis=1)
+  values, ids, lse = targets.cache_fields(teacher, 24, (1.0,), jnp.float32)  # what the save job keeps for 24 ids
+  # the student's logits are its hidden states times an identity unembedding: logits = padded_student
+  xs = {"hidden": padded_student, "teacher_values": values, "teacher_ids": ids, "teacher_lse": lse}
+  xs.update(targets=jnp.zeros(16, jnp.int32), weights=jnp.ones(16))
+  shared = {"alpha": jnp.float32(1.0), "temperature": jnp.float32(1.0)}
+  options = KDOptions(use_hard_labels=False, z_loss=0.0, temperature_is_one=True, kd_vocab=24)
+  source = CachedTopKTeacher("other_bucket", 24, 0, Divergence("reverse_kl"))
+  sums = kd_chunk_sums(xs, {**shared, "w_DxV": jnp.eye(32)}, options, source)
+  want = jnp.sum(_value(student, teacher, 1.0, Divergence("reverse_kl")))
+  np.testing.assert_allclose(sums["kd/soft_loss_sum"], want, rtol=1e-5)

@@ -50,11 +50,17 @@ def _check_kd(v: dict[str, Any]) -> None:
     if meaningless:
       raise ConfigError(f"{meaningless[0]}: has no effect with kd_use_hard_labels (the teacher's argmax ignores it)")
   _check_divergence(v)
+  _check_vocab(v)
   if not v["kd_teacher_parameters_path"] and (v["kd_teacher_model_name"] or v["kd_teacher_overrides"]):
     raise ConfigError(
       "kd_teacher_model_name: a teacher architecture needs kd_teacher_parameters_path "
       "(empty path = self-distillation from the student's own initial parameters)"
     )
+
+
+def _check_vocab(v: dict[str, Any]) -> None:
+  if v["kd_vocab_size"] < 0 or v["kd_vocab_size"] > v["vocab_size"]:
+    raise ConfigError(f"kd_vocab_size: expected 0 to vocab_size ({v['vocab_size']}), got {v['kd_vocab_size']}")
 
 
 def _check_divergence(v: dict[str, Any]) -> None:
@@ -74,10 +80,18 @@ def _check_teacher(v: dict[str, Any]) -> None:
   if not (v["use_kd"] and v["kd_teacher_parameters_path"]):
     return
   teacher = teacher_model_values(v)
-  if teacher["vocab_size"] != v["vocab_size"]:
+  shared = v["kd_vocab_size"]
+  if shared:
+    for whose, size in (
+      ("the student's vocab_size", v["vocab_size"]),
+      ("the teacher's vocab_size", teacher["vocab_size"]),
+    ):
+      if shared > size:
+        raise ConfigError(f"kd_vocab_size: {shared} is more than {whose} ({size})")
+  elif teacher["vocab_size"] != v["vocab_size"]:
     raise ConfigError(
-      f"kd_teacher_overrides: teacher vocab_size {teacher['vocab_size']} differs from the "
-      f"student's vocab_size {v['vocab_size']}; they must match"
+      f"kd_teacher_overrides: teacher vocab_size {teacher['vocab_size']} differs from the student's vocab_size "
+      f"{v['vocab_size']}; with one tokenizer and differently padded embeddings set kd_vocab_size to its size"
     )
   if teacher["num_query_heads"] % teacher["num_kv_heads"]:
     raise ConfigError("kd_teacher_overrides: teacher num_query_heads must be a multiple of its num_kv_heads")

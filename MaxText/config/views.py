@@ -66,6 +66,11 @@ def teacher_width(v: dict[str, Any]) -> int:
   return teacher_model_values(v)["emb_dim"] if v["kd_teacher_parameters_path"] else v["emb_dim"]
 
 
+def kd_vocab(config) -> int:
+  """How many token ids the KD term compares (both models' rows beyond it never receive mass)."""
+  return config.kd_vocab_size or config.vocab_size
+
+
 def teacher_config(config) -> Any:
   """The teacher's Config: the student's run keys with the teacher's own model keys (itself when self-distilling)."""
   if not config.kd_teacher_parameters_path:

@@ -25,6 +25,7 @@ import ml_dtypes
 import numpy as np
 
 from MaxText.config.errors import UserError
+from MaxText.config.views import kd_vocab
 from MaxText.data import array_records
 
 FORMAT_VERSION = 1
@@ -162,7 +163,7 @@ def check_shards(directory: str, manifest: dict) -> None:
 def check_against_run(manifest: dict, config) -> None:
   """The cache must have been made for this run's vocabulary, sequence length, k and tokenizer."""
   checks = [
-    ("vocab_size", config.vocab_size, manifest["vocab_size"]),
+    ("kd_vocab_size" if config.kd_vocab_size else "vocab_size", kd_vocab(config), manifest["vocab_size"]),
     ("max_target_length", config.max_target_length, manifest["max_target_length"]),
   ]
   if config.kd_top_k:

@@ -13,6 +13,7 @@ import threading
 import jax
 import numpy as np
 
+from MaxText.config.views import kd_vocab
 from MaxText.data import teacher_cache
 
 _ARRAY_RECORD_OPTIONS = "group_size:1,uncompressed"  # one record per chunk: cheap shuffled reads
@@ -29,7 +30,7 @@ def cache_spec(config, teacher_fingerprint: str, local_batch: int) -> dict:
   return {
     "format_version": teacher_cache.FORMAT_VERSION,
     "top_k": config.kd_offline_top_k,
-    "vocab_size": config.vocab_size,
+    "vocab_size": kd_vocab(config),
     "max_target_length": config.max_target_length,
     "temperatures": teacher_cache.temperatures(config),
     "logits_dtype": config.kd_offline_logits_dtype,

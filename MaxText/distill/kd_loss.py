@@ -14,6 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from MaxText.config.views import kd_vocab
 from MaxText.distill.sources import TeacherSource
 from MaxText.losses.cross_entropy import cross_entropy_with_logits, project_logits
 from MaxText.losses.divergences import kd_divergence
@@ -26,6 +27,7 @@ class KDOptions:
   use_hard_labels: bool
   z_loss: float
   temperature_is_one: bool  # constant T = 1: the KL at T and at 1 are the same computation
+  kd_vocab: int | None = None  # compare the first kd_vocab logits only (the student's rows beyond are padding)
 
   @classmethod
   def from_config(cls, config) -> KDOptions:
@@ -33,6 +35,7 @@ class KDOptions:
       config.kd_use_hard_labels,
       config.z_loss_multiplier,
       config.kd_temperature_schedule == "constant" and config.kd_temperature == 1.0,
+      kd_vocab(config) if kd_vocab(config) < config.vocab_size else None,
     )
 
 
@@ -43,6 +46,8 @@ def kd_chunk_sums(xs: dict, shared: dict, options: KDOptions, source: TeacherSou
   weights, alpha, temperature = xs["weights"], shared["alpha"], shared["temperature"]
   ce_N, z_N = cross_entropy_with_logits(s_logits, xs["targets"], options.z_loss)
   hard_N = ce_N - z_N
+  if options.kd_vocab:  # the KD terms see the shared vocabulary only; the labels' CE sees every row
+    s_logits = s_logits[:, : options.kd_vocab]
   frozen_student = jax.lax.stop_gradient(s_logits)
   kl_t1_N = kd_divergence(frozen_student, teacher.target_t1(), 1.0)
   if options.use_hard_labels:

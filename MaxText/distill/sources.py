@@ -95,6 +95,7 @@ class LiveTeacher:
   param_shardings: Any
   pruning: Pruning = Pruning()
   kind: Divergence = Divergence()
+  vocab: int | None = None  # keep the first `vocab` logits (kd_vocab_size: the rest is the teacher's padding)
   in_eval: bool = True
 
   def inputs(self, teacher_params, batch: dict, with_features: bool) -> TeacherInputs:
@@ -105,5 +106,8 @@ class LiveTeacher:
     return TeacherInputs(per_token, {"teacher_w_DxV": model.output_matrix_DxV()}, out.features)
 
   def chunk(self, xs: dict, shared: dict) -> LiveChunk:
-    logits = jax.lax.stop_gradient(project_logits(xs["teacher_hidden"], shared["teacher_w_DxV"]))
+    w_DxV = shared["teacher_w_DxV"]
+    logits = jax.lax.stop_gradient(
+      project_logits(xs["teacher_hidden"], w_DxV[:, : self.vocab] if self.vocab else w_DxV)
+    )
     return LiveChunk(logits, xs["targets"], self.pruning, self.kind)

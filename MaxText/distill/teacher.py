@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from MaxText.config.views import teacher_config
+from MaxText.config.views import kd_vocab, teacher_config
 from MaxText.data.teacher_cache import CacheView
 from MaxText.distill.cached_source import CachedTopKTeacher
 from MaxText.distill.sources import LiveTeacher, Pruning, TeacherSource
@@ -17,8 +17,9 @@ def live_teacher(config, mesh) -> tuple[LiveTeacher, object]:
   model_config = teacher_config(config)
   graphdef, abstract_params, logical_axes = decoder.split_params(decoder.abstract_model(model_config))
   shardings = logical_shardings(logical_axes, abstract_params, mesh)
-  source = LiveTeacher(model_config, graphdef, shardings, Pruning.from_config(config), Divergence.from_config(config))
-  return source, abstract_params
+  vocab = kd_vocab(config) if kd_vocab(config) < model_config.vocab_size else None
+  kind = Divergence.from_config(config)
+  return LiveTeacher(model_config, graphdef, shardings, Pruning.from_config(config), kind, vocab), abstract_params
 
 
 def load_live_teacher(config, mesh) -> tuple[LiveTeacher, object]:
@@ -34,11 +35,16 @@ def load_live_teacher(config, mesh) -> tuple[LiveTeacher, object]:
   return source, params
 
 
+def cached_teacher(config, lse_index: int | None) -> CachedTopKTeacher:
+  """The cached top-k teacher of offline KD (no file read: the cache's fields ride in the batch)."""
+  kind = Divergence.from_config(config)
+  return CachedTopKTeacher(config.kd_offline_normalization, kd_vocab(config), lse_index, kind)
+
+
 def build_teacher(config, mesh, cache: CacheView | None) -> tuple[TeacherSource | None, object]:
   """(source, the state the step is given for it): (None, None) for a plain run."""
   if not config.use_kd:
     return None, None
   if config.kd_offline_data_dir:
-    kind = Divergence.from_config(config)
-    return CachedTopKTeacher(config.kd_offline_normalization, config.vocab_size, cache.lse_index, kind), None
+    return cached_teacher(config, cache.lse_index), None
   return load_live_teacher(config, mesh)

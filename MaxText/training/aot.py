@@ -19,8 +19,7 @@ import numpy as np
 from MaxText.config.errors import ConfigError, UserError
 from MaxText.config.views import feature_alignment
 from MaxText.data import teacher_cache
-from MaxText.distill.cached_source import CachedTopKTeacher
-from MaxText.distill.teacher import live_teacher
+from MaxText.distill.teacher import cached_teacher, live_teacher
 from MaxText.model.params_io import abstract_with_shardings
 from MaxText.parallel import sharding
 from MaxText.training.state import HEAD, make_layout
@@ -116,7 +115,7 @@ def _teacher(config, mesh):
     return None, None
   if config.kd_offline_data_dir:
     index = teacher_cache.lse_index(teacher_cache.temperatures(config), config)
-    return CachedTopKTeacher(config.kd_offline_normalization, config.vocab_size, index), None
+    return cached_teacher(config, index), None
   source, abstract_params = live_teacher(config, mesh)
   return source, abstract_with_shardings(abstract_params, source.param_shardings)
 

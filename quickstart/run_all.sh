@@ -6,6 +6,7 @@
 #   bash quickstart/run_all.sh            # default: 600 steps per run (about 20 minutes on a 2-core CPU)
 #   bash quickstart/run_all.sh --full     # 2000 steps per run
 #   bash quickstart/run_all.sh --steps N --out DIR --toy   # tiny smoke run (used by the tests)
+#   bash quickstart/run_all.sh --students "ce_only alpha_04"   # the teacher and only these students
 #
 # Re-running picks up where it stopped: the tokenizer and finished runs are reused, and an interrupted
 # run resumes from its newest checkpoint.
@@ -18,13 +19,15 @@ FIGURE=pics/example_training.png
 TABLE=quickstart/results.md
 EXTRA=()
 TOY=0
+CHOSEN=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --full) STEPS=2000 ;;
     --steps) STEPS="$2"; shift ;;
     --out) OUT="$2"; FIGURE="$2/example_training.png"; TABLE="$2/results.md"; shift ;;
     --toy) TOY=1 ;;
-    *) echo "unknown argument $1 (expected --full, --steps N, --out DIR, --toy)" >&2; exit 2 ;;
+    --students) read -r -a CHOSEN <<< "$2"; shift ;;
+    *) echo "unknown argument $1 (expected --full, --steps N, --out DIR, --toy, --students LIST)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -38,6 +41,7 @@ if [ "$TOY" = 1 ]; then  # one play, short sequences, tiny evals: the whole pipe
 fi
 TEACHER_CKPT="$OUT/quickstart_teacher/checkpoints/$STEPS"
 STUDENTS=(ce_only alpha_02 alpha_04 alpha_06 alpha_08 alpha_1 hard_alpha_1)
+if [ "${#CHOSEN[@]}" -gt 0 ]; then STUDENTS=("${CHOSEN[@]}"); fi
 START=$SECONDS
 
 if [ ! -f "$TOKENIZER" ]; then

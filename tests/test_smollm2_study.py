@@ -16,7 +16,6 @@ from conftest import REPO  # noqa: E402
 from gguf_files import train_bpe, write_gguf  # noqa: E402
 from test_hf_convert import _load_ours  # noqa: E402
 
-from MaxText.data.input_pipeline import shakespeare_files  # noqa: E402
 from MaxText.model import params_io  # noqa: E402
 
 
@@ -32,19 +31,25 @@ def test_study_chain_on_a_tiny_gguf_exports_students_transformers_reproduces(tmp
   out = tmp_path / "study"
   cmd = [sys.executable, "quickstart/smollm2_study.py", "--out", str(out), "--gguf", str(tmp_path / "tiny.gguf")]
   cmd += ["--prune", "prune_num_layers=2", "prune_mlp_dim=64", "--steps", "3", "--batch", "2", "--length", "32"]
-  cmd += ["--eval_batches", "2", "--new_tokens", "4", "--data", f"dataset_path={shakespeare_files()[0]}"]
+  cmd += ["--eval_batches", "2", "--new_tokens", "4", "--max_docs", "3"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + (out / "log.txt").read_text()[-3000:]
 
   results = json.loads((out / "results.json").read_text())
   models = results["models"]
   assert set(models) == {"teacher", "pruned, before training", "ce", "kd_a0.5_T1", "kd_a1_T1"}
-  assert all(np.isfinite(m["loss"]) for m in models.values())
+  assert all(np.isfinite(m["loss"][d]) for m in models.values() for d in ("shakespeare", "docs", "mean"))
   assert models["ce"]["non_embedding"] < models["teacher"]["non_embedding"]
-  gap = models["pruned, before training"]["loss"] - models["teacher"]["loss"]
+  mean = lambda name: models[name]["loss"]["mean"]
+  gap = mean("pruned, before training") - mean("teacher")
   for name in ("ce", "kd_a0.5_T1", "kd_a1_T1"):  # the stated share is the stated formula of the losses
-    expected = (models["pruned, before training"]["loss"] - models[name]["loss"]) / gap
-    assert models[name]["gap_closed"] == pytest.approx(expected, rel=1e-9)
+    assert models[name]["gap_closed"] == pytest.approx((mean("pruned, before training") - mean(name)) / gap, rel=1e-9)
+    assert [c["step"] for c in results["curves"][name]] == [1, 2, 3]  # every saved step evaluated
+    assert results["curves"][name][-1]["mean"] == mean(name)
+  # the split is by document: no held-out file is among the training files
+  data = out / "data"
+  train = set(os.listdir(data / "train"))
+  assert train and not train & (set(os.listdir(data / "heldout_shakespeare")) | set(os.listdir(data / "heldout_docs")))
   assert len(results["chat"]["teacher"]) == 3 and (out / "smollm2_study.png").is_file()
 
   # the exported student is the trained one: transformers gives our logits on the run's tokenizer's ids

@@ -312,6 +312,9 @@ def _with_mean(losses: dict) -> dict:
 
 
 def main() -> None:
+  from MaxText.config.platform import default_to_cpu_without_accelerator
+
+  default_to_cpu_without_accelerator()  # before JAX starts: no TPU probing on a CPU host with libtpu installed
   args = parse_args()
   os.makedirs(args.out, exist_ok=True)
   args.folders = write_corpus(args)

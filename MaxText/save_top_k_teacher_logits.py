@@ -25,35 +25,29 @@ if __package__ in (None, ""):
 from MaxText import config as config_lib  # noqa: E402
 from MaxText.config.paths import check_output_folder  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
-from MaxText.config.views import kd_vocab  # noqa: E402
 from MaxText.data import input_pipeline, teacher_cache  # noqa: E402
 from MaxText.data import teacher_cache_writer as writer_lib  # noqa: E402
 from MaxText.distill.teacher import load_live_teacher  # noqa: E402
 from MaxText.losses.chunking import chunked_map  # noqa: E402
-from MaxText.losses.cross_entropy import project_logits  # noqa: E402
 from MaxText.losses.targets import cache_fields  # noqa: E402
-from MaxText.model import decoder  # noqa: E402
 from MaxText.model.params_io import params_fingerprint  # noqa: E402
 from MaxText.parallel import sharding  # noqa: E402
 from MaxText.training import preflight  # noqa: E402
 from MaxText.training.runtime import build_corpus, global_batch_size, maybe_initialize_distributed, to_global  # noqa: E402
 
 
-def teacher_cache_step(
-  graphdef, params, batch, top_k: int, temperatures: tuple, value_dtype, chunk_size: int, vocab: int
-):
-  """[B, L, k] values and ids and [B, n_T, L] log-sum-exps over the first `vocab` token ids (kd_vocab_size:
-  the rest is padding), projecting chunk by chunk (no full logits)."""
-  model = decoder.bind(graphdef, params)
-  hidden_BxLxD = decoder.run_on_batch(model, batch).hidden_BxLxD
-  batch_size, length, width = hidden_BxLxD.shape
+def teacher_cache_step(source, params, batch, top_k: int, temperatures: tuple, value_dtype, chunk_size: int):
+  """[B, L, k] values and ids and [B, n_T, L] log-sum-exps of the teacher source's logits (one teacher, or an
+  ensemble's combined logits) over the kd_vocab_size ids, projected chunk by chunk (no full logits)."""
+  inputs = source.inputs(params, batch, False)
+  batch_size, length = batch["targets"].shape
+  per_token = {**inputs.per_token, "targets": batch["targets"].reshape(-1)}
 
   def one_chunk(xs, shared):
-    logits = project_logits(xs["hidden"], shared["w_DxV"])
+    logits = source.chunk(xs, shared).cache_logits()
     return dict(zip(("values", "ids", "lse"), cache_fields(logits, top_k, temperatures, value_dtype), strict=True))
 
-  per_token = {"hidden": hidden_BxLxD.reshape(-1, width)}
-  out = chunked_map(one_chunk, per_token, {"w_DxV": model.output_matrix_DxV()[:, :vocab]}, chunk_size)
+  out = chunked_map(one_chunk, per_token, inputs.shared, chunk_size)
   lse_BxTxL = jnp.swapaxes(out["lse"].reshape(batch_size, length, -1), 1, 2)
   values, ids = (out[name].reshape(batch_size, length, top_k) for name in ("values", "ids"))
   return values, ids, lse_BxTxL
@@ -87,12 +81,11 @@ def save(config) -> dict:
   step = jax.jit(
     functools.partial(
       teacher_cache_step,
-      teacher.graphdef,
+      teacher,
       top_k=config.kd_offline_top_k,
       temperatures=tuple(spec["temperatures"]),
       value_dtype=teacher_cache.VALUE_DTYPES[config.kd_offline_logits_dtype],
       chunk_size=config.loss_chunk_size,
-      vocab=kd_vocab(config),
     ),
     in_shardings=(teacher.param_shardings, batch_sharding),
     out_shardings=batch_sharding,

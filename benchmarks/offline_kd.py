@@ -88,14 +88,13 @@ def _teacher_seconds_per_batch(config, mesh, batches) -> float:
   fields = tuple(teacher_cache.temperatures(config))
   step = jax.jit(
     lambda p, b: save_job.teacher_cache_step(
-      teacher.graphdef,
+      teacher,
       p,
       b,
       config.kd_offline_top_k,
       fields,
       teacher_cache.VALUE_DTYPES["bfloat16"],
       256,
-      config.vocab_size,
     )
   )
   return _timed(lambda i: step(params, batches[i % len(batches)]), len(batches))

@@ -65,6 +65,17 @@ def test_every_kind_of_run_compiles_with_its_own_memory_parts():
   assert accumulate.parts == plain.parts and accumulate.temp_bytes != plain.temp_bytes
 
 
+def test_an_ensemble_step_holds_every_teachers_parameters():
+  topology = aot.parse_topology("v5p-8", 1)
+  narrow, wide = {"parameters_path": "/narrow"}, {"parameters_path": "/wide", "overrides": {"emb_dim": 64}}
+  kd = {**TINY, "use_kd": True, "kd_top_p": 0.9}
+  teacher_bytes = [
+    aot.compile_step(config_lib.load_dict({**kd, "kd_teachers": teachers}), topology).parts["teacher"]
+    for teachers in ([narrow], [wide], [narrow, wide])
+  ]
+  assert teacher_bytes[0] < teacher_bytes[1] and teacher_bytes[2] == teacher_bytes[0] + teacher_bytes[1]
+
+
 def test_a_step_that_does_not_fit_gets_a_one_line_verdict():
   too_big = [*(f"{k}={v}" for k, v in TINY.items() if k != "per_device_batch_size")]
   proc = _job(

@@ -7,7 +7,13 @@ from typing import Any
 
 from MaxText.config.errors import ConfigError
 from MaxText.config.loader import defaults
-from MaxText.config.views import feature_layer_pairs, teacher_model_values, teacher_width, uses_features
+from MaxText.config.views import (
+  feature_layer_pairs,
+  teacher_model_values,
+  teacher_specs,
+  teacher_width,
+  uses_features,
+)
 
 _HARD_LABEL_NO_OPS = (
   "kd_divergence",
@@ -21,6 +27,7 @@ _HARD_LABEL_NO_OPS = (
 _FEATURE_KEYS = ("kd_feature_loss_type", "kd_layer_indices", "kd_teacher_layer_indices", "kd_feature_projection")
 _OFFLINE_CONFLICTS = {
   "kd_teacher_parameters_path": "the cache replaces the teacher",
+  "kd_teachers": "the cache replaces the teachers (save_top_k_teacher_logits.py caches an ensemble as one cache)",
   "kd_top_p": "the cache holds a fixed top-k",
   "kd_use_other_bucket": "kd_offline_normalization chooses how the tail is treated",
   "kd_beta": "features are not cached",
@@ -51,6 +58,7 @@ def _check_kd(v: dict[str, Any]) -> None:
       raise ConfigError(f"{meaningless[0]}: has no effect with kd_use_hard_labels (the teacher's argmax ignores it)")
   _check_divergence(v)
   _check_vocab(v)
+  _check_ensemble(v)
   if not v["kd_teacher_parameters_path"] and (v["kd_teacher_model_name"] or v["kd_teacher_overrides"]):
     raise ConfigError(
       "kd_teacher_model_name: a teacher architecture needs kd_teacher_parameters_path "
@@ -76,25 +84,51 @@ def _check_divergence(v: dict[str, Any]) -> None:
     )
 
 
-def _check_teacher(v: dict[str, Any]) -> None:
-  if not (v["use_kd"] and v["kd_teacher_parameters_path"]):
+_SINGLE_TEACHER_KEYS = (
+  "kd_teacher_parameters_path",
+  "kd_teacher_model_name",
+  "kd_teacher_overrides",
+  "kd_teacher_dtype",
+)
+
+
+def _check_ensemble(v: dict[str, Any]) -> None:
+  if not v["kd_teachers"]:
+    if _changed(v, ["kd_ensemble"]):
+      raise ConfigError("kd_ensemble: has no effect without kd_teachers (it says how several teachers combine)")
     return
-  teacher = teacher_model_values(v)
-  shared = v["kd_vocab_size"]
-  if shared:
-    for whose, size in (
-      ("the student's vocab_size", v["vocab_size"]),
-      ("the teacher's vocab_size", teacher["vocab_size"]),
-    ):
-      if shared > size:
-        raise ConfigError(f"kd_vocab_size: {shared} is more than {whose} ({size})")
-  elif teacher["vocab_size"] != v["vocab_size"]:
+  single = _changed(v, _SINGLE_TEACHER_KEYS)
+  if single:
+    raise ConfigError(f"{single[0]}: cannot be used with kd_teachers (each listed teacher names its own)")
+  if uses_features(v):
     raise ConfigError(
-      f"kd_teacher_overrides: teacher vocab_size {teacher['vocab_size']} differs from the student's vocab_size "
+      "kd_beta: feature distillation aligns with one teacher's layers; it is not available with kd_teachers"
+    )
+
+
+def _check_teacher(v: dict[str, Any]) -> None:
+  if not v["use_kd"]:
+    return
+  for index, spec in enumerate(teacher_specs(v)):
+    where = f"kd_teachers[{index}]" if v["kd_teachers"] else "kd_teacher_overrides"
+    teacher = teacher_model_values(v, spec)
+    _check_teacher_vocab(v, teacher["vocab_size"], where)
+    if teacher["num_query_heads"] % teacher["num_kv_heads"]:
+      raise ConfigError(f"{where}: teacher num_query_heads must be a multiple of its num_kv_heads")
+
+
+def _check_teacher_vocab(v: dict[str, Any], teacher_vocab: int, where: str) -> None:
+  shared = v["kd_vocab_size"]
+  whose_teacher = "the teacher's" if where == "kd_teacher_overrides" else f"{where}'s"
+  if shared:
+    for whose, size in (("the student's", v["vocab_size"]), (whose_teacher, teacher_vocab)):
+      if shared > size:
+        raise ConfigError(f"kd_vocab_size: {shared} is more than {whose} vocab_size ({size})")
+  elif teacher_vocab != v["vocab_size"]:
+    raise ConfigError(
+      f"{where}: teacher vocab_size {teacher_vocab} differs from the student's vocab_size "
       f"{v['vocab_size']}; with one tokenizer and differently padded embeddings set kd_vocab_size to its size"
     )
-  if teacher["num_query_heads"] % teacher["num_kv_heads"]:
-    raise ConfigError("kd_teacher_overrides: teacher num_query_heads must be a multiple of its num_kv_heads")
 
 
 def _check_features(v: dict[str, Any]) -> None:
@@ -121,8 +155,8 @@ def _check_offline_save_keys(v: dict[str, Any]) -> None:
   """The keys of save_top_k_teacher_logits.py (checked when kd_offline_output_dir is set)."""
   if not v["kd_offline_output_dir"]:
     return
-  if not v["kd_teacher_parameters_path"]:
-    raise ConfigError("kd_teacher_parameters_path: the teacher whose logits are cached must be given")
+  if not teacher_specs(v):
+    raise ConfigError("kd_teacher_parameters_path: the teacher whose logits are cached must be given (or kd_teachers)")
   if not 1 <= v["kd_offline_top_k"] <= v["vocab_size"]:
     raise ConfigError(f"kd_offline_top_k: expected 1..vocab_size ({v['vocab_size']}), got {v['kd_offline_top_k']}")
   try:

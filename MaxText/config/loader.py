@@ -19,12 +19,15 @@ from typing import Any
 import yaml
 
 from MaxText.config.errors import ConfigError
+from MaxText.config.teachers import parse_teachers
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 BASE_YML = os.path.join(CONFIG_DIR, "base.yml")
 MODELS_DIR = os.path.join(CONFIG_DIR, "models")
 # Keys that only steer loading and never reach the Config.
 _META_KEYS = ("base_config",)
+# Keys whose value is a list (`[]` in base.yml): each has its parser, which returns a hashable tuple.
+_LIST_PARSERS = {"kd_teachers": parse_teachers}
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -63,7 +66,8 @@ def key_comments() -> dict[str, str]:
 
 @functools.cache
 def _base_defaults() -> tuple[tuple[str, Any], ...]:
-  return tuple(_read_yaml(BASE_YML).items())
+  # list defaults become tuples, the type their parsed values have (a Config stays hashable)
+  return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in _read_yaml(BASE_YML).items())
 
 
 def defaults() -> dict[str, Any]:
@@ -74,6 +78,8 @@ def defaults() -> dict[str, Any]:
 def coerce(key: str, value: Any, default: Any) -> Any:
   """Casts `value` to the type of `default` or raises a one-line ConfigError naming the key."""
   expected = type(default)
+  if expected is tuple:
+    return _LIST_PARSERS[key](value)
   if expected is bool:
     if isinstance(value, bool):
       return value

@@ -10,6 +10,7 @@ from typing import Any
 
 from MaxText.config.errors import ConfigError
 from MaxText.config.loader import check_known, coerce, defaults, load_model_preset, parse_overrides
+from MaxText.config.teachers import TeacherSpec
 
 # Keys that describe a model's architecture and numerics: the teacher has its own values for these.
 MODEL_KEYS = (
@@ -47,13 +48,34 @@ def model_config(config) -> Any:
   return ModelConfig(**{key: getattr(config, key) for key in _MODEL_VIEW_KEYS})
 
 
-def teacher_model_values(v: dict[str, Any]) -> dict[str, Any]:
-  """The teacher's model keys: base.yml < teacher preset < kd_teacher_overrides (student CLI keys never leak)."""
+def teacher_specs(v: dict[str, Any]) -> tuple[TeacherSpec, ...]:
+  """The run's teachers: the kd_teachers ensemble, or the one kd_teacher_* teacher (none when self-distilling)."""
+  if v["kd_teachers"]:
+    return v["kd_teachers"]
+  if not v["kd_teacher_parameters_path"]:
+    return ()
+  keys = ("kd_teacher_parameters_path", "kd_teacher_model_name", "kd_teacher_overrides", "kd_teacher_dtype")
+  return (TeacherSpec("teacher", *(v[key] for key in keys)),)
+
+
+def _overrides_key(v: dict[str, Any], spec: TeacherSpec) -> str:
+  """The key a teacher's overrides came from, for error messages."""
+  if not v["kd_teachers"]:
+    return "kd_teacher_overrides"
+  return f"kd_teachers[{[s.name for s in v['kd_teachers']].index(spec.name)}].overrides"
+
+
+def teacher_model_values(v: dict[str, Any], spec: TeacherSpec | None = None) -> dict[str, Any]:
+  """A teacher's model keys: base.yml < its preset < its overrides (student CLI keys never leak).
+
+  `spec` None: the single kd_teacher_* teacher."""
+  spec = spec or TeacherSpec("teacher", "", v["kd_teacher_model_name"], v["kd_teacher_overrides"])
   base = defaults()
-  preset = load_model_preset(v["kd_teacher_model_name"] or v["model_name"])
-  overrides = parse_overrides([p for p in v["kd_teacher_overrides"].split(",") if p.strip()], "kd_teacher_overrides")
+  preset = load_model_preset(spec.model_name or v["model_name"])
+  where = _overrides_key(v, spec)
+  overrides = parse_overrides([p for p in spec.overrides.split(",") if p.strip()], where)
   for key in overrides:
-    check_known(key, list(MODEL_KEYS), "kd_teacher_overrides")
+    check_known(key, list(MODEL_KEYS), where)
   model = {k: base[k] for k in MODEL_KEYS}
   for layer in (preset, overrides):
     for key, value in layer.items():
@@ -71,16 +93,21 @@ def kd_vocab(config) -> int:
   return config.kd_vocab_size or config.vocab_size
 
 
-def teacher_config(config) -> Any:
-  """The teacher's Config: the student's run keys with the teacher's own model keys (itself when self-distilling)."""
-  if not config.kd_teacher_parameters_path:
-    return config
+def teacher_config(config, spec: TeacherSpec | None = None) -> Any:
+  """A teacher's Config: the student's run keys with the teacher's own model keys.
+
+  `spec` None: the single kd_teacher_* teacher (the student's own Config when self-distilling)."""
   values = dataclasses.asdict(config)
-  values.update(teacher_model_values(values))
+  if spec is None:
+    specs = teacher_specs(values)
+    if not specs:
+      return config
+    spec = specs[0]
+  values.update(teacher_model_values(values, spec))
   values.update(
-    model_name=config.kd_teacher_model_name or config.model_name,
+    model_name=spec.model_name or config.model_name,
     remat_policy="none",
-    dtype=config.kd_teacher_dtype or config.dtype,
+    dtype=spec.dtype or config.dtype,
     kd_beta=0.0,  # the teacher is not trained: no feature term of its own
     kd_beta_end=-1.0,
   )

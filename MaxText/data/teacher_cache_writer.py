@@ -13,6 +13,7 @@ import threading
 import jax
 import numpy as np
 
+from MaxText.config.teachers import normalized_weights
 from MaxText.config.views import kd_vocab
 from MaxText.data import teacher_cache
 
@@ -27,20 +28,33 @@ def local_rows(x: jax.Array) -> np.ndarray:
 
 def cache_spec(config, teacher_fingerprint: str, local_batch: int) -> dict:
   """Everything that fixes the cache's contents; a resumed save must match it exactly."""
-  return {
+  return _teachers_spec(config) | {
     "format_version": teacher_cache.FORMAT_VERSION,
     "top_k": config.kd_offline_top_k,
     "vocab_size": kd_vocab(config),
     "max_target_length": config.max_target_length,
     "temperatures": teacher_cache.temperatures(config),
     "logits_dtype": config.kd_offline_logits_dtype,
-    "teacher_checkpoint": os.path.abspath(config.kd_teacher_parameters_path),
     "teacher_fingerprint": teacher_fingerprint,
     "tokenizer_fingerprint": teacher_cache.tokenizer_fingerprint(config),
     "data": teacher_cache.data_spec(config),
     "process_count": jax.process_count(),
     "sequences_per_batch_per_process": local_batch,
     "batches_per_shard": config.kd_offline_batches_per_shard,
+  }
+
+
+def _teachers_spec(config) -> dict:
+  """Which teacher(s) the cache holds: a checkpoint, or an ensemble's checkpoints, weights and combination."""
+  if not config.kd_teachers:
+    return {"teacher_checkpoint": os.path.abspath(config.kd_teacher_parameters_path)}
+  return {
+    "teacher_checkpoint": [os.path.abspath(spec.parameters_path) for spec in config.kd_teachers],
+    "ensemble": {
+      "names": [spec.name for spec in config.kd_teachers],
+      "weights": list(normalized_weights(config.kd_teachers)),
+      "kd_ensemble": config.kd_ensemble,
+    },
   }
 
 

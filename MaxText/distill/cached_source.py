@@ -51,7 +51,7 @@ class CachedChunk:
     kl_N = renormalized_divergence(student_logits_NxV, self.values_NxK, self.ids_NxK, temperature, student_full)
     return kl_N, target.mass_kept_N
 
-  def own_terms(self) -> dict:
+  def own_terms(self, frozen_student_NxV) -> dict:
     return {}  # only the top-k is cached: no teacher cross-entropy
 
 

@@ -57,7 +57,7 @@ def kd_chunk_sums(xs: dict, shared: dict, options: KDOptions, source: TeacherSou
     kl_at_t_N, mass_kept_N = teacher.divergence(s_logits, temperature)
     kd_N = temperature * temperature * kl_at_t_N
   agree_N = (jnp.argmax(frozen_student, axis=-1) == teacher.top1_N).astype(jnp.float32)
-  per_token = {**teacher.own_terms(), "kl_div_at_T": kl_at_t_N, "kl_div_T1": kl_t1_N}
+  per_token = {**teacher.own_terms(frozen_student), "kl_div_at_T": kl_at_t_N, "kl_div_T1": kl_t1_N}
   per_token.update(teacher_mass_kept=mass_kept_N, top1_agreement=agree_N)
   return blended_sums(weights, alpha, hard_N, z_N, kd_N, per_token)
 

@@ -5,7 +5,7 @@ teacher runs its decoder there, a cached teacher takes its top-k fields from the
 inside the loop on one chunk of tokens and returns a `TeacherChunk`, which answers what the assembly
 in kd_loss.py asks: the teacher's top-1 token, its distribution at T = 1, the divergence of the
 student from it at T, and any per-token terms of its own. A new kind of teacher (an ensemble, scored
-generations) is one new pair of classes here; the step, the loop and the assembly stay as they are.
+generations) is one new pair of classes (ensemble.py is one); the step, the loop and the assembly stay as they are.
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ class TeacherChunk(Protocol):
   def divergence(self, student_logits_NxV: jax.Array, temperature) -> tuple[jax.Array, jax.Array]:
     """(per-token `kd_divergence` of the student from the teacher's target at T, teacher mass kept)."""
 
-  def own_terms(self) -> dict[str, jax.Array]:
-    """Per-token diagnostics only this kind of teacher has (logged as kd/<name>)."""
+  def own_terms(self, frozen_student_NxV: jax.Array) -> dict[str, jax.Array]:
+    """Per-token diagnostics only this kind of teacher has (logged as kd/<name>), given the student's
+    logits without gradient."""
 
 
 class TeacherSource(Protocol):
@@ -82,8 +83,13 @@ class LiveChunk:
     target = teacher_target(self.logits_NxV, temperature, p.top_k or None, p.top_p or None, p.use_other_bucket)
     return divergence(student_logits_NxV, target, temperature, self.kind), target.mass_kept_N
 
-  def own_terms(self) -> dict:
+  def own_terms(self, frozen_student_NxV) -> dict:
+    del frozen_student_NxV  # the KL@T1 to the student is the assembly's own diagnostic
     return {"teacher_loss": cross_entropy_with_logits(self.logits_NxV, self.targets_N)[0]}
+
+  def cache_logits(self) -> jax.Array:
+    """What the offline save job caches: logits whose softmax at any T is this teacher's distribution."""
+    return self.logits_NxV
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,10 +1,12 @@
-"""Which teacher a run distills from, chosen in this one place: none, a live model, or a cache."""
+"""Which teacher a run distills from, chosen in this one place: none, a live model, an ensemble, or a cache."""
 
 from __future__ import annotations
 
+from MaxText.config.teachers import TeacherSpec, normalized_weights
 from MaxText.config.views import kd_vocab, teacher_config
 from MaxText.data.teacher_cache import CacheView
 from MaxText.distill.cached_source import CachedTopKTeacher
+from MaxText.distill.ensemble import EnsembleTeacher
 from MaxText.distill.sources import LiveTeacher, Pruning, TeacherSource
 from MaxText.losses.divergence_family import Divergence
 from MaxText.model import decoder
@@ -12,9 +14,11 @@ from MaxText.model.params_io import load_params
 from MaxText.parallel.sharding import logical_shardings
 
 
-def live_teacher(config, mesh) -> tuple[LiveTeacher, object]:
-  """The teacher source and its abstract parameters (shapes, dtypes, shardings on the student's mesh)."""
-  model_config = teacher_config(config)
+def live_teacher(config, mesh, spec: TeacherSpec | None = None) -> tuple[LiveTeacher, object]:
+  """A teacher source and its abstract parameters (shapes, dtypes, shardings on the student's mesh).
+
+  `spec` None: the single kd_teacher_* teacher (or the student itself when self-distilling)."""
+  model_config = teacher_config(config, spec)
   graphdef, abstract_params, logical_axes = decoder.split_params(decoder.abstract_model(model_config))
   shardings = logical_shardings(logical_axes, abstract_params, mesh)
   vocab = kd_vocab(config) if kd_vocab(config) < model_config.vocab_size else None
@@ -22,10 +26,30 @@ def live_teacher(config, mesh) -> tuple[LiveTeacher, object]:
   return LiveTeacher(model_config, graphdef, shardings, Pruning.from_config(config), kind, vocab), abstract_params
 
 
-def load_live_teacher(config, mesh) -> tuple[LiveTeacher, object]:
-  """The frozen teacher and its parameters, sharded on the student's mesh (parameters only, read-only)."""
-  source, abstract_params = live_teacher(config, mesh)
+def abstract_teacher(config, mesh) -> tuple[LiveTeacher | EnsembleTeacher, object]:
+  """The live source of a run (one teacher or the kd_teachers ensemble) and its abstract state."""
+  if not config.kd_teachers:
+    return live_teacher(config, mesh)
+  members, abstract = zip(*(live_teacher(config, mesh, spec) for spec in config.kd_teachers), strict=True)
+  names = tuple(spec.name for spec in config.kd_teachers)
+  source = EnsembleTeacher(
+    members,
+    normalized_weights(config.kd_teachers),
+    config.kd_ensemble,
+    names,
+    Pruning.from_config(config),
+    Divergence.from_config(config),
+  )
+  return source, tuple(abstract)
+
+
+def load_live_teacher(config, mesh) -> tuple[LiveTeacher | EnsembleTeacher, object]:
+  """The frozen teacher(s) and parameters, sharded on the student's mesh (parameters only, read-only)."""
+  source, abstract_params = abstract_teacher(config, mesh)
   shardings = source.param_shardings
+  if config.kd_teachers:
+    paths = [spec.parameters_path for spec in config.kd_teachers]
+    return source, tuple(load_params(*args) for args in zip(paths, abstract_params, shardings, strict=True))
   if config.kd_teacher_parameters_path:
     params = load_params(config.kd_teacher_parameters_path, abstract_params, shardings)
   elif config.load_parameters_path:  # self-distillation from the loaded starting point

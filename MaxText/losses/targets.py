@@ -97,12 +97,17 @@ def bucket_target(kept_NxV, p_NxV, logp_NxV, other_mass_N, mass_kept_N) -> Teach
 def teacher_target(teacher_logits_NxV, temperature, top_k=None, top_p=None, use_other_bucket=False) -> TeacherTarget:
   """The teacher's (pruned, renormalised or OTHER-bucketed) target distribution at temperature T."""
   t_p, t_logp = _teacher_probs(teacher_logits_NxV, temperature)
+  return pruned_target(t_p, t_logp, jax.lax.stop_gradient(teacher_logits_NxV), top_k, top_p, use_other_bucket)
+
+
+def pruned_target(t_p, t_logp, rank_NxV, top_k=None, top_p=None, use_other_bucket=False) -> TeacherTarget:
+  """Target probabilities (and logs) at T pruned to the top-k by `rank_NxV` or to the nucleus of t_p."""
   rows, vocab = t_p.shape
   prune_k = bool(top_k) and top_k < vocab
   prune_p = bool(top_p) and top_p < 1.0
   if not (prune_k or prune_p):
     return TeacherTarget(t_p, t_logp, None, None, jnp.ones((rows,), jnp.float32))
-  kept = top_k_mask(jax.lax.stop_gradient(teacher_logits_NxV), top_k) if prune_k else top_p_mask(t_logp, top_p)
+  kept = top_k_mask(rank_NxV, top_k) if prune_k else top_p_mask(t_logp, top_p)
   kept_p = kept * t_p
   mass_kept = jnp.sum(kept_p, axis=-1)
   if use_other_bucket:
@@ -113,6 +118,31 @@ def teacher_target(teacher_logits_NxV, temperature, top_k=None, top_p=None, use_
   return TeacherTarget(
     kept_p / mass_kept[:, None], kept * (t_logp - log_mass) + pruned * FLOAT_MIN, None, None, mass_kept, kept
   )
+
+
+def mixture_probs(teacher_logits, weights, temperature):
+  """(probs, log-probs) of sum_i w_i softmax(z_i / T) for weights summing to 1 (one teacher: exactly its own).
+
+  The logs come from a log-sum-exp over the teachers, so tokens whose mixture probability underflows
+  keep a finite, exact log."""
+  parts = [_teacher_probs(z, temperature) for z in teacher_logits]
+  probs = sum(w * p for w, (p, _) in zip(weights, parts, strict=True))
+  log_weighted = jnp.stack([jnp.log(jnp.float32(w)) + logp for w, (_, logp) in zip(weights, parts, strict=True)])
+  return probs, jnp.maximum(jax.nn.logsumexp(log_weighted, axis=0), FLOAT_MIN)
+
+
+def mixed_logits(teacher_logits, weights):
+  """sum_i w_i z_i: its softmax at T is the normalised product of the teachers' p_i(T)^w_i (their log-probs'
+  weighted mean, renormalised), at every T, because each log-sum-exp is a per-row constant."""
+  return sum(w * jax.lax.stop_gradient(z).astype(jnp.float32) for w, z in zip(weights, teacher_logits, strict=True))
+
+
+def ensemble_target(teacher_logits, weights, mode: str, temperature, top_k=None, top_p=None, other=False):
+  """The target of an ensemble at T (`mode` probs: the mixture; logprobs: the geometric mean), pruned as a whole."""
+  if mode == "logprobs":
+    return teacher_target(mixed_logits(teacher_logits, weights), temperature, top_k, top_p, other)
+  t_p, t_logp = mixture_probs(teacher_logits, weights, temperature)
+  return pruned_target(t_p, t_logp, t_logp, top_k, top_p, other)
 
 
 def renormalized(target: TeacherTarget) -> TeacherTarget:

@@ -19,7 +19,7 @@ import numpy as np
 from MaxText.config.errors import ConfigError, UserError
 from MaxText.config.views import feature_alignment
 from MaxText.data import teacher_cache
-from MaxText.distill.teacher import cached_teacher, live_teacher
+from MaxText.distill.teacher import abstract_teacher, cached_teacher
 from MaxText.model.params_io import abstract_with_shardings
 from MaxText.parallel import sharding
 from MaxText.training.state import HEAD, make_layout
@@ -116,7 +116,7 @@ def _teacher(config, mesh):
   if config.kd_offline_data_dir:
     index = teacher_cache.lse_index(teacher_cache.temperatures(config), config)
     return cached_teacher(config, index), None
-  source, abstract_params = live_teacher(config, mesh)
+  source, abstract_params = abstract_teacher(config, mesh)
   return source, abstract_with_shardings(abstract_params, source.param_shardings)
 
 

@@ -17,6 +17,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from MaxText.config.teachers import as_plain
 from MaxText.model.params_io import PARAMS, CheckpointError, abstract_with_shardings, first_line
 
 KD_HEAD, TRAIN_STATE, DATA_ITER = "kd_head", "train_state", "data_iter"
@@ -156,4 +157,4 @@ def save_run_config(config) -> None:
     return
   os.makedirs(run_dir(config), exist_ok=True)
   with open(os.path.join(run_dir(config), "config.json"), "w", encoding="utf-8") as f:
-    json.dump(dataclasses.asdict(config), f, indent=1)
+    json.dump({k: as_plain(v) for k, v in dataclasses.asdict(config).items()}, f, indent=1)

@@ -15,7 +15,7 @@ import os
 
 from MaxText.config.errors import ConfigError
 from MaxText.config.paths import check_output_folder
-from MaxText.config.views import MODEL_KEYS, teacher_model_values
+from MaxText.config.views import MODEL_KEYS, teacher_model_values, teacher_specs
 from MaxText.data import teacher_cache
 from MaxText.model.params_io import saved_model_keys
 from MaxText.training import checkpointing
@@ -35,23 +35,29 @@ def _check_paths(config) -> None:
       raise ConfigError(f"{key}: {value!r} does not exist")
 
 
-def _check_teacher_folder(config) -> None:
-  path = config.kd_teacher_parameters_path
-  if not (config.use_kd and path):
+def _check_teacher_folders(config) -> None:
+  if not config.use_kd:
     return
+  values = dataclasses.asdict(config)
+  for index, spec in enumerate(teacher_specs(values)):
+    prefix = f"kd_teachers[{index}]." if config.kd_teachers else "kd_teacher_"
+    keys = (f"{prefix}parameters_path", f"{prefix}overrides", f"{prefix}model_name / {prefix}overrides")
+    _check_teacher_folder(spec.parameters_path, teacher_model_values(values, spec), *keys)
+
+
+def _check_teacher_folder(path: str, teacher: dict, key: str, overrides_key: str, fix: str) -> None:
   if not os.path.isdir(path):
-    raise ConfigError(f"kd_teacher_parameters_path: {path!r} does not exist or is not a folder")
+    raise ConfigError(f"{key}: {path!r} does not exist or is not a folder")
   if not os.access(path, os.R_OK | os.X_OK):
-    raise ConfigError(f"kd_teacher_parameters_path: {path!r} is not readable")
+    raise ConfigError(f"{key}: {path!r} is not readable")
   saved = saved_model_keys(path)
   if saved is None:
     return
-  teacher = teacher_model_values(dataclasses.asdict(config))
-  for key in MODEL_KEYS:
-    if key in saved[1] and key != "scan_layers" and saved[1][key] != teacher[key]:
+  for name in MODEL_KEYS:
+    if name in saved[1] and name != "scan_layers" and saved[1][name] != teacher[name]:
       raise ConfigError(
-        f"kd_teacher_overrides: teacher {key}={teacher[key]!r} but the checkpoint at {os.path.abspath(path)!r} was "
-        f"trained with {key}={saved[1][key]!r} (set kd_teacher_model_name / kd_teacher_overrides)"
+        f"{overrides_key}: teacher {name}={teacher[name]!r} but the checkpoint at {os.path.abspath(path)!r} "
+        f"was trained with {name}={saved[1][name]!r} (set {fix})"
       )
 
 
@@ -67,7 +73,7 @@ def _open_cache(config) -> teacher_cache.CacheView | None:
 def run(config) -> RunFiles:
   """All file checks of a run (or of the offline save job); raises ConfigError naming the key."""
   _check_paths(config)
-  _check_teacher_folder(config)
+  _check_teacher_folders(config)
   return RunFiles(cache=_open_cache(config))
 
 

@@ -12,6 +12,7 @@ import time
 import jax
 
 from MaxText.config.loader import non_default_keys
+from MaxText.config.teachers import normalized_weights
 from MaxText.config.views import feature_alignment
 from MaxText.data import input_pipeline, teacher_cache
 from MaxText.distill.objective import make_loss_fn
@@ -32,6 +33,13 @@ def describe_teacher(config, teacher_params) -> str:
       f"OFFLINE from the teacher cache {config.kd_offline_data_dir} "
       f"(normalization {config.kd_offline_normalization}; no teacher model is loaded)"
     )
+  if config.kd_teachers:
+    weights = normalized_weights(config.kd_teachers)
+    members = ", ".join(
+      f"{spec.name} {spec.parameters_path} (weight {w:.3g}, {decoder.parameter_count(p):,} parameters)"
+      for spec, w, p in zip(config.kd_teachers, weights, teacher_params, strict=True)
+    )
+    return f"ensemble of {len(weights)} frozen teachers, kd_ensemble={config.kd_ensemble}: {members}"
   if not config.kd_teacher_parameters_path:
     return (
       "SELF-DISTILLATION - kd_teacher_parameters_path is empty, so the student's own initial "

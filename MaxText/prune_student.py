@@ -27,7 +27,6 @@ if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from MaxText import config as config_lib  # noqa: E402
-from MaxText.config.loader import parse_overrides  # noqa: E402
 from MaxText.config.paths import check_output_folder  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
 from MaxText.config.views import MODEL_KEYS  # noqa: E402
@@ -35,7 +34,7 @@ from MaxText.data import input_pipeline  # noqa: E402
 from MaxText.distill import pruning  # noqa: E402
 from MaxText.model import params_io  # noqa: E402
 from MaxText.training import preflight  # noqa: E402
-from MaxText.training.runtime import build_corpus, global_batch_size  # noqa: E402
+from MaxText.training.runtime import build_corpus, global_batch_size, with_saved_model_keys  # noqa: E402
 
 REPORT_FILE = "prune_report.json"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -49,20 +48,7 @@ def load_config(argv: list[str]):
     raise config_lib.ConfigError("load_parameters_path: the checkpoint to prune must be given")
   if not first.prune_output_dir:
     raise config_lib.ConfigError("prune_output_dir: the folder to write the pruned checkpoint to must be given")
-  saved = params_io.saved_model_keys(first.load_parameters_path) if os.path.isdir(first.load_parameters_path) else None
-  if saved is None:
-    return first
-  source, keys = saved
-  explicit = parse_overrides(argv[1:])
-  filled = {}
-  for key in (*MODEL_KEYS, *_TOKENIZER_KEYS):
-    if key not in keys or key == "scan_layers":
-      continue
-    if key in explicit and key in MODEL_KEYS and explicit[key] != keys[key]:
-      raise config_lib.ConfigError(f"{key}: {explicit[key]!r} given, but {source} says {keys[key]!r}")
-    if key not in explicit:
-      filled[key] = keys[key]
-  return config_lib.load(argv, filled)
+  return with_saved_model_keys(argv, first)
 
 
 def calibration_batches(config) -> list[dict]:

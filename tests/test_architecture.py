@@ -8,10 +8,11 @@ import sys
 from tests.conftest import REPO
 
 PACKAGE = os.path.join(REPO, "MaxText")
-# config -> parallel -> data -> model -> losses -> distill -> training -> jobs: a package may import
-# its own modules and those of lower rank, never a higher one.
-RANKS = {"config": 0, "parallel": 1, "data": 2, "model": 3, "losses": 4, "distill": 5, "training": 6}
-ENTRY_POINTS = {"train", "save_top_k_teacher_logits", "convert_hf_checkpoint", "train_tokenizer"}
+# config -> parallel -> data -> model -> losses | inference -> distill -> training -> jobs: a package may
+# import its own modules and those of lower rank (losses and inference share one and ignore each other),
+# never a higher one.
+RANKS = {"config": 0, "parallel": 1, "data": 2, "model": 3, "losses": 4, "inference": 4, "distill": 5, "training": 6}
+ENTRY_POINTS = {"train", "save_top_k_teacher_logits", "convert_hf_checkpoint", "train_tokenizer", "decode"}
 FACADES = {"pyconfig", "max_utils"}  # the spec's names, for users: nothing inside the packages uses them
 
 

@@ -1,8 +1,11 @@
-"""GGUF import: logits and tokenizer equal transformers' reading of the same file."""
+"""GGUF import: logits and tokenizer equal transformers' reading of the same file (and, for the real SmolLM2,
+its chat rendering and greedy generation)."""
 
 import importlib.util
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -14,8 +17,10 @@ from gguf_files import CHAT_TEMPLATE, TEXT, train_bpe, write_gguf  # noqa: E402
 from test_hf_convert import _load_ours  # noqa: E402
 
 from MaxText import convert_hf_checkpoint  # noqa: E402
-from MaxText.data import gguf_tokenizer  # noqa: E402
+from MaxText.data import chat, gguf_tokenizer  # noqa: E402
 from MaxText.data.tokenizer import HuggingFaceTokenizer  # noqa: E402
+from MaxText.inference.generate import generate  # noqa: E402
+from MaxText.inference.sampling import Sampling  # noqa: E402
 
 TOL = 1e-4
 SAMPLE = "To be, or not to be: 1601 ways, 42 arrows!\n\n  Whether 'tis nobler <|im_end|> fortune."
@@ -172,3 +177,24 @@ def test_real_smollm2_gguf_matches_transformers(tmp_path):
   saved = transformers.AutoTokenizer.from_pretrained(tmp_path / "ckpt")
   rendered = saved.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
   assert rendered == reference_tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+  # generation: our chat rendering, then greedy decoding of a batch of three prompts of different lengths,
+  # token for token against transformers one prompt at a time. The mask is given: SmolLM2's pad id is its
+  # <|im_end|>, so transformers would otherwise mask the template's own end-of-turn tokens.
+  template, specials = chat.read_chat_template(str(tmp_path / "ckpt"))
+  assert chat.render(template, specials, MESSAGES, add_generation_prompt=True) == rendered
+  questions = ["What is the capital of France?", "Write one sentence about the sea.", "Who wrote Hamlet?"]
+  prompts = [
+    ours_tok.encode(chat.render(template, specials, [{"role": "user", "content": q}], True)) for q in questions
+  ]
+  batch = np.zeros((3, max(map(len, prompts))), np.int32)
+  for row, ids in enumerate(prompts):
+    batch[row, : len(ids)] = ids
+  lengths = jnp.asarray([len(ids) for ids in prompts])
+  got = generate(_load_ours(tmp_path / "ckpt"), jnp.asarray(batch), lengths, jax.random.key(0), Sampling(), 24)
+  for row, ids in enumerate(prompts):
+    x = torch.tensor([ids])
+    with torch.no_grad():
+      want = reference.generate(
+        x, attention_mask=torch.ones_like(x), max_new_tokens=24, do_sample=False, eos_token_id=None
+      )
+    assert np.asarray(got.tokens_BxN[row]).tolist() == want[0, len(ids) :].tolist(), questions[row]

@@ -42,6 +42,7 @@ _ONE_OF = {
   "kd_offline_normalization": ("other_bucket", "renormalize_both", "student_full"),
   "kd_offline_logits_dtype": ("bfloat16", "float32"),
   "prune_layer_metric": ("cosine", "loss"),
+  "decode_sampling_strategy": ("greedy", "weighted", "topk", "nucleus"),
   "kd_divergence": ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl"),
 }
 
@@ -65,6 +66,8 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "max_to_keep",
       "gradient_accumulation_steps",
       "prune_calibration_batches",
+      "max_prefill_predict_length",
+      "decode_max_new_tokens",
     )
   ],
   *[
@@ -76,6 +79,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "normalization_layer_epsilon",
       "init_std",
       "kd_temperature",
+      "decode_sampling_temperature",
     )
   ],
   *[
@@ -94,6 +98,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "prune_mlp_dim",
       "prune_num_query_heads",
       "prune_emb_dim",
+      "decode_sampling_top_k",
     )
   ],
   *[
@@ -110,6 +115,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
   ("kd_alpha_end", lambda v: v == -1.0 or 0.0 <= v <= 1.0, "a value in [0, 1] (or -1 = unset)"),
   ("kd_skew_alpha", lambda v: 0.0 <= v < 1.0, "a value in [0, 1) (1 would compare a distribution with itself)"),
   ("kd_beta", _non_negative, "a number >= 0"),
+  ("decode_sampling_nucleus_p", lambda v: 0.0 < v <= 1.0, "a value in (0, 1]"),
   ("kd_beta_end", lambda v: v == -1.0 or v >= 0, "a number >= 0 (or -1 = unset)"),
   ("kd_temperature_end", lambda v: v == -1.0 or v > 0, "a positive number (or -1 = unset)"),
   *[(k, lambda v: 0.0 <= v < 1.0, "a value in [0, 1)") for k in ("adam_b1", "adam_b2")],
@@ -130,6 +136,29 @@ def _check_relations(v: dict[str, Any]) -> None:
     raise ConfigError(f"dataset_path: required for dataset_type={v['dataset_type']}")
   if v["tokenizer_type"] != "byte" and not v["tokenizer_path"]:
     raise ConfigError(f"tokenizer_path: required for tokenizer_type={v['tokenizer_type']}")
+  _check_decode(v)
+
+
+def _check_decode(v: dict[str, Any]) -> None:
+  strategy = v["decode_sampling_strategy"]
+  if strategy == "topk" and not 1 <= v["decode_sampling_top_k"] <= v["vocab_size"]:
+    raise ConfigError(
+      f"decode_sampling_top_k: topk needs 1..vocab_size ({v['vocab_size']}), got {v['decode_sampling_top_k']}"
+    )
+  if strategy != "topk" and v["decode_sampling_top_k"]:
+    raise ConfigError(f"decode_sampling_top_k: has no effect with decode_sampling_strategy={strategy} (use topk)")
+  if strategy != "nucleus" and v["decode_sampling_nucleus_p"] != 1.0:
+    raise ConfigError(
+      f"decode_sampling_nucleus_p: has no effect with decode_sampling_strategy={strategy} (use nucleus)"
+    )
+  if strategy == "greedy" and v["decode_sampling_temperature"] != 1.0:
+    raise ConfigError("decode_sampling_temperature: has no effect with greedy decoding (argmax ignores it)")
+  try:
+    [int(t) for t in v["decode_stop_tokens"].split(",") if t.strip()]
+  except ValueError:
+    raise ConfigError(
+      f"decode_stop_tokens: expected comma-separated token ids, got {v['decode_stop_tokens']!r}"
+    ) from None
 
 
 def validate_values(values: dict[str, Any]) -> None:

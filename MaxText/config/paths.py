@@ -20,6 +20,8 @@ PATH_KEYS = (
   "kd_offline_data_dir",
   "kd_offline_output_dir",
   "prune_output_dir",
+  "decode_input_path",
+  "decode_output_path",
 )
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 

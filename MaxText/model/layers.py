@@ -52,23 +52,27 @@ def apply_rope(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, inv_freq_K2: jax.
   return rotated.astype(x_BxLxHxK.dtype)
 
 
-def attention_block(p: dict, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config):
-  """Pre-norm attention of one layer: (normed input, per-head attention output, projected output)."""
-  dtype = x_BxLxD.dtype
+def project_qkv(p: dict, h_BxLxD, positions_BxL, inv_freq, config):
+  """Queries [B, L, H, K], keys and values [B, L, G, K] of the normed input: biases, QK-norm, RoPE."""
+  dtype = h_BxLxD.dtype
   eps = config.normalization_layer_epsilon
-  h = rms_norm(x_BxLxD, p["attn_norm"], eps)
-  q = jnp.einsum("bld,dhk->blhk", h, p["query"].astype(dtype))
-  k = jnp.einsum("bld,dhk->blhk", h, p["key"].astype(dtype))
-  v = jnp.einsum("bld,dhk->blhk", h, p["value"].astype(dtype))
+  q = jnp.einsum("bld,dhk->blhk", h_BxLxD, p["query"].astype(dtype))
+  k = jnp.einsum("bld,dhk->blhk", h_BxLxD, p["key"].astype(dtype))
+  v = jnp.einsum("bld,dhk->blhk", h_BxLxD, p["value"].astype(dtype))
   if config.use_qkv_bias:
     q, k, v = q + p["query_bias"].astype(dtype), k + p["key_bias"].astype(dtype), v + p["value_bias"].astype(dtype)
   if config.use_qk_norm:
     q = rms_norm(q, p["q_norm"], eps)
     k = rms_norm(k, p["k_norm"], eps)
-  q = apply_rope(q, positions_BxL, inv_freq)
-  k = apply_rope(k, positions_BxL, inv_freq)
+  return apply_rope(q, positions_BxL, inv_freq), apply_rope(k, positions_BxL, inv_freq), v
+
+
+def attention_block(p: dict, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config):
+  """Pre-norm attention of one layer: (normed input, per-head attention output, projected output)."""
+  h = rms_norm(x_BxLxD, p["attn_norm"], config.normalization_layer_epsilon)
+  q, k, v = project_qkv(p, h, positions_BxL, inv_freq, config)
   attended_BxLxHxK = attend(q, k, v, segment_ids_BxL, config.attention)
-  return h, attended_BxLxHxK, jnp.einsum("blhk,hkd->bld", attended_BxLxHxK, p["out"].astype(dtype))
+  return h, attended_BxLxHxK, jnp.einsum("blhk,hkd->bld", attended_BxLxHxK, p["out"].astype(x_BxLxD.dtype))
 
 
 def mlp_block(p: dict, x_BxLxD, config):

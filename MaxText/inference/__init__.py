@@ -1,0 +1,1 @@
+"""Generation: sampling rules and the KV-cached generation loop (model -> inference -> distill)."""

@@ -13,6 +13,7 @@ from MaxText.data import chat
 from MaxText.inference.generate import generate, generate_without_cache
 from MaxText.inference.sampling import Sampling, sample, truncated_logits
 from MaxText.model import kv_cache
+from tests.chat_files import CHAT_TEMPLATE, chat_tokenizer_folder
 from tests.conftest import TINY, run_train
 
 torch = pytest.importorskip("torch")
@@ -152,12 +153,6 @@ def test_sampling_frequencies_follow_the_truncated_distribution(sampling, kept):
 
 # --- chat templates ---
 
-TEMPLATE = (
-  "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-  "{{ '<|im_start|>system\nYou are helpful.<|im_end|>\n' }}{% endif %}"
-  "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
-  "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 CONVERSATION = [
   {"role": "user", "content": "Name a colour."},
   {"role": "assistant", "content": "Blue."},
@@ -165,28 +160,13 @@ CONVERSATION = [
 ]
 
 
-def _tokenizer_folder(tmp_path):
-  from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-  tok = Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|im_start|>", "<|im_end|>"])
-  tok.train_from_iterator(["Name a colour. Blue. Another? You are helpful."], trainer)
-  folder = tmp_path / "tok"
-  folder.mkdir()
-  tok.save(str(folder / "tokenizer.json"))
-  config = {"chat_template": TEMPLATE, "eos_token": "<|im_end|>", "bos_token": "<|im_start|>"}
-  (folder / "tokenizer_config.json").write_text(json.dumps(config))
-  return folder
-
-
 def test_chat_template_renders_as_transformers_does(tmp_path):
-  folder = _tokenizer_folder(tmp_path)
+  folder = chat_tokenizer_folder(tmp_path / "tok")
   template, specials = chat.read_chat_template(str(folder))
   reference = transformers.PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
   for add in (True, False):
     want = reference.apply_chat_template(
-      CONVERSATION, chat_template=TEMPLATE, add_generation_prompt=add, tokenize=False
+      CONVERSATION, chat_template=CHAT_TEMPLATE, add_generation_prompt=add, tokenize=False
     )
     assert chat.render(template, specials, CONVERSATION, add) == want
 

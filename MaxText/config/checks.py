@@ -137,6 +137,10 @@ def _check_relations(v: dict[str, Any]) -> None:
   if v["tokenizer_type"] != "byte" and not v["tokenizer_path"]:
     raise ConfigError(f"tokenizer_path: required for tokenizer_type={v['tokenizer_type']}")
   _check_decode(v)
+  if v["use_sft"] and v["dataset_type"] not in ("jsonl", "parquet"):
+    raise ConfigError(f"dataset_type: use_sft reads conversations from jsonl or parquet, got {v['dataset_type']}")
+  if v["use_sft"] and v["tokenizer_type"] != "huggingface":
+    raise ConfigError("tokenizer_type: use_sft needs a huggingface tokenizer folder with a chat_template")
 
 
 def _check_decode(v: dict[str, Any]) -> None:

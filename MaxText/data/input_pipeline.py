@@ -1,4 +1,5 @@
-"""Grain input pipelines: synthetic, plain text, JSONL, Parquet and pre-tokenized ArrayRecord.
+"""Grain input pipelines: synthetic, plain text, JSONL, Parquet, pre-tokenized ArrayRecord, and SFT
+conversations (data/sft.py: one example per conversation, packed whole, loss on assistant tokens).
 
 Every source becomes a random-access dataset of token sequences. A fixed pseudo-random mark per
 sequence (seeded, independent of the shuffle seed) decides the train/eval split; each process
@@ -19,7 +20,7 @@ import jax
 import numpy as np
 
 from MaxText.config.errors import BadInputError, MissingFieldError, MissingFileError
-from MaxText.data import array_records
+from MaxText.data import array_records, sft
 from MaxText.data.tokenizer import Tokenizer, encode_documents
 
 _SPLIT_SEED = 20240607  # fixed: the train/eval split must not move when the shuffle seed does
@@ -149,7 +150,7 @@ def _pad_example(example: dict, length: int) -> dict:
   pad = lambda x: np.pad(x, (0, length - n))
   segmentation = pad(np.ones(n, np.int32))
   positions = pad(np.arange(n, dtype=np.int32))
-  return {
+  padded = {
     "inputs": pad(example["inputs"]),
     "targets": pad(example["targets"]),
     "inputs_segment_ids": segmentation,
@@ -157,15 +158,21 @@ def _pad_example(example: dict, length: int) -> dict:
     "inputs_positions": positions,
     "targets_positions": positions,
   }
+  if "targets_mask" in example:
+    padded["targets_mask"] = pad(example["targets_mask"])
+  return padded
 
 
 def _to_maxtext_names(batch: dict) -> dict:
+  targets_segmentation = batch["targets_segment_ids"]
+  if "targets_mask" in batch:  # SFT: a target outside the assistant's turns is no target (segmentation 0)
+    targets_segmentation = targets_segmentation * batch["targets_mask"]
   return {
     "inputs": batch["inputs"],
     "inputs_position": batch["inputs_positions"],
     "inputs_segmentation": batch["inputs_segment_ids"],
     "targets": batch["targets"],
-    "targets_segmentation": batch["targets_segment_ids"],
+    "targets_segmentation": targets_segmentation,
   }
 
 
@@ -182,7 +189,10 @@ class TokenizedCorpus:
 
   def __init__(self, config, tokenizer: Tokenizer | None):
     self.lazy = config.dataset_type == "arrayrecord"
-    if self.lazy:
+    self.sft = config.use_sft
+    if self.sft:  # one example per conversation, with its loss mask
+      self.source = sft.sft_examples(config, tokenizer, expand_paths(config.dataset_path))
+    elif self.lazy:
       self.source = array_records.open_records(expand_paths(config.dataset_path), "dataset_path")
     else:
       documents = encode_documents(tokenizer, read_texts(config), config.add_bos, config.add_eos)
@@ -214,10 +224,17 @@ def make_iterator(config, corpus: TokenizedCorpus | None, split: str, batch_size
   it_ds = ds.repeat(None).to_iter_dataset()
   if corpus is not None and corpus.lazy:
     it_ds = grain.experimental.FlatMapIterDataset(it_ds, _Windows(length))
-  it_ds = it_ds.map(_example)
+  is_sft = corpus is not None and corpus.sft
+  if not is_sft:
+    it_ds = it_ds.map(_example)
   if config.packing:
+    lengths = {"inputs": length, "targets": length, **({"targets_mask": length} if is_sft else {})}
     it_ds = grain.experimental.FirstFitPackIterDataset(
-      it_ds, length_struct={"inputs": length, "targets": length}, num_packing_bins=batch_size, shuffle_bins=False
+      it_ds,
+      length_struct=lengths,
+      num_packing_bins=batch_size,
+      shuffle_bins=False,
+      meta_features=("targets_mask",) if is_sft else (),
     )
   else:
     it_ds = it_ds.map(lambda ex: _pad_example(ex, length))

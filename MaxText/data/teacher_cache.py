@@ -1,7 +1,8 @@
 """The offline-distillation cache: record layout, manifest, the checks against a run, and the reader.
 
 One record per packed sequence, fixed layout (sizes from the manifest), little-endian:
-  inputs, targets, positions, segmentation  int32 [L] each
+  inputs, targets, positions, input and target segmentation   int32 [L] each (SFT: targets outside
+                                                             the assistant's turns have segmentation 0)
   top-k raw teacher logits                  bfloat16 or float32 [L, k] (largest first)
   their token ids                           int32 [L, k]
   teacher log-sum-exp of logits / T         float32 [n_T, L], T = 1 first, then kd_offline_temperatures
@@ -28,11 +29,11 @@ from MaxText.config.errors import UserError
 from MaxText.config.views import kd_vocab
 from MaxText.data import array_records
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: targets_segmentation stored (1 assumed it equal to the inputs')
 MANIFEST = "manifest.json"
 CACHE_FILES = ("shard-*.array_record", "progress-*.json", "manifest.json", "*.tmp")  # all the save job writes
 VALUE_DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
-TOKEN_FIELDS = ("inputs", "targets", "inputs_position", "inputs_segmentation")
+TOKEN_FIELDS = ("inputs", "targets", "inputs_position", "inputs_segmentation", "targets_segmentation")
 
 
 class CacheError(UserError, ValueError):
@@ -72,7 +73,6 @@ class RecordLayout:
       count = int(np.prod(shape))
       row[name] = np.frombuffer(record, dtype, count, offset).reshape(shape)
       offset += count * np.dtype(dtype).itemsize
-    row["targets_segmentation"] = row["inputs_segmentation"]
     return row
 
 

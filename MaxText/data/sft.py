@@ -1,0 +1,88 @@
+"""Supervised fine-tuning data: conversations rendered with the chat template, loss on assistant tokens.
+
+A record holds a list of messages (`train_data_columns`, default `messages`: [{role, content}, ...], as
+TRL and MaxText take them) in a JSONL or Parquet file. The conversation is rendered with the tokenizer's
+chat template and tokenized once; with `sft_train_on_completion_only` only the tokens of assistant turns
+(their text and the template's end-of-turn tokens after it) are targets of the loss. Which tokens those
+are is found by rendering prefixes: the tokens of `messages[:i]` followed by the generation prompt end
+where assistant message i begins, and those of `messages[:i + 1]` where it ends. A template whose
+prefixes are not prefixes of the whole rendering is refused, naming the record.
+
+The mask reaches the loss through `targets_segmentation` (0 = not a target), the field every loss
+already weights tokens by, so plain CE, online KD and offline KD (whose cache stores the field) all
+train on assistant tokens only, while attention still sees the whole conversation (`inputs_segmentation`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from MaxText.config.errors import BadInputError, MissingFieldError
+from MaxText.data import chat
+
+
+def _conversations_jsonl(path: str, column: str) -> list[list[dict]]:
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        raise BadInputError(f"dataset_path: {path}:{number} is not valid JSON") from None
+      if column not in record:
+        raise MissingFieldError(f"train_data_columns: {path}:{number} has no field {column!r}")
+      records.append(chat.check_messages(record[column], f"train_data_columns: {path}:{number}"))
+  return records
+
+
+def _conversations_parquet(path: str, column: str) -> list[list[dict]]:
+  import pyarrow.parquet as pq
+
+  table = pq.read_table(path)
+  if column not in table.column_names:
+    raise MissingFieldError(f"train_data_columns: parquet file {path!r} has no column {column!r}")
+  where = lambda i: f"train_data_columns: parquet file {path!r} row {i}"
+  return [chat.check_messages(m, where(i)) for i, m in enumerate(table.column(column).to_pylist())]
+
+
+def read_conversations(config, files: list[str]) -> list[list[dict]]:
+  read = _conversations_jsonl if config.dataset_type == "jsonl" else _conversations_parquet
+  return [conversation for path in files for conversation in read(path, config.train_data_columns)]
+
+
+def encode_conversation(tokenizer, template: tuple[str, dict], messages: list[dict], completion_only: bool, where: str):
+  """(tokens, 1.0 where the token is an assistant token to learn) of one conversation, both int32 [n]."""
+  render = lambda msgs, prompt: tokenizer.encode(chat.render(*template, msgs, add_generation_prompt=prompt))
+  tokens = render(messages, False)
+  trained = np.zeros(len(tokens), np.int32) if completion_only else np.ones(len(tokens), np.int32)
+  for i, message in enumerate(messages):
+    if not completion_only or message["role"] != "assistant":
+      continue
+    before, through = render(messages[:i], True), render(messages[: i + 1], False)
+    if tokens[: len(through)] != through or through[: len(before)] != before:
+      raise BadInputError(
+        f"{where}: the chat template does not render message {i}'s prefix as a prefix of the conversation, "
+        "so its assistant tokens cannot be found (set sft_train_on_completion_only=false to train on all)"
+      )
+    trained[len(before) : len(through)] = 1
+  return np.asarray(tokens, np.int32), trained
+
+
+def sft_examples(config, tokenizer, files: list[str]) -> list[dict]:
+  """One example per conversation: inputs, targets and the targets' loss mask, cut to max_target_length."""
+  template = chat.read_chat_template(config.tokenizer_path)
+  examples = []
+  for index, messages in enumerate(read_conversations(config, files)):
+    where = f"dataset_path: conversation {index}"
+    tokens, trained = encode_conversation(tokenizer, template, messages, config.sft_train_on_completion_only, where)
+    tokens, trained = tokens[: config.max_target_length + 1], trained[: config.max_target_length + 1]
+    if len(tokens) < 2 or not trained[1:].any():
+      continue  # nothing to learn from (e.g. its assistant turn lies beyond max_target_length)
+    examples.append({"inputs": tokens[:-1], "targets": tokens[1:], "targets_mask": trained[1:]})
+  if not examples:
+    raise BadInputError("dataset_path: no conversation has an assistant token within max_target_length")
+  return examples

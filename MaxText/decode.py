@@ -18,8 +18,6 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -28,8 +26,7 @@ from MaxText import config as config_lib  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
 from MaxText.data import chat  # noqa: E402
 from MaxText.data.tokenizer import build_tokenizer, check_fits_model  # noqa: E402
-from MaxText.inference.generate import generate  # noqa: E402
-from MaxText.inference.sampling import Sampling  # noqa: E402
+from MaxText.inference import runner  # noqa: E402
 from MaxText.model import decoder  # noqa: E402
 from MaxText.model.params_io import load_params  # noqa: E402
 from MaxText.parallel import sharding  # noqa: E402
@@ -76,15 +73,10 @@ def read_prompts(config) -> list[dict]:
 
 def encode_prompts(config, tokenizer, prompts: list[dict]) -> list[list[int]]:
   """Token ids of each prompt: chat-rendered messages as they are, plain text after the BOS token."""
-  template = None
+  template = runner.template_of(config, prompts)
   encoded = []
   for index, record in enumerate(prompts):
-    if "messages" in record:
-      template = template or chat.read_chat_template(config.tokenizer_path)
-      ids = tokenizer.encode(chat.render(*template, record["messages"], add_generation_prompt=True))
-    else:
-      bos = [tokenizer.bos_id] if config.add_bos and tokenizer.bos_id is not None else []
-      ids = bos + tokenizer.encode(record["prompt"])
+    ids = runner.encode_prompt(config, tokenizer, template, record)
     if not 1 <= len(ids) <= config.max_prefill_predict_length:
       raise config_lib.ConfigError(
         f"max_prefill_predict_length: prompt {index} has {len(ids)} tokens "
@@ -92,20 +84,6 @@ def encode_prompts(config, tokenizer, prompts: list[dict]) -> list[list[int]]:
       )
     encoded.append(ids)
   return encoded
-
-
-def stop_ids(config, tokenizer) -> tuple[int, ...]:
-  listed = tuple(int(t) for t in config.decode_stop_tokens.split(",") if t.strip())
-  return listed or ((tokenizer.eos_id,) if tokenizer.eos_id is not None else ())
-
-
-def _padded(batch: list[list[int]], rows: int, length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-  """[rows, length] right-padded prompts and their lengths (missing rows repeat the first prompt)."""
-  batch = batch + [batch[0]] * (rows - len(batch))
-  tokens = np.full((rows, length), pad_id, np.int32)
-  for row, ids in enumerate(batch):
-    tokens[row, : len(ids)] = ids
-  return tokens, np.asarray([len(ids) for ids in batch], np.int32)
 
 
 def run(config) -> list[dict]:
@@ -117,24 +95,14 @@ def run(config) -> list[dict]:
   mesh = sharding.create_mesh(config)
   graphdef, abstract, axes = decoder.split_params(decoder.abstract_model(config))
   params = load_params(config.load_parameters_path, abstract, sharding.logical_shardings(axes, abstract, mesh))
-  rows, pad_id = global_batch_size(config), getattr(tokenizer, "pad_id", 0)
-  stops, sampling = stop_ids(config, tokenizer), Sampling.from_config(config)
-
-  @jax.jit
-  def generate_batch(params, tokens, lengths, key):
-    model = decoder.bind(graphdef, params)
-    return generate(model, tokens, lengths, key, sampling, config.decode_max_new_tokens, stops, pad_id)
-
+  rows, stops = global_batch_size(config), runner.stop_ids(config, tokenizer)
+  generator = runner.BatchGenerator(config, graphdef, params, rows, stops, getattr(tokenizer, "pad_id", 0))
   records, key = [], jax.random.key(config.seed)
-  longest = max(len(ids) for ids in encoded)
   with jax.set_mesh(mesh):
     for start in range(0, len(encoded), rows):
-      tokens, lengths = _padded(encoded[start : start + rows], rows, longest, pad_id)
       key, subkey = jax.random.split(key)
-      out = generate_batch(params, jnp.asarray(tokens), jnp.asarray(lengths), subkey)
-      generated, counts = np.asarray(out.tokens_BxN), np.asarray(out.lengths_B)
-      for row, prompt in enumerate(prompts[start : start + rows]):
-        ids = generated[row, : counts[row]].tolist()
+      outputs = generator(encoded[start : start + rows], subkey)
+      for prompt, (ids, _) in zip(prompts[start : start + rows], outputs, strict=True):
         completion = tokenizer.decode([t for t in ids if t not in stops])
         records.append({**prompt, "completion": completion, "completion_ids": ids})
   if config.decode_output_path:

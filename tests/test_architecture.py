@@ -12,7 +12,14 @@ PACKAGE = os.path.join(REPO, "MaxText")
 # import its own modules and those of lower rank (losses and inference share one and ignore each other),
 # never a higher one.
 RANKS = {"config": 0, "parallel": 1, "data": 2, "model": 3, "losses": 4, "inference": 4, "distill": 5, "training": 6}
-ENTRY_POINTS = {"train", "save_top_k_teacher_logits", "convert_hf_checkpoint", "train_tokenizer", "decode"}
+ENTRY_POINTS = {
+  "train",
+  "save_top_k_teacher_logits",
+  "convert_hf_checkpoint",
+  "train_tokenizer",
+  "decode",
+  "generate_distillation_data",
+}
 FACADES = {"pyconfig", "max_utils"}  # the spec's names, for users: nothing inside the packages uses them
 
 

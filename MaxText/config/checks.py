@@ -68,6 +68,8 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "prune_calibration_batches",
       "max_prefill_predict_length",
       "decode_max_new_tokens",
+      "generation_samples_per_prompt",
+      "generation_prompts_per_shard",
     )
   ],
   *[

@@ -22,6 +22,7 @@ PATH_KEYS = (
   "prune_output_dir",
   "decode_input_path",
   "decode_output_path",
+  "generation_output_dir",
 )
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 

@@ -1,0 +1,70 @@
+"""What the generation jobs share: prompts to token ids (chat-rendered or plain) and a jitted batch generator
+over loaded parameters on the training mesh."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from MaxText.config.errors import ConfigError
+from MaxText.data import chat
+from MaxText.inference.generate import generate
+from MaxText.inference.sampling import Sampling
+from MaxText.model import decoder
+
+
+def encode_prompt(config, tokenizer, template, record: dict) -> list[int]:
+  """A prompt record's token ids: `messages` chat-rendered up to the generation prompt, `prompt` after BOS."""
+  if "messages" in record:
+    return tokenizer.encode(chat.render(*template, record["messages"], add_generation_prompt=True))
+  bos = [tokenizer.bos_id] if config.add_bos and tokenizer.bos_id is not None else []
+  return bos + tokenizer.encode(record["prompt"])
+
+
+def stop_ids(config, tokenizer) -> tuple[int, ...]:
+  """decode_stop_tokens, or the tokenizer's eos."""
+  listed = tuple(int(t) for t in config.decode_stop_tokens.split(",") if t.strip())
+  return listed or ((tokenizer.eos_id,) if tokenizer.eos_id is not None else ())
+
+
+def needs_template(records: list[dict]) -> bool:
+  return any("messages" in r for r in records)
+
+
+def template_of(config, records: list[dict]):
+  """The tokenizer's chat template when any record has messages (read once), else None."""
+  if not needs_template(records):
+    return None
+  if config.tokenizer_type != "huggingface":
+    raise ConfigError("tokenizer_type: messages need a huggingface tokenizer folder with a chat_template")
+  return chat.read_chat_template(config.tokenizer_path)
+
+
+class BatchGenerator:
+  """Generates for lists of prompts (token ids) in batches of `rows`, right-padded, one compile per prompt length."""
+
+  def __init__(self, config, graphdef, params, rows: int, stops: tuple[int, ...], pad_id: int):
+    self.rows, self.stops, self.pad_id = rows, stops, pad_id
+    sampling, new_tokens = Sampling.from_config(config), config.decode_max_new_tokens
+
+    def generate_batch(params, tokens, lengths, key):
+      return generate(decoder.bind(graphdef, params), tokens, lengths, key, sampling, new_tokens, stops, pad_id)
+
+    self.params, self._generate = params, jax.jit(generate_batch)
+
+  def __call__(self, prompts: list[list[int]], key) -> list[tuple[list[int], bool]]:
+    """(generated ids, whether a stop token ended them) per prompt; at most `rows` prompts."""
+    assert 0 < len(prompts) <= self.rows
+    filled = prompts + [prompts[0]] * (self.rows - len(prompts))  # spare rows repeat the first prompt
+    tokens = np.full((self.rows, max(map(len, filled))), self.pad_id, np.int32)
+    for row, ids in enumerate(filled):
+      tokens[row, : len(ids)] = ids
+    lengths = jnp.asarray([len(ids) for ids in filled], jnp.int32)
+    out = self._generate(self.params, jnp.asarray(tokens), lengths, key)
+    generated, counts = np.asarray(out.tokens_BxN), np.asarray(out.lengths_B)
+    results = []
+    for row in range(len(prompts)):
+      ids = generated[row, : counts[row]].tolist()
+      results.append((ids, bool(ids) and ids[-1] in self.stops))
+    return results

@@ -44,6 +44,7 @@ _ONE_OF = {
   "prune_layer_metric": ("cosine", "loss"),
   "decode_sampling_strategy": ("greedy", "weighted", "topk", "nucleus"),
   "kd_divergence": ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl"),
+  "kd_on_policy_divergence": ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl"),
 }
 
 _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
@@ -82,6 +83,8 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "init_std",
       "kd_temperature",
       "decode_sampling_temperature",
+      "kd_on_policy_temperature",
+      "kd_on_policy_max_new_tokens",
     )
   ],
   *[
@@ -112,6 +115,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "kd_alpha",
       "kd_top_p",
       "kd_jsd_beta",
+      "kd_on_policy_fraction",
     )
   ],
   ("kd_alpha_end", lambda v: v == -1.0 or 0.0 <= v <= 1.0, "a value in [0, 1] (or -1 = unset)"),

@@ -59,11 +59,34 @@ def _check_kd(v: dict[str, Any]) -> None:
   _check_divergence(v)
   _check_vocab(v)
   _check_ensemble(v)
+  _check_on_policy(v)
   if not v["kd_teacher_parameters_path"] and (v["kd_teacher_model_name"] or v["kd_teacher_overrides"]):
     raise ConfigError(
       "kd_teacher_model_name: a teacher architecture needs kd_teacher_parameters_path "
       "(empty path = self-distillation from the student's own initial parameters)"
     )
+
+
+_ON_POLICY_KEYS = ("kd_on_policy_max_new_tokens", "kd_on_policy_temperature", "kd_on_policy_divergence")
+
+
+def _check_on_policy(v: dict[str, Any]) -> None:
+  if not v["kd_on_policy_fraction"]:
+    stray = _changed(v, _ON_POLICY_KEYS)
+    if stray:
+      raise ConfigError(f"{stray[0]}: has no effect with kd_on_policy_fraction=0 (on-policy KD is off)")
+    return
+  if v["kd_offline_data_dir"]:
+    raise ConfigError("kd_on_policy_fraction: needs a live teacher to score the student's samples, not a cache")
+  if v["kd_use_hard_labels"]:
+    raise ConfigError("kd_on_policy_fraction: on-policy steps use kd_on_policy_divergence, not hard labels")
+  if v["kd_on_policy_max_new_tokens"] >= v["max_target_length"]:
+    raise ConfigError(
+      f"kd_on_policy_max_new_tokens: {v['kd_on_policy_max_new_tokens']} leaves no prompt in "
+      f"max_target_length={v['max_target_length']}"
+    )
+  if v["gradient_accumulation_steps"] > 1:
+    raise ConfigError("kd_on_policy_fraction: not available with gradient_accumulation_steps > 1 (yet)")
 
 
 def _check_vocab(v: dict[str, Any]) -> None:
@@ -73,9 +96,10 @@ def _check_vocab(v: dict[str, Any]) -> None:
 
 def _check_divergence(v: dict[str, Any]) -> None:
   name = v["kd_divergence"]
-  if name != "jsd" and _changed(v, ["kd_jsd_beta"]):
+  used = {name, v["kd_on_policy_divergence"]} if v["kd_on_policy_fraction"] else {name}
+  if "jsd" not in used and _changed(v, ["kd_jsd_beta"]):
     raise ConfigError(f"kd_jsd_beta: has no effect with kd_divergence={name} (it is jsd's beta)")
-  if not name.startswith("skew_") and _changed(v, ["kd_skew_alpha"]):
+  if not any(n.startswith("skew_") for n in used) and _changed(v, ["kd_skew_alpha"]):
     raise ConfigError(f"kd_skew_alpha: has no effect with kd_divergence={name} (it is the skew KLs' alpha)")
   if name != "forward_kl" and v["kd_offline_data_dir"] and v["kd_offline_normalization"] == "student_full":
     raise ConfigError(

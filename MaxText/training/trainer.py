@@ -7,6 +7,7 @@ source `distill.teacher.build_teacher` returns and, for the cache, where the bat
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -15,8 +16,11 @@ from MaxText.config.loader import non_default_keys
 from MaxText.config.teachers import normalized_weights
 from MaxText.config.views import feature_alignment
 from MaxText.data import input_pipeline, teacher_cache
+from MaxText.data.tokenizer import build_tokenizer
+from MaxText.distill import on_policy
 from MaxText.distill.objective import make_loss_fn
 from MaxText.distill.teacher import build_teacher
+from MaxText.losses.divergence_family import Divergence
 from MaxText.model import decoder
 from MaxText.model.params_io import load_params
 from MaxText.parallel import sharding
@@ -82,6 +86,7 @@ class Trainer:
     self.manager = checkpointing.create_manager(config) if config.enable_checkpointing else None
     self.state, self.start_step = self._initial_state()
     self.train_step = jit_train_step(config, layout, self.source, self.batch_sharding)
+    self.on_policy = self._on_policy_steps()
     # eval batches come from the pipeline: a cached teacher does not cover them, so that eval is the student's CE
     evaluates_teacher = self.source is not None and self.source.in_eval
     self.eval_teacher = self.teacher if evaluates_teacher else None
@@ -93,6 +98,41 @@ class Trainer:
       make_eval_step(eval_loss_fn),
       in_shardings=(trainable_shardings, teacher_shardings, self.batch_sharding, None),
     )
+
+  def _on_policy_steps(self):
+    """(jitted sampler, jitted step) of on-policy KD (distill/on_policy.py), or None when it is off."""
+    config = self.config
+    if not config.kd_on_policy_fraction:
+      return None
+    step_config = on_policy.on_policy_config(config)
+    source = dataclasses.replace(self.source, kind=Divergence.from_config(step_config))
+    step = jit_train_step(step_config, self.layout, source, self.batch_sharding)
+    eos = build_tokenizer(config.tokenizer_type, config.tokenizer_path).eos_id
+    graphdef, temperature, new_tokens = (
+      self.layout.graphdef,
+      config.kd_on_policy_temperature,
+      config.kd_on_policy_max_new_tokens,
+    )
+
+    def sample(params, batch, key):
+      model = decoder.bind(graphdef, params)
+      return on_policy.sampled_batch(model, batch, key, temperature, new_tokens, () if eos is None else (eos,))
+
+    shardings = (self.layout.param_shardings, self.batch_sharding, None)
+    return jax.jit(sample, in_shardings=shardings, out_shardings=self.batch_sharding), step
+
+  def _train_one(self, step: int, batch: dict) -> dict:
+    """One update; on an on-policy step the student first rewrites the batch with its own samples."""
+    if self.on_policy is None or not on_policy.is_on_policy_step(self.config, step):
+      self.state, device_metrics = self.train_step(self.state, self.teacher, batch)
+      return device_metrics if self.on_policy is None else {**device_metrics, "kd/on_policy": 0.0}
+    sampler, on_policy_step = self.on_policy
+    started = time.perf_counter()
+    key = jax.random.fold_in(jax.random.key(self.config.seed), step)
+    batch = jax.block_until_ready(sampler(self.state["params"], batch, key))
+    generation_s = time.perf_counter() - started
+    self.state, device_metrics = on_policy_step(self.state, self.teacher, batch)
+    return {**device_metrics, "kd/on_policy": 1.0, "kd/generation_s": generation_s}
 
   def _train_iterator(self, cache: teacher_cache.CacheView | None):
     local_batch = self.batch_size // jax.process_count()
@@ -136,7 +176,7 @@ class Trainer:
       with jax.set_mesh(self.mesh):
         for step in range(self.start_step + 1, config.steps + 1):
           batch = to_global(next(self.train_iter), self.batch_sharding)
-          self.state, device_metrics = self.train_step(self.state, self.teacher, batch)
+          device_metrics = self._train_one(step, batch)
           if pending is not None:
             logger.add_step(*pending)
           pending = (step, device_metrics)

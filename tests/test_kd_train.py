@@ -154,3 +154,22 @@ def test_unreadable_teacher_checkpoint_is_a_one_line_error(tmp_path):
   proc = run_train(tmp_path, *TINY, "steps=1", "use_kd=true", f"kd_teacher_parameters_path={empty}", check=False)
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1].startswith(f"error: parameters checkpoint '{empty}' cannot be read")
+
+
+def test_a_teacher_with_another_tokenizer_is_refused_naming_both_vocabularies(tmp_path):
+  from flax import nnx
+
+  from MaxText.model import decoder, params_io
+  from tests.chat_files import chat_tokenizer_folder
+
+  teacher = tmp_path / "teacher"
+  config = pyconfig.from_dict({"model_name": "tiny", "dtype": "float32"})
+  params_io.save_params(str(teacher), decoder.split_params(decoder.Decoder(config, nnx.Rngs(0)))[1])
+  chat_tokenizer_folder(teacher, vocab_size=300)  # the teacher folder carries its tokenizer, as converted ones do
+  same, other = chat_tokenizer_folder(tmp_path / "same", 300), chat_tokenizer_folder(tmp_path / "other", 290)
+  keys = ["base.yml", "model_name=tiny", "use_kd=true", f"kd_teacher_parameters_path={teacher}"]
+  keys += ["tokenizer_type=huggingface", "dataset_type=synthetic"]
+  pyconfig.initialize([*keys, f"tokenizer_path={same}"])  # one vocabulary: accepted
+  message = r"kd_teacher_parameters_path: the teacher's tokenizer \(300 tokens, vocabulary \w+\) is not the student's"
+  with pytest.raises(ConfigError, match=message + r" tokenizer_path \(290 tokens, vocabulary \w+\)"):
+    pyconfig.initialize([*keys, f"tokenizer_path={other}"])

@@ -10,6 +10,7 @@ before anything is built or compiled. It returns what later steps need from thos
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 
@@ -61,6 +62,40 @@ def _check_teacher_folder(path: str, teacher: dict, key: str, overrides_key: str
       )
 
 
+def vocabulary_fingerprint(tokenizer_json: str) -> tuple[int, str]:
+  """(size, sha256 of the sorted token -> id pairs) of a tokenizer.json: the same vocabulary gives the same
+  fingerprint however the file is serialised."""
+  from tokenizers import Tokenizer
+
+  vocab = Tokenizer.from_file(tokenizer_json).get_vocab(with_added_tokens=True)
+  digest = hashlib.sha256(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode()).hexdigest()
+  return len(vocab), digest[:16]
+
+
+def _check_teacher_tokenizers(config) -> None:
+  """A teacher folder that carries its tokenizer (a converted or pruned checkpoint) must share the student's
+  vocabulary: KD compares distributions over token ids."""
+  if not (config.use_kd and config.tokenizer_type == "huggingface"):
+    return
+  student_file = config.tokenizer_path
+  if os.path.isdir(student_file):
+    student_file = os.path.join(student_file, "tokenizer.json")
+  if not os.path.isfile(student_file):
+    return
+  student = vocabulary_fingerprint(student_file)
+  for index, spec in enumerate(teacher_specs(dataclasses.asdict(config))):
+    teacher_file = os.path.join(spec.parameters_path, "tokenizer.json")
+    if not os.path.isfile(teacher_file):
+      continue
+    teacher = vocabulary_fingerprint(teacher_file)
+    if teacher != student:
+      key = f"kd_teachers[{index}].parameters_path" if config.kd_teachers else "kd_teacher_parameters_path"
+      raise ConfigError(
+        f"{key}: the teacher's tokenizer ({teacher[0]} tokens, vocabulary {teacher[1]}) is not the student's "
+        f"tokenizer_path ({student[0]} tokens, vocabulary {student[1]}); KD needs one tokenizer"
+      )
+
+
 def _open_cache(config) -> teacher_cache.CacheView | None:
   if not (config.use_kd and config.kd_offline_data_dir):
     return None
@@ -74,6 +109,7 @@ def run(config) -> RunFiles:
   """All file checks of a run (or of the offline save job); raises ConfigError naming the key."""
   _check_paths(config)
   _check_teacher_folders(config)
+  _check_teacher_tokenizers(config)
   return RunFiles(cache=_open_cache(config))
 
 

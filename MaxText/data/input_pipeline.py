@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import glob
 import importlib.util
-import json
 import os
 
 import grain
@@ -21,6 +20,7 @@ import numpy as np
 
 from MaxText.config.errors import BadInputError, MissingFieldError, MissingFileError
 from MaxText.data import array_records, sft
+from MaxText.data.text_files import jsonl_fields, read_text_file
 from MaxText.data.tokenizer import Tokenizer, encode_documents
 
 _SPLIT_SEED = 20240607  # fixed: the train/eval split must not move when the shuffle seed does
@@ -54,7 +54,7 @@ def read_texts(config) -> list[str]:
   """The documents of a text/jsonl/parquet data set, in a fixed order."""
   if config.dataset_type == "text":
     files = expand_paths(config.dataset_path) if config.dataset_path else shakespeare_files()
-    texts = [_read_file(p) for p in files]
+    texts = [read_text_file(p) for p in files]
     if not any(t.strip() for t in texts):
       raise BadInputError(
         f"dataset_path: the text data set holds no text ({len(files)} empty file(s): {files[0]!r}, ...)"
@@ -66,22 +66,6 @@ def read_texts(config) -> list[str]:
   return [text for p in files for text in _read_parquet(p, config.data_column)]
 
 
-def _read_file(path: str) -> str:
-  """A UTF-8 text file; a binary file (NUL bytes, invalid UTF-8) is refused rather than trained on as noise."""
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except OSError as e:
-    raise MissingFileError(f"dataset_path: cannot read {path!r}: {e.strerror}") from None
-  nul = data.find(b"\x00")
-  if nul >= 0:
-    raise BadInputError(f"dataset_path: {path!r} is not text (it holds a NUL byte at offset {nul})")
-  try:
-    return data.decode("utf-8")
-  except UnicodeDecodeError as e:
-    raise BadInputError(f"dataset_path: {path!r} is not UTF-8 text (invalid byte at offset {e.start})") from None
-
-
 def _as_text(value, where: str, column: str) -> str:
   if not isinstance(value, str):
     kind = "null" if value is None else f"a {type(value).__name__}"
@@ -90,18 +74,7 @@ def _as_text(value, where: str, column: str) -> str:
 
 
 def _read_jsonl(path: str, column: str) -> list[str]:
-  texts = []
-  for line_number, line in enumerate(_read_file(path).splitlines(), 1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError:
-      raise BadInputError(f"dataset_path: {path}:{line_number} is not valid JSON") from None
-    if column not in record:
-      raise MissingFieldError(f"data_column: {path}:{line_number} has no field {column!r}")
-    texts.append(_as_text(record[column], f"{path}:{line_number}", column))
-  return texts
+  return [_as_text(value, where, column) for where, value in jsonl_fields(path, column, "data_column")]
 
 
 def _read_parquet(path: str, column: str) -> list[str]:

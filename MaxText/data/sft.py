@@ -15,28 +15,16 @@ train on assistant tokens only, while attention still sees the whole conversatio
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from MaxText.config.errors import BadInputError, MissingFieldError
 from MaxText.data import chat
+from MaxText.data.text_files import jsonl_fields
 
 
 def _conversations_jsonl(path: str, column: str) -> list[list[dict]]:
-  records = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        raise BadInputError(f"dataset_path: {path}:{number} is not valid JSON") from None
-      if column not in record:
-        raise MissingFieldError(f"train_data_columns: {path}:{number} has no field {column!r}")
-      records.append(chat.check_messages(record[column], f"train_data_columns: {path}:{number}"))
-  return records
+  fields = jsonl_fields(path, column, "train_data_columns")
+  return [chat.check_messages(messages, f"train_data_columns: {where}") for where, messages in fields]
 
 
 def _conversations_parquet(path: str, column: str) -> list[list[dict]]:

@@ -1,4 +1,5 @@
-"""The main job's chain on a tiny GGUF: import -> prune -> CE and KD students -> export -> transformers."""
+"""The main job's chain on a tiny GGUF: import -> prune -> CE and KD students -> export -> transformers, then
+the generation study on it (teacher answers -> SFT, word-level KD and on-policy students)."""
 
 import json
 import os
@@ -67,3 +68,11 @@ def test_study_chain_on_a_tiny_gguf_exports_students_transformers_reproduces(tmp
     reference = hf(torch.tensor([ids])).logits.numpy()
   assert np.max(np.abs(np.asarray(ours.logits(np.asarray([ids]))) - reference)) < 1e-4
   assert hf_tok.chat_template and hf_tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+
+  # the generation study on the same chain: teacher answers -> SFT students (CE, word-level KD, on-policy)
+  cmd = [sys.executable, "quickstart/generation_study.py", "--out", str(out), "--steps", "2"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + (out / "gen" / "log.txt").read_text()[-3000:]
+  rows = (out / "gen" / "results.md").read_text().splitlines()[2:]
+  assert [r.split(" | ")[0] for r in rows] == ["| seq_kd", "| seq_kd+word_kd", "| seq_kd+on_policy"]
+  assert all(np.isfinite(float(r.split(" | ")[1])) for r in rows)

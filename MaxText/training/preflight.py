@@ -62,34 +62,45 @@ def _check_teacher_folder(path: str, teacher: dict, key: str, overrides_key: str
       )
 
 
-def vocabulary_fingerprint(tokenizer_json: str) -> tuple[int, str]:
-  """(size, sha256 of the sorted token -> id pairs) of a tokenizer.json: the same vocabulary gives the same
-  fingerprint however the file is serialised."""
+def vocabulary_fingerprint(tokenizer_json: str) -> tuple[int, str] | None:
+  """(size, sha256 of the sorted token -> id pairs) of a tokenizer.json, so that re-serialised files of one
+  vocabulary agree; None when the file does not parse (building the tokenizer reports that, naming it)."""
   from tokenizers import Tokenizer
 
-  vocab = Tokenizer.from_file(tokenizer_json).get_vocab(with_added_tokens=True)
+  try:
+    vocab = Tokenizer.from_file(tokenizer_json).get_vocab(with_added_tokens=True)
+  except Exception:  # noqa: BLE001 - `tokenizers` raises a bare Exception for a file it cannot parse
+    return None
   digest = hashlib.sha256(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode()).hexdigest()
   return len(vocab), digest[:16]
 
 
+def _teacher_tokenizer_files(config) -> list[tuple[str, str]]:
+  """(key, tokenizer.json) of each teacher folder that carries its tokenizer (converted and pruned ones do)."""
+  found = []
+  for index, spec in enumerate(teacher_specs(dataclasses.asdict(config))):
+    key = f"kd_teachers[{index}].parameters_path" if config.kd_teachers else "kd_teacher_parameters_path"
+    path = os.path.join(spec.parameters_path, "tokenizer.json")
+    if os.path.isfile(path):
+      found.append((key, path))
+  return found
+
+
 def _check_teacher_tokenizers(config) -> None:
-  """A teacher folder that carries its tokenizer (a converted or pruned checkpoint) must share the student's
-  vocabulary: KD compares distributions over token ids."""
+  """A teacher that carries its tokenizer must share the student's vocabulary: KD compares distributions
+  over token ids."""
   if not (config.use_kd and config.tokenizer_type == "huggingface"):
     return
+  teachers = _teacher_tokenizer_files(config)
   student_file = config.tokenizer_path
   if os.path.isdir(student_file):
     student_file = os.path.join(student_file, "tokenizer.json")
-  if not os.path.isfile(student_file):
+  if not teachers or not os.path.isfile(student_file):
     return
   student = vocabulary_fingerprint(student_file)
-  for index, spec in enumerate(teacher_specs(dataclasses.asdict(config))):
-    teacher_file = os.path.join(spec.parameters_path, "tokenizer.json")
-    if not os.path.isfile(teacher_file):
-      continue
-    teacher = vocabulary_fingerprint(teacher_file)
-    if teacher != student:
-      key = f"kd_teachers[{index}].parameters_path" if config.kd_teachers else "kd_teacher_parameters_path"
+  for key, path in teachers:
+    teacher = vocabulary_fingerprint(path)
+    if student and teacher and teacher != student:
       raise ConfigError(
         f"{key}: the teacher's tokenizer ({teacher[0]} tokens, vocabulary {teacher[1]}) is not the student's "
         f"tokenizer_path ({student[0]} tokens, vocabulary {student[1]}); KD needs one tokenizer"

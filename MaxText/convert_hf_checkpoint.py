@@ -31,8 +31,9 @@ if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from MaxText import config as config_lib  # noqa: E402
+from MaxText.config import storage
 from MaxText.config.loader import parse_overrides  # noqa: E402
-from MaxText.config.paths import check_local, check_output_folder  # noqa: E402
+from MaxText.config.paths import check_output_folder, check_scheme  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
 from MaxText.config.views import MODEL_KEYS  # noqa: E402
 from MaxText.data import gguf_tokenizer  # noqa: E402
@@ -66,7 +67,7 @@ def _parse_size(text: str) -> int:
 
 
 def _require_empty(path: str) -> None:
-  if os.path.isdir(path) and os.listdir(path):
+  if storage.isdir(path) and storage.listdir(path):
     raise ConversionError(f"--output: {path!r} already exists and is not empty; nothing was written")
   check_output_folder("--output", path, ())  # a file, or a folder that cannot be written
 
@@ -84,8 +85,8 @@ def _import_config(args, hf: dict, source: str):
 
 def _saved_model_keys(config, tokenizer_dir: str) -> dict:
   keys = {k: getattr(config, k) for k in MODEL_KEYS}
-  if os.path.isfile(os.path.join(tokenizer_dir, "tokenizer.json")):
-    keys.update(tokenizer_type="huggingface", tokenizer_path=os.path.abspath(tokenizer_dir))
+  if storage.isfile(storage.join(tokenizer_dir, "tokenizer.json")):
+    keys.update(tokenizer_type="huggingface", tokenizer_path=storage.absolute(tokenizer_dir))
   return keys
 
 
@@ -94,14 +95,14 @@ def _write_checkpoint(args, config, tensors, tokenizer_dir: str) -> str:
   # Placed as JAX arrays one by one: Orbax then writes them without another full host copy.
   params = hf_weights.hf_to_params(tensors, config, dtype, progress, place=jax.device_put)
   params_io.save_params(args.output, params)
-  with open(os.path.join(args.output, params_io.MODEL_CONFIG_FILE), "w", encoding="utf-8") as f:
+  with storage.open_file(storage.join(args.output, params_io.MODEL_CONFIG_FILE), "w", encoding="utf-8") as f:
     json.dump(_saved_model_keys(config, tokenizer_dir), f, indent=1)
   count = sum(x.size for x in _leaves(params))
   return f"wrote {args.output} ({count:,} parameters, {args.dtype})"
 
 
 def hf_to_checkpoint(args) -> str:
-  source = os.path.join(args.hf_dir, "config.json")
+  source = storage.join(args.hf_dir, "config.json")
   config = _import_config(args, hf_config.read_hf_config(args.hf_dir), source)
   _require_empty(args.output)
   return _write_checkpoint(args, config, hf_weights.LazySafetensors(args.hf_dir), args.hf_dir)
@@ -114,7 +115,7 @@ def gguf_to_checkpoint(args) -> str:
   config = _import_config(args, hf, args.gguf)
   gguf_tokenizer.build_tokenizer(gguf_file.metadata, args.gguf)  # refuse a tokenizer it cannot write first
   _require_empty(args.output)
-  os.makedirs(args.output, exist_ok=True)
+  storage.makedirs(args.output)
   gguf_tokenizer.write_tokenizer_files(gguf_file.metadata, args.gguf, args.output, hf["max_position_embeddings"])
   message = _write_checkpoint(args, config, gguf_weights.GGUFTensors(gguf_file, hf), args.output)
   return message + "; tokenizer.json and tokenizer_config.json from the file's metadata"
@@ -169,7 +170,7 @@ def parse_args(argv):
   for flag in ("hf_dir", "gguf", "checkpoint", "output"):
     if getattr(args, flag):
       try:
-        check_local(f"--{flag}", getattr(args, flag))
+        check_scheme(f"--{flag}", getattr(args, flag))
       except config_lib.ConfigError as e:
         parser.exit(2, f"error: {e}\n")
   if args.to_hf and args.checkpoint is None:

@@ -23,6 +23,7 @@ if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from MaxText import config as config_lib  # noqa: E402
+from MaxText.config import storage
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
 from MaxText.data import chat  # noqa: E402
 from MaxText.data.tokenizer import build_tokenizer, check_fits_model  # noqa: E402
@@ -38,7 +39,7 @@ def load_config(argv: list[str]):
   first = config_lib.load(argv)
   if not first.load_parameters_path:
     raise config_lib.ConfigError("load_parameters_path: the model to generate with must be given (a checkpoint folder)")
-  if first.decode_output_path and os.path.exists(first.decode_output_path):
+  if first.decode_output_path and storage.exists(first.decode_output_path):
     raise config_lib.ConfigError(
       f"decode_output_path: {first.decode_output_path!r} exists; name a new file (nothing was written)"
     )
@@ -52,7 +53,7 @@ def read_prompts(config) -> list[dict]:
       return [{"messages": [{"role": "user", "content": config.prompt}]}]
     return [{"prompt": config.prompt}]
   prompts = []
-  with open(config.decode_input_path, encoding="utf-8") as f:
+  with storage.open_file(config.decode_input_path, encoding="utf-8") as f:
     for number, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -106,7 +107,7 @@ def run(config) -> list[dict]:
         completion = tokenizer.decode([t for t in ids if t not in stops])
         records.append({**prompt, "completion": completion, "completion_ids": ids})
   if config.decode_output_path:
-    with open(config.decode_output_path, "w", encoding="utf-8") as f:
+    with storage.open_file(config.decode_output_path, "w", encoding="utf-8") as f:
       f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
   return records
 

@@ -29,6 +29,7 @@ if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from MaxText import config as config_lib  # noqa: E402
+from MaxText.config import storage
 from MaxText.config.paths import check_output_folder  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
 from MaxText.data import chat, sft  # noqa: E402
@@ -68,8 +69,8 @@ def prompt_of(conversation: list[dict]) -> list[dict]:
 def job_spec(config) -> dict:
   """What fixes the output; a resumed job must match it."""
   return {
-    "teacher": os.path.abspath(config.load_parameters_path),
-    "dataset": [os.path.abspath(p) for p in expand_paths(config.dataset_path)],
+    "teacher": storage.absolute(config.load_parameters_path),
+    "dataset": [storage.absolute(p) for p in expand_paths(config.dataset_path)],
     "samples_per_prompt": config.generation_samples_per_prompt,
     "prompts_per_shard": config.generation_prompts_per_shard,
     "sampling": dataclasses.asdict(Sampling.from_config(config)) | {"max_new_tokens": config.decode_max_new_tokens},
@@ -79,10 +80,10 @@ def job_spec(config) -> dict:
 
 
 def _progress(directory: str, spec: dict) -> dict:
-  path = os.path.join(directory, f"progress-{jax.process_index()}.json")
-  if not os.path.isfile(path):
+  path = storage.join(directory, f"progress-{jax.process_index()}.json")
+  if not storage.isfile(path):
     return {"spec": spec, "shards": []}
-  with open(path, encoding="utf-8") as f:
+  with storage.open_file(path, encoding="utf-8") as f:
     progress = json.load(f)
   if progress.get("spec") != spec:
     raise config_lib.ConfigError(
@@ -92,9 +93,7 @@ def _progress(directory: str, spec: dict) -> dict:
 
 
 def _write_json(path: str, value) -> None:
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=1)
-  os.replace(path + ".tmp", path)
+  storage.write_text_atomic(path, json.dumps(value, indent=1))
 
 
 def _write_shard(path: str, records: list[dict]) -> None:
@@ -106,8 +105,9 @@ def _write_shard(path: str, records: list[dict]) -> None:
   schema = pa.schema(
     [("messages", pa.list_(message)), ("prompt_index", pa.int64()), ("sample", pa.int64()), ("stopped", pa.bool_())]
   )
-  pq.write_table(pa.Table.from_pylist(records, schema=schema), path + ".tmp")
-  os.replace(path + ".tmp", path)
+  staging = storage.LocalStaging(path)
+  pq.write_table(pa.Table.from_pylist(records, schema=schema), staging.local)
+  staging.commit()
 
 
 def answer(config, generator, tokenizer, template, prompts: list[tuple[int, list[dict]]], key):
@@ -128,7 +128,7 @@ def answer(config, generator, tokenizer, template, prompts: list[tuple[int, list
 
 def run(config) -> dict:
   directory = config.generation_output_dir
-  os.makedirs(directory, exist_ok=True)
+  storage.makedirs(directory)
   tokenizer = build_tokenizer(config.tokenizer_type, config.tokenizer_path)
   check_fits_model(tokenizer, config.vocab_size)
   files = expand_paths(config.dataset_path)
@@ -151,9 +151,9 @@ def run(config) -> dict:
       chunk = prompts[shard * per_shard : (shard + 1) * per_shard]
       records, skipped = answer(config, generator, tokenizer, template, chunk, jax.random.fold_in(host_key, shard))
       name = f"part-{jax.process_index()}-{shard:05d}.parquet"
-      _write_shard(os.path.join(directory, name), records)
+      _write_shard(storage.join(directory, name), records)
       progress["shards"].append({"file": name, "records": len(records), "skipped_long_prompts": skipped})
-      _write_json(os.path.join(directory, f"progress-{jax.process_index()}.json"), progress)
+      _write_json(storage.join(directory, f"progress-{jax.process_index()}.json"), progress)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
@@ -164,7 +164,7 @@ def run(config) -> dict:
 def _manifest(directory: str, spec: dict) -> dict:
   shards = []
   for process in range(jax.process_count()):
-    with open(os.path.join(directory, f"progress-{process}.json"), encoding="utf-8") as f:
+    with storage.open_file(storage.join(directory, f"progress-{process}.json"), encoding="utf-8") as f:
       shards += json.load(f)["shards"]
   manifest = {
     **spec,
@@ -172,7 +172,7 @@ def _manifest(directory: str, spec: dict) -> dict:
     "records": sum(s["records"] for s in shards),
     "skipped_long_prompts": sum(s["skipped_long_prompts"] for s in shards),
   }
-  _write_json(os.path.join(directory, "manifest.json"), manifest)
+  _write_json(storage.join(directory, "manifest.json"), manifest)
   return manifest
 
 

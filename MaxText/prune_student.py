@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import sys
 
 import jax
@@ -27,6 +26,7 @@ if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from MaxText import config as config_lib  # noqa: E402
+from MaxText.config import storage
 from MaxText.config.paths import check_output_folder  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
 from MaxText.config.views import MODEL_KEYS  # noqa: E402
@@ -65,14 +65,14 @@ def _write_model_config(config, pruned_keys: dict, out_dir: str) -> None:
   keys = {k: getattr(config, k) for k in MODEL_KEYS}
   keys.update(pruned_keys)
   source = config.load_parameters_path
-  if os.path.isfile(os.path.join(source, "tokenizer.json")):  # a converted checkpoint: keep it self-contained
+  if storage.isfile(storage.join(source, "tokenizer.json")):  # a converted checkpoint: keep it self-contained
     for name in _TOKENIZER_FILES:
-      if os.path.isfile(os.path.join(source, name)):
-        shutil.copyfile(os.path.join(source, name), os.path.join(out_dir, name))
-    keys.update(tokenizer_type="huggingface", tokenizer_path=os.path.abspath(out_dir))
+      if storage.isfile(storage.join(source, name)):
+        storage.copy(storage.join(source, name), storage.join(out_dir, name))
+    keys.update(tokenizer_type="huggingface", tokenizer_path=storage.absolute(out_dir))
   elif config.tokenizer_type != "byte":
-    keys.update(tokenizer_type=config.tokenizer_type, tokenizer_path=os.path.abspath(config.tokenizer_path))
-  with open(os.path.join(out_dir, params_io.MODEL_CONFIG_FILE), "w", encoding="utf-8") as f:
+    keys.update(tokenizer_type=config.tokenizer_type, tokenizer_path=storage.absolute(config.tokenizer_path))
+  with storage.open_file(storage.join(out_dir, params_io.MODEL_CONFIG_FILE), "w", encoding="utf-8") as f:
     json.dump(keys, f, indent=1)
 
 
@@ -86,19 +86,19 @@ def prune(config) -> dict:
   importance = pruning.measure_importance(config, params, batches, config.prune_layer_metric)
   plan = pruning.make_plan(importance, config)
   pruned = pruning.apply_plan(params, plan)
-  os.makedirs(out_dir, exist_ok=True)
+  storage.makedirs(out_dir)
   params_io.save_params(out_dir, pruned)
   pruned_keys = pruning.pruned_model_keys(config, plan)
   _write_model_config(config, pruned_keys, out_dir)
   report = {
-    "source": os.path.abspath(config.load_parameters_path),
+    "source": storage.absolute(config.load_parameters_path),
     "parameters": {"before": _count(params), "after": _count(pruned)},
     "model_keys": pruned_keys,
     "layer_metric": config.prune_layer_metric,
     "kept": {k: np.asarray(v).tolist() for k, v in dataclasses.asdict(plan).items()},
     "importance": {k: np.round(np.asarray(v), 6).tolist() for k, v in dataclasses.asdict(importance).items()},
   }
-  with open(os.path.join(out_dir, REPORT_FILE), "w", encoding="utf-8") as f:
+  with storage.open_file(storage.join(out_dir, REPORT_FILE), "w", encoding="utf-8") as f:
     json.dump(report, f, indent=1)
   return report
 

@@ -23,6 +23,7 @@ if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from MaxText import config as config_lib  # noqa: E402
+from MaxText.config import storage
 from MaxText.config.paths import check_output_folder  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
 from MaxText.data import input_pipeline, teacher_cache  # noqa: E402
@@ -66,7 +67,7 @@ def save(config) -> dict:
   """Runs the whole job; returns the manifest."""
   directory = config.kd_offline_output_dir
   check_output_folder("kd_offline_output_dir", directory, teacher_cache.CACHE_FILES)  # never a user's folder
-  os.makedirs(directory, exist_ok=True)
+  storage.makedirs(directory)
   mesh = sharding.create_mesh(config)
   batch_size = global_batch_size(config)
   local_batch = batch_size // jax.process_count()

@@ -156,7 +156,8 @@ CASES = [
   ("sentencepiece_without_path", TRAIN, ["tokenizer_type=sentencepiece"], "tokenizer_path: required"),
   ("missing_tokenizer", TRAIN, ["tokenizer_type=huggingface", "tokenizer_path=/no/tok"], "tokenizer_path"),
   ("missing_parameters", TRAIN, ["load_parameters_path=/no/ckpt"], "load_parameters_path: '/no/ckpt'"),
-  ("gs_output", TRAIN, ["base_output_directory=gs://bucket/runs"], "base_output_directory: 'gs://bucket/runs'"),
+  # gs:// paths are served (tests/test_cloud_storage.py has a missing bucket); other schemes are refused
+  ("ftp_output", TRAIN, ["base_output_directory=ftp://bucket/runs"], "base_output_directory: 'ftp://bucket/runs' is a"),
   ("s3_dataset", TRAIN, ["dataset_path=s3://bucket/data.txt"], "dataset_path: 's3://bucket/data.txt'"),
   ("output_is_a_file", TRAIN, ["base_output_directory={a_file}"], "base_output_directory"),
   ("run_folder_not_ours", TRAIN, ["run_name=foreign"], "holds 'notes.txt', which this job did not write"),
@@ -168,7 +169,7 @@ CASES = [
   ("top_k_and_top_p", TRAIN, ["use_kd=true", "kd_top_k=5", "kd_top_p=0.9"], "kd_top_p: exclusive with kd_top_k"),
   ("other_bucket_without_pruning", TRAIN, ["use_kd=true", "kd_use_other_bucket=true"], "kd_use_other_bucket"),
   ("missing_teacher", TRAIN, ["use_kd=true", "kd_teacher_parameters_path=/no/teacher"], "kd_teacher_parameters_path"),
-  ("gs_teacher", TRAIN, ["use_kd=true", "kd_teacher_parameters_path=gs://b/t"], "kd_teacher_parameters_path: 'gs"),
+  ("az_teacher", TRAIN, ["use_kd=true", "kd_teacher_parameters_path=az://b/t"], "kd_teacher_parameters_path: 'az"),
   ("teacher_preset_without_path", TRAIN, ["use_kd=true", "kd_teacher_model_name=tiny"], "kd_teacher_model_name"),
   (
     "teacher_override_without_value",
@@ -261,10 +262,10 @@ CASES = [
     "kd_offline_output_dir",
   ),
   (
-    "save_to_gs",
+    "save_to_ftp",
     SAVE,
-    ["kd_teacher_parameters_path={teacher}", "kd_offline_output_dir=gs://b/cache"],
-    "kd_offline_output_dir: 'gs://b/cache'",
+    ["kd_teacher_parameters_path={teacher}", "kd_offline_output_dir=ftp://b/cache"],
+    "kd_offline_output_dir: 'ftp://b/cache'",
   ),
   (
     "save_top_k_zero",

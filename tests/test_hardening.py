@@ -13,7 +13,7 @@ import pytest
 
 from MaxText.config import errors
 from MaxText.config.errors import ConfigError
-from MaxText.config.paths import check_local, check_output_folder
+from MaxText.config.paths import check_output_folder, check_scheme
 from MaxText.max_utils import kl_divergence_between_logits as kl
 from MaxText.model.params_io import CheckpointError
 from MaxText.training import checkpointing
@@ -65,9 +65,10 @@ def test_kl_is_plus_inf_where_the_student_rules_out_teacher_mass_and_never_negat
 
 
 def test_cloud_urls_and_unwritable_output_folders_are_named(tmp_path, monkeypatch):
-  with pytest.raises(ConfigError, match="base_output_directory: 'gs://b/x' is a gs:// path"):
-    check_local("base_output_directory", "gs://b/x")
-  check_local("dataset_path", "data/part-*.txt")  # a local glob is fine
+  with pytest.raises(ConfigError, match="base_output_directory: 'ftp://b/x' is a ftp:// path; use a local path or"):
+    check_scheme("base_output_directory", "ftp://b/x")
+  check_scheme("base_output_directory", "gs://b/x")  # the storage layer speaks gs:// (gcsfs is installed)
+  check_scheme("dataset_path", "data/part-*.txt")  # a local glob is fine
   check_output_folder("kd_offline_output_dir", str(tmp_path / "new" / "cache"), ())  # created later
   monkeypatch.setattr("os.access", lambda path, mode: False)  # this machine runs as root: permissions do not bite
   with pytest.raises(ConfigError, match="kd_offline_output_dir: .* is not writable"):

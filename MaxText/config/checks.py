@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from MaxText.config.errors import ConfigError
-from MaxText.config.paths import PATH_KEYS, check_local
+from MaxText.config.paths import PATH_KEYS, check_scheme
 
 
 def _positive(v):
@@ -183,4 +183,4 @@ def validate_values(values: dict[str, Any]) -> None:
   _check_relations(values)
   for key in PATH_KEYS:
     for part in values[key].split(","):  # dataset_path may list several
-      check_local(key, part)
+      check_scheme(key, part)

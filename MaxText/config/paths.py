@@ -1,19 +1,22 @@
-"""Checks of the paths a run reads and writes: local paths only (for now), and writable folders that
-hold nothing a job did not write itself, so that no job ever overwrites a user's files."""
+"""Checks of the paths a run reads and writes: local paths or cloud URLs the storage layer speaks
+(config/storage.py), and writable folders that hold nothing a job did not write itself, so that no
+job ever overwrites a user's files."""
 
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import os
-import re
 
+from MaxText.config import storage
 from MaxText.config.errors import ConfigError
 
-# Every key that names a file or folder; a cloud URL in one of them is refused until cloud I/O exists.
+# Every key that names a file or folder: each takes a local path or a gs:// (s3://) URL.
 PATH_KEYS = (
   "base_output_directory",
   "jax_cache_dir",
   "dataset_path",
+  "eval_dataset_path",
   "tokenizer_path",
   "load_parameters_path",
   "kd_teacher_parameters_path",
@@ -24,34 +27,66 @@ PATH_KEYS = (
   "decode_output_path",
   "generation_output_dir",
 )
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
-def check_local(key: str, value: str) -> None:
-  """A URL (gs://, s3://, ...) would silently become a local folder named 'gs:': refuse it by name."""
-  match = _SCHEME.match(value.strip())
-  if match:
-    raise ConfigError(
-      f"{key}: {value!r} is a {match.group(1)}:// path; only local paths are supported (copy it to a local folder)"
-    )
+def check_scheme(key: str, value: str) -> None:
+  """A URL must name a scheme the storage layer speaks, with its client installed; anything else would
+  fail deep inside a job (or silently become a local folder named 'ftp:')."""
+  url_scheme = storage.scheme(value)
+  if url_scheme is None:
+    return
+  backend = storage.BACKENDS.get(url_scheme)
+  if backend is None:
+    known = ", ".join(f"{s}://" for s in storage.BACKENDS)
+    raise ConfigError(f"{key}: {value!r} is a {url_scheme}:// path; use a local path or one of {known}")
+  if importlib.util.find_spec(backend) is None:
+    raise ConfigError(f"{key}: {value!r} needs the {backend} package for {url_scheme}:// paths (pip install {backend})")
 
 
 def check_output_folder(key: str, path: str, own_files: tuple[str, ...]) -> None:
   """`path` may be missing (it is created) or a writable folder holding only names matching `own_files`."""
-  if not os.path.exists(path):
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-      parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-      raise ConfigError(f"{key}: {path!r} cannot be created ({parent!r} is not a writable folder)")
+  if storage.is_remote(path):
+    _check_remote_output(key, path)
+  elif not os.path.exists(path):
+    _check_creatable(key, path)
     return
-  if not os.path.isdir(path):
+  elif not os.path.isdir(path):
     raise ConfigError(f"{key}: {path!r} is a file, not a folder")
-  if not os.access(path, os.W_OK | os.X_OK):
+  elif not os.access(path, os.W_OK | os.X_OK):
     raise ConfigError(f"{key}: {path!r} is not writable")
-  foreign = sorted(n for n in os.listdir(path) if not any(fnmatch.fnmatch(n, p) for p in own_files))
+  if not storage.isdir(path):
+    return
+  foreign = [n for n in storage.listdir(path) if not any(fnmatch.fnmatch(n, p) for p in own_files)]
   if foreign:
     raise ConfigError(
       f"{key}: {path!r} holds {foreign[0]!r}, which this job did not write; use an empty or new folder "
       "(nothing was written)"
     )
+
+
+def _check_creatable(key: str, path: str) -> None:
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    raise ConfigError(f"{key}: {path!r} cannot be created ({parent!r} is not a writable folder)")
+
+
+def _check_remote_output(key: str, path: str) -> None:
+  """A bucket cannot be probed for write access without writing: check that it exists and that the
+  path is not an object."""
+  url_scheme, rest = path.split("://", 1)
+  bucket = f"{url_scheme}://{rest.split('/', 1)[0]}"
+  try:
+    found, is_file = storage.exists(bucket), storage.isfile(path)
+  except Exception as e:  # noqa: BLE001 - network, credentials: whatever the client raises, in one line
+    raise ConfigError(f"{key}: {path!r}: cannot reach the bucket {bucket!r} ({_first_line(e)})") from None
+  if not found:
+    raise ConfigError(f"{key}: {path!r}: the bucket {bucket!r} does not exist or cannot be read")
+  if is_file:
+    raise ConfigError(f"{key}: {path!r} is a file, not a folder")
+
+
+def _first_line(error: Exception) -> str:
+  lines = str(error).strip().splitlines() or [type(error).__name__]
+  return f"{type(error).__name__}: {lines[0][:200]}"

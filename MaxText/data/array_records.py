@@ -11,6 +11,7 @@ import bisect
 
 import grain
 
+from MaxText.config import storage
 from MaxText.config.errors import BadInputError
 
 
@@ -22,7 +23,8 @@ class CheckedRecords:
     self._sources, self._starts, total = [], [], 0
     for path in self._files:
       try:
-        source = grain.sources.ArrayRecordDataSource([path])
+        # ArrayRecord's reader opens local files only: a file in a bucket is read from a local copy
+        source = grain.sources.ArrayRecordDataSource([storage.local_copy(path)])
       except RuntimeError as e:  # e.g. a text file: "ArrayRecord file should be at least 64KB big"
         raise BadInputError(f"{key}: {path!r} is not an ArrayRecord file ({e})") from None
       self._sources.append(source)

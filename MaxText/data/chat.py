@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 
+from MaxText.config import storage
 from MaxText.config.errors import BadInputError, MissingFileError
 
 ROLES = ("system", "user", "assistant")
@@ -20,11 +20,11 @@ ROLES = ("system", "user", "assistant")
 
 def read_chat_template(tokenizer_path: str) -> tuple[str, dict[str, str]]:
   """(template, special tokens by name) from the tokenizer folder's tokenizer_config.json."""
-  folder = tokenizer_path if os.path.isdir(tokenizer_path) else os.path.dirname(tokenizer_path)
-  path = os.path.join(folder, "tokenizer_config.json")
-  if not os.path.isfile(path):
+  folder = tokenizer_path if storage.isdir(tokenizer_path) else storage.dirname(tokenizer_path)
+  path = storage.join(folder, "tokenizer_config.json")
+  if not storage.isfile(path):
     raise MissingFileError(f"tokenizer_path: no tokenizer_config.json (with a chat_template) in {folder!r}")
-  with open(path, encoding="utf-8") as f:
+  with storage.open_file(path, encoding="utf-8") as f:
     raw = json.load(f)
   template = raw.get("chat_template")
   if isinstance(template, list):  # several named templates: the default one

@@ -12,9 +12,9 @@ from a GGUF carries everything `AutoTokenizer.from_pretrained` and `apply_chat_t
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
+from MaxText.config import storage
 from MaxText.config.errors import UserError
 
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
@@ -104,6 +104,6 @@ def tokenizer_config(metadata: dict[str, Any], context_length: int) -> dict[str,
 
 def write_tokenizer_files(metadata: dict[str, Any], source: str, out_dir: str, context_length: int) -> None:
   """tokenizer.json and tokenizer_config.json of the GGUF's tokenizer, into `out_dir`."""
-  build_tokenizer(metadata, source).save(os.path.join(out_dir, "tokenizer.json"))
-  with open(os.path.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+  storage.write_text_atomic(storage.join(out_dir, "tokenizer.json"), build_tokenizer(metadata, source).to_str())
+  with storage.open_file(storage.join(out_dir, "tokenizer_config.json"), "w", encoding="utf-8") as f:
     json.dump(tokenizer_config(metadata, context_length), f, indent=1)

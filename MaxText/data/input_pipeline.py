@@ -18,9 +18,10 @@ import grain
 import jax
 import numpy as np
 
+from MaxText.config import storage
 from MaxText.config.errors import BadInputError, MissingFieldError, MissingFileError
 from MaxText.data import array_records, sft
-from MaxText.data.text_files import jsonl_fields, read_text_file
+from MaxText.data.text_files import jsonl_fields, read_parquet, read_text_file
 from MaxText.data.tokenizer import Tokenizer, encode_documents
 
 _SPLIT_SEED = 20240607  # fixed: the train/eval split must not move when the shuffle seed does
@@ -40,10 +41,11 @@ def expand_paths(dataset_path: str) -> list[str]:
   """Comma-separated files, folders and globs -> sorted file list; a pattern matching nothing is an error."""
   files = []
   for pattern in (p.strip() for p in dataset_path.split(",") if p.strip()):
-    if os.path.isdir(pattern):
-      matched = sorted(p for p in glob.glob(os.path.join(pattern, "*")) if os.path.isfile(p))
+    if storage.isdir(pattern):
+      matched = [storage.join(pattern, n) for n in storage.listdir(pattern)]
+      matched = [p for p in matched if storage.isfile(p)]
     else:
-      matched = sorted(glob.glob(pattern))
+      matched = storage.glob(pattern)
     if not matched:
       raise MissingFileError(f"dataset_path: no readable files match {pattern!r}")
     files.extend(matched)
@@ -78,12 +80,7 @@ def _read_jsonl(path: str, column: str) -> list[str]:
 
 
 def _read_parquet(path: str, column: str) -> list[str]:
-  import pyarrow.parquet as pq
-
-  try:
-    table = pq.read_table(path)
-  except (OSError, ValueError) as e:
-    raise MissingFileError(f"dataset_path: cannot read parquet file {path!r}: {e}") from None
+  table = read_parquet(path, "dataset_path")
   if column not in table.column_names:
     raise MissingFieldError(f"data_column: parquet file {path!r} has no column {column!r} (has {table.column_names})")
   return [_as_text(t, f"parquet file {path!r} row {i}", column) for i, t in enumerate(table.column(column).to_pylist())]

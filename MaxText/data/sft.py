@@ -19,7 +19,7 @@ import numpy as np
 
 from MaxText.config.errors import BadInputError, MissingFieldError
 from MaxText.data import chat
-from MaxText.data.text_files import jsonl_fields
+from MaxText.data.text_files import jsonl_fields, read_parquet
 
 
 def _conversations_jsonl(path: str, column: str) -> list[list[dict]]:
@@ -28,9 +28,7 @@ def _conversations_jsonl(path: str, column: str) -> list[list[dict]]:
 
 
 def _conversations_parquet(path: str, column: str) -> list[list[dict]]:
-  import pyarrow.parquet as pq
-
-  table = pq.read_table(path)
+  table = read_parquet(path, "dataset_path")
   if column not in table.column_names:
     raise MissingFieldError(f"train_data_columns: parquet file {path!r} has no column {column!r}")
   where = lambda i: f"train_data_columns: parquet file {path!r} row {i}"

@@ -19,12 +19,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 
+from MaxText.config import storage
 from MaxText.config.errors import UserError
 from MaxText.config.views import kd_vocab
 from MaxText.data import array_records
@@ -93,9 +93,9 @@ def tokenizer_fingerprint(config) -> str:
   if config.tokenizer_type == "byte":
     return "byte"
   path = config.tokenizer_path
-  if os.path.isdir(path):
-    path = os.path.join(path, "tokenizer.json")
-  with open(path, "rb") as f:
+  if storage.isdir(path):
+    path = storage.join(path, "tokenizer.json")
+  with storage.open_file(path, "rb") as f:
     return f"{config.tokenizer_type}:sha256:{hashlib.sha256(f.read()).hexdigest()}"
 
 
@@ -109,28 +109,25 @@ def shard_name(process: int, index: int) -> str:
 
 
 def progress_path(directory: str, process: int) -> str:
-  return os.path.join(directory, f"progress-{process:05d}.json")
+  return storage.join(directory, f"progress-{process:05d}.json")
 
 
 def write_json_atomic(path: str, obj) -> None:
-  """Write-then-rename, so an interrupted write never leaves a half file behind."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
+  """An interrupted write never leaves a half file behind (config/storage.py)."""
+  storage.write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 _MANIFEST_KEYS = ("shards", "temperatures", "top_k", "vocab_size", "max_target_length", "logits_dtype")
 
 
 def read_manifest(directory: str) -> dict:
-  path = os.path.join(directory, MANIFEST)
-  if not os.path.isfile(path):
+  path = storage.join(directory, MANIFEST)
+  if not storage.isfile(path):
     raise CacheError(
       f"kd_offline_data_dir: no {MANIFEST} in {directory!r} (an unfinished save? rerun save_top_k_teacher_logits.py)"
     )
   try:
-    with open(path, encoding="utf-8") as f:
+    with storage.open_file(path, encoding="utf-8") as f:
       manifest = json.load(f)
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise CacheError(f"kd_offline_data_dir: {path!r} cannot be read ({e}); truncated?") from None
@@ -149,10 +146,10 @@ def read_manifest(directory: str) -> dict:
 def check_shards(directory: str, manifest: dict) -> None:
   """Every shard is there with the size the save job recorded (a truncated copy is caught here)."""
   for shard in manifest["shards"]:
-    path = os.path.join(directory, shard["file"])
-    if not os.path.isfile(path):
+    path = storage.join(directory, shard["file"])
+    if not storage.isfile(path):
       raise CacheError(f"kd_offline_data_dir: shard {shard['file']} listed in the manifest is missing")
-    size = os.path.getsize(path)
+    size = storage.getsize(path)
     if size != shard["bytes"]:
       raise CacheError(
         f"kd_offline_data_dir: shard {shard['file']} has {size} bytes but the manifest records {shard['bytes']} "
@@ -215,7 +212,7 @@ def open_for_run(config) -> CacheView:
       f"kd_temperature: {wanted} is not among the cached temperatures {temperatures}; save it with "
       "kd_offline_temperatures or set kd_offline_approximate_temperature=true"
     )
-  files = tuple(os.path.join(directory, shard["file"]) for shard in manifest["shards"])
+  files = tuple(storage.join(directory, shard["file"]) for shard in manifest["shards"])
   return CacheView(directory, tuple(temperatures), index, layout_of(manifest), files)
 
 

@@ -13,6 +13,7 @@ import threading
 import jax
 import numpy as np
 
+from MaxText.config import storage
 from MaxText.config.teachers import normalized_weights
 from MaxText.config.views import kd_vocab
 from MaxText.data import teacher_cache
@@ -47,9 +48,9 @@ def cache_spec(config, teacher_fingerprint: str, local_batch: int) -> dict:
 def _teachers_spec(config) -> dict:
   """Which teacher(s) the cache holds: a checkpoint, or an ensemble's checkpoints, weights and combination."""
   if not config.kd_teachers:
-    return {"teacher_checkpoint": os.path.abspath(config.kd_teacher_parameters_path)}
+    return {"teacher_checkpoint": storage.absolute(config.kd_teacher_parameters_path)}
   return {
-    "teacher_checkpoint": [os.path.abspath(spec.parameters_path) for spec in config.kd_teachers],
+    "teacher_checkpoint": [storage.absolute(spec.parameters_path) for spec in config.kd_teachers],
     "ensemble": {
       "names": [spec.name for spec in config.kd_teachers],
       "weights": list(normalized_weights(config.kd_teachers)),
@@ -74,12 +75,15 @@ class ShardWriter(threading.Thread):
     from array_record.python.array_record_module import ArrayRecordWriter
 
     self._file = teacher_cache.shard_name(jax.process_index(), len(self.progress["finished"]))
-    self._writer = ArrayRecordWriter(os.path.join(self.directory, self._file), _ARRAY_RECORD_OPTIONS)
+    # ArrayRecord writes local files only: a shard bound for a bucket is written locally and uploaded whole
+    self._staging = storage.LocalStaging(storage.join(self.directory, self._file))
+    self._writer = ArrayRecordWriter(self._staging.local, _ARRAY_RECORD_OPTIONS)
     self._records = self._tokens = self._batches = 0
 
   def _close(self, iterator_state) -> None:
     self._writer.close()
-    size = os.path.getsize(os.path.join(self.directory, self._file))
+    size = os.path.getsize(self._staging.local)
+    self._staging.commit()
     shard = {"file": self._file, "records": self._records, "tokens": self._tokens, "bytes": size}
     self.progress["finished"].append({**shard, "iterator_state": iterator_state})
     teacher_cache.write_json_atomic(teacher_cache.progress_path(self.directory, jax.process_index()), self.progress)
@@ -116,16 +120,16 @@ class ShardWriter(threading.Thread):
 def read_progress(directory: str, spec: dict) -> dict:
   """This process's finished shards (a resume point), checked to belong to this very cache."""
   path = teacher_cache.progress_path(directory, jax.process_index())
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     # A finished cache always has every host's progress file: a manifest without ours is not this job's.
-    if os.path.isfile(os.path.join(directory, teacher_cache.MANIFEST)):
+    if storage.isfile(storage.join(directory, teacher_cache.MANIFEST)):
       raise teacher_cache.CacheError(
         f"kd_offline_output_dir: {directory!r} holds a {teacher_cache.MANIFEST} without this host's progress "
         "file: not a cache this job wrote with this process count (nothing was written); use a new folder"
       )
     return {"spec": spec, "finished": []}
   try:
-    with open(path, encoding="utf-8") as f:
+    with storage.open_file(path, encoding="utf-8") as f:
       progress = json.load(f)
   except (OSError, json.JSONDecodeError) as e:
     raise teacher_cache.CacheError(f"kd_offline_output_dir: {path!r} cannot be read ({e})") from None
@@ -142,7 +146,7 @@ def read_progress(directory: str, spec: dict) -> dict:
 def write_manifest(directory: str, spec: dict) -> dict:
   shards = []
   for process in range(jax.process_count()):
-    with open(teacher_cache.progress_path(directory, process), encoding="utf-8") as f:
+    with storage.open_file(teacher_cache.progress_path(directory, process), encoding="utf-8") as f:
       finished = json.load(f)["finished"]
     shards += [{k: v for k, v in s.items() if k != "iterator_state"} | {"process": process} for s in finished]
   manifest = {
@@ -152,5 +156,5 @@ def write_manifest(directory: str, spec: dict) -> dict:
     "tokens": sum(s["tokens"] for s in shards),
     "bytes": sum(s["bytes"] for s in shards),
   }
-  teacher_cache.write_json_atomic(os.path.join(directory, teacher_cache.MANIFEST), manifest)
+  teacher_cache.write_json_atomic(storage.join(directory, teacher_cache.MANIFEST), manifest)
   return manifest

@@ -1,16 +1,17 @@
-"""Reading the text files a data set is made of: UTF-8 text (a binary file is refused by name) and JSONL records."""
+"""Reading the files a data set is made of: UTF-8 text (a binary file is refused by name), JSONL records, Parquet."""
 
 from __future__ import annotations
 
 import json
 
+from MaxText.config import storage
 from MaxText.config.errors import BadInputError, MissingFieldError, MissingFileError
 
 
 def read_text_file(path: str) -> str:
   """A UTF-8 text file; a binary file (NUL bytes, invalid UTF-8) is refused rather than trained on as noise."""
   try:
-    with open(path, "rb") as f:
+    with storage.open_file(path, "rb") as f:
       data = f.read()
   except OSError as e:
     raise MissingFileError(f"dataset_path: cannot read {path!r}: {e.strerror}") from None
@@ -21,6 +22,17 @@ def read_text_file(path: str) -> str:
     return data.decode("utf-8")
   except UnicodeDecodeError as e:
     raise BadInputError(f"dataset_path: {path!r} is not UTF-8 text (invalid byte at offset {e.start})") from None
+
+
+def read_parquet(path: str, key: str):
+  """A Parquet file as a pyarrow Table (from a local file or a bucket)."""
+  import pyarrow.parquet as pq
+
+  try:
+    with storage.open_file(path, "rb") as f:
+      return pq.read_table(f)
+  except (OSError, ValueError) as e:
+    raise MissingFileError(f"{key}: cannot read parquet file {path!r}: {e}") from None
 
 
 def jsonl_fields(path: str, column: str, key: str):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Protocol
 
 import numpy as np
 
+from MaxText.config import storage
 from MaxText.config.errors import BadInputError, ConfigError, MissingFileError
 
 # Common names of the begin/end-of-sequence tokens, tried when a tokenizer does not declare them.
@@ -48,7 +48,7 @@ class SentencePieceTokenizer:
     import sentencepiece as spm
 
     try:
-      self._sp = spm.SentencePieceProcessor(model_file=path)
+      self._sp = spm.SentencePieceProcessor(model_file=storage.local_copy(path))
     except (RuntimeError, OSError) as e:
       raise BadInputError(f"tokenizer_path: {path!r} is not a sentencepiece model ({str(e)[:120]})") from None
     self.vocab_size = self._sp.get_piece_size()
@@ -69,16 +69,16 @@ class HuggingFaceTokenizer:
   def __init__(self, path: str):
     from tokenizers import Tokenizer as HFTokenizer
 
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
-    file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
-    if not os.path.isfile(file):
+    folder = path if storage.isdir(path) else storage.dirname(path)
+    file = storage.join(path, "tokenizer.json") if storage.isdir(path) else path
+    if not storage.isfile(file):
       raise MissingFileError(f"tokenizer_path: no tokenizer.json at {path!r}")
     try:
-      self._tok = HFTokenizer.from_file(file)
+      self._tok = HFTokenizer.from_str(storage.read_text(file))
     except Exception as e:  # noqa: BLE001 - `tokenizers` raises a bare Exception for a file it cannot parse
       raise BadInputError(f"tokenizer_path: {file!r} is not a Hugging Face tokenizer.json ({e})") from None
     self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-    declared = _read_declared_specials(os.path.join(folder, "tokenizer_config.json"))
+    declared = _read_declared_specials(storage.join(folder, "tokenizer_config.json"))
     self.bos_id = self._find_id(declared.get("bos_token"), _BOS_NAMES)
     self.eos_id = self._find_id(declared.get("eos_token"), _EOS_NAMES)
     pad = self._find_id(declared.get("pad_token"), ("<pad>", "<|pad|>", "[PAD]"))
@@ -105,9 +105,9 @@ class HuggingFaceTokenizer:
 
 
 def _read_declared_specials(config_path: str) -> dict[str, str]:
-  if not os.path.isfile(config_path):
+  if not storage.isfile(config_path):
     return {}
-  with open(config_path, encoding="utf-8") as f:
+  with storage.open_file(config_path, encoding="utf-8") as f:
     raw = json.load(f)
   specials = {}
   for key in ("bos_token", "eos_token", "pad_token"):
@@ -122,7 +122,7 @@ def _read_declared_specials(config_path: str) -> dict[str, str]:
 def build_tokenizer(tokenizer_type: str, tokenizer_path: str = "") -> Tokenizer:
   if tokenizer_type == "byte":
     return ByteTokenizer()
-  if not os.path.exists(tokenizer_path):
+  if not storage.exists(tokenizer_path):
     raise MissingFileError(f"tokenizer_path: {tokenizer_path!r} does not exist")
   if tokenizer_type == "sentencepiece":
     return SentencePieceTokenizer(tokenizer_path)

@@ -11,13 +11,13 @@ names in torch Linear layout), so a GGUF import is the same conversion as a safe
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
+from MaxText.config import storage
 from MaxText.config.errors import BadInputError, MissingFileError, UserError
 
 # GGUF `general.architecture` -> (HF architecture, Q/K rows permuted by llama.cpp's converter)
@@ -81,10 +81,10 @@ class GGUFFile:
   def __init__(self, path: str):
     import gguf
 
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
       raise MissingFileError(f"--gguf: no file at {path!r}")
     try:
-      self._reader = gguf.GGUFReader(path, "r")
+      self._reader = gguf.GGUFReader(storage.local_copy(path), "r")  # memory-mapped: local only
     except Exception as e:  # noqa: BLE001 - the reader raises ValueError/struct.error/IndexError on foreign bytes
       raise BadInputError(f"--gguf: {path!r} is not a readable GGUF file ({type(e).__name__}: {e})") from None
     self.path = path

@@ -8,9 +8,9 @@ another activation, sliding windows) is refused by name instead of converted int
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
+from MaxText.config import storage
 from MaxText.config.errors import MissingFileError, UserError
 
 # architecture -> (model_type, q/k/v biases, q/k-norm)
@@ -37,11 +37,11 @@ class HFConfigError(UserError, ValueError):
 
 
 def read_hf_config(hf_dir: str) -> dict[str, Any]:
-  path = os.path.join(hf_dir, "config.json")
-  if not os.path.isfile(path):
+  path = storage.join(hf_dir, "config.json")
+  if not storage.isfile(path):
     raise MissingFileError(f"--hf_dir: no config.json in {hf_dir!r}")
   try:
-    with open(path, encoding="utf-8") as f:
+    with storage.open_file(path, encoding="utf-8") as f:
       hf = json.load(f)
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise HFConfigError(f"--hf_dir: {path!r} is not a readable JSON config ({e})") from None

@@ -8,13 +8,12 @@ shard, so the export holds the parameters plus one shard, never a second copy of
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Callable, Mapping
 
 import ml_dtypes
 import numpy as np
 
+from MaxText.config import storage
 from MaxText.data import tokenizer
 from MaxText.model import hf_config, hf_weights
 
@@ -31,7 +30,7 @@ _HF_TOKENIZER_FILES = (
 
 
 def _write_json(path: str, obj) -> None:
-  with open(path, "w", encoding="utf-8") as f:
+  with storage.open_file(path, "w", encoding="utf-8") as f:
     json.dump(obj, f, indent=2)
     f.write("\n")
 
@@ -60,12 +59,14 @@ def write_safetensors(params: Mapping, config, out_dir: str, dtype: str, max_sha
   for i, names in enumerate(progress(shards)):
     file = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
     tensors = {name: hf_weights.hf_tensor(params, config, name).astype(np_dtype) for name in names}
-    save_file(tensors, os.path.join(out_dir, file), metadata={"format": "pt"})
+    staging = storage.LocalStaging(storage.join(out_dir, file))  # safetensors writes local files only
+    save_file(tensors, staging.local, metadata={"format": "pt"})
+    staging.commit()
     total += sum(t.nbytes for t in tensors.values())
     weight_map.update(dict.fromkeys(names, file))
   if len(shards) > 1:
     _write_json(
-      os.path.join(out_dir, "model.safetensors.index.json"),
+      storage.join(out_dir, "model.safetensors.index.json"),
       {"metadata": {"total_size": total}, "weight_map": weight_map},
     )
   return len(shards)
@@ -112,21 +113,21 @@ def write_tokenizer_files(config, out_dir: str) -> None:
   """The run's tokenizer in Hugging Face form (the byte tokenizer becomes an equivalent tokenizer.json)."""
   path = config.tokenizer_path
   if config.tokenizer_type == "byte":
-    with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
+    with storage.open_file(storage.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
       f.write(byte_tokenizer_json())
   elif config.tokenizer_type == "sentencepiece":
-    shutil.copyfile(path, os.path.join(out_dir, "tokenizer.model"))
-    _write_json(os.path.join(out_dir, "tokenizer_config.json"), {"tokenizer_class": "LlamaTokenizer"})
+    storage.copy(path, storage.join(out_dir, "tokenizer.model"))
+    _write_json(storage.join(out_dir, "tokenizer_config.json"), {"tokenizer_class": "LlamaTokenizer"})
     return
-  elif os.path.isdir(path):
+  elif storage.isdir(path):
     for name in _HF_TOKENIZER_FILES:
-      if os.path.isfile(os.path.join(path, name)):
-        shutil.copyfile(os.path.join(path, name), os.path.join(out_dir, name))
+      if storage.isfile(storage.join(path, name)):
+        storage.copy(storage.join(path, name), storage.join(out_dir, name))
   else:
-    shutil.copyfile(path, os.path.join(out_dir, "tokenizer.json"))
-  if not os.path.isfile(os.path.join(out_dir, "tokenizer_config.json")):
-    tok = tokenizer.HuggingFaceTokenizer(os.path.join(out_dir, "tokenizer.json"))
-    _write_json(os.path.join(out_dir, "tokenizer_config.json"), _tokenizer_config(tok, config.max_target_length))
+    storage.copy(path, storage.join(out_dir, "tokenizer.json"))
+  if not storage.isfile(storage.join(out_dir, "tokenizer_config.json")):
+    tok = tokenizer.HuggingFaceTokenizer(storage.join(out_dir, "tokenizer.json"))
+    _write_json(storage.join(out_dir, "tokenizer_config.json"), _tokenizer_config(tok, config.max_target_length))
 
 
 def write_hf_dir(params: Mapping, config, out_dir: str, dtype: str, max_shard_bytes: int, progress: Callable = iter):
@@ -134,10 +135,10 @@ def write_hf_dir(params: Mapping, config, out_dir: str, dtype: str, max_shard_by
   tok = tokenizer.build_tokenizer(config.tokenizer_type, config.tokenizer_path)
   tokenizer.check_fits_model(tok, config.vocab_size)
   hf = hf_config.hf_config_from(config, dtype, tok.bos_id, tok.eos_id, tok.pad_id)
-  os.makedirs(out_dir, exist_ok=True)
+  storage.makedirs(out_dir)
   num_shards = write_safetensors(params, config, out_dir, dtype, max_shard_bytes, progress)
-  _write_json(os.path.join(out_dir, "config.json"), hf)
+  _write_json(storage.join(out_dir, "config.json"), hf)
   generation = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
-  _write_json(os.path.join(out_dir, "generation_config.json"), generation)
+  _write_json(storage.join(out_dir, "generation_config.json"), generation)
   write_tokenizer_files(config, out_dir)
   return num_shards

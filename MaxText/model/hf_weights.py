@@ -8,11 +8,11 @@ arrays layer by layer and export yields HF tensors lazily, so neither ever holds
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from MaxText.config import storage
 from MaxText.config.errors import BadInputError, MissingFieldError, MissingFileError
 
 _QK_NORM = ("q_norm", "k_norm")
@@ -162,7 +162,7 @@ def _open(path: str):
   from safetensors import safe_open
 
   try:
-    return safe_open(path, framework="numpy")
+    return safe_open(storage.local_copy(path), framework="numpy")  # safetensors maps local files only
   except Exception as e:  # noqa: BLE001 - SafetensorError (not exported): a truncated or foreign file
     raise BadInputError(f"{path}: not a readable safetensors file ({e})") from None
 
@@ -171,23 +171,23 @@ class LazySafetensors(Mapping):
   """HF tensor name -> numpy array of a (single or sharded) safetensors folder, read when asked for."""
 
   def __init__(self, hf_dir: str):
-    index = os.path.join(hf_dir, "model.safetensors.index.json")
-    if os.path.isfile(index):
-      with open(index, encoding="utf-8") as f:
+    index = storage.join(hf_dir, "model.safetensors.index.json")
+    if storage.isfile(index):
+      with storage.open_file(index, encoding="utf-8") as f:
         weight_map = json.load(f)["weight_map"]
     else:
       weight_map = {}
-      for name in sorted(os.listdir(hf_dir)):
+      for name in sorted(storage.listdir(hf_dir)):
         if name.endswith(".safetensors"):
-          with _open(os.path.join(hf_dir, name)) as f:
+          with _open(storage.join(hf_dir, name)) as f:
             weight_map.update(dict.fromkeys(f.keys(), name))  # noqa: SIM118 (safe_open is not a dict)
     if not weight_map:
       raise MissingFileError(f"--hf_dir: no .safetensors files in {hf_dir!r}")
     self._dir, self._map = hf_dir, weight_map
 
   def __getitem__(self, name: str) -> np.ndarray:
-    path = os.path.join(self._dir, self._map[name])
-    if not os.path.isfile(path):
+    path = storage.join(self._dir, self._map[name])
+    if not storage.isfile(path):
       raise MissingFileError(f"{path}: listed in the index for tensor {name!r} but missing")
     with _open(path) as f:
       try:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from MaxText.config import storage
 from MaxText.config.errors import UserError
 
 PARAMS = "params"
@@ -36,14 +36,14 @@ def first_line(error: Exception) -> str:
 
 def _params_dir(path: str) -> str:
   """Accepts a step folder of a run (holding `params/`) or a parameters-only folder itself."""
-  path = os.path.abspath(path)
-  candidate = os.path.join(path, PARAMS)
-  return candidate if os.path.isdir(candidate) else path
+  path = storage.absolute(path)
+  candidate = storage.join(path, PARAMS)
+  return candidate if storage.isdir(candidate) else path
 
 
 def load_params(path: str, abstract_params, param_shardings):
   """Parameters only, read-only, into the given shardings (no optimizer state is touched)."""
-  if not os.path.isdir(path):
+  if not storage.isdir(path):
     raise CheckpointError(f"parameters checkpoint {path!r} does not exist or is not a folder")
   target = abstract_with_shardings(abstract_params, param_shardings)
   try:
@@ -56,21 +56,21 @@ def load_params(path: str, abstract_params, param_shardings):
 def save_params(path: str, params) -> None:
   """A parameters-only checkpoint (what converters write and `load_parameters_path` reads)."""
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.join(os.path.abspath(path), PARAMS), params)
+    checkpointer.save(storage.join(storage.absolute(path), PARAMS), params)
 
 
 def latest_step_dir(path: str) -> str:
   """A run folder or its `checkpoints/` folder -> its newest step folder; any other folder as it is."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  steps = [int(name) for name in os.listdir(path) if name.isdigit()] if os.path.isdir(path) else []
-  return os.path.join(path, str(max(steps))) if steps else path
+  path = storage.absolute(path)
+  if storage.isdir(storage.join(path, "checkpoints")):
+    path = storage.join(path, "checkpoints")
+  steps = [int(name) for name in storage.listdir(path) if name.isdigit()] if storage.isdir(path) else []
+  return storage.join(path, str(max(steps))) if steps else path
 
 
 def read_params_to_host(path: str) -> dict:
   """Every parameter of a checkpoint as saved (no config needed), on the first local device."""
-  if not os.path.isdir(path):
+  if not storage.isdir(path):
     raise CheckpointError(f"parameters checkpoint {path!r} does not exist or is not a folder")
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   try:
@@ -111,13 +111,13 @@ def params_fingerprint(params) -> str:
 def saved_model_keys(checkpoint_path: str) -> tuple[str, dict] | None:
   """(file, keys) saved beside a checkpoint: a run's config.json two levels up from its step folder,
   or a converted checkpoint's model_config.json inside it; None when there is neither."""
-  path = os.path.abspath(checkpoint_path)
+  path = storage.absolute(checkpoint_path)
   candidates = [
-    os.path.join(path, MODEL_CONFIG_FILE),
-    os.path.join(os.path.dirname(os.path.dirname(path)), "config.json"),
+    storage.join(path, MODEL_CONFIG_FILE),
+    storage.join(storage.dirname(storage.dirname(path)), "config.json"),
   ]
-  found = next((c for c in candidates if os.path.isfile(c)), None)
+  found = next((c for c in candidates if storage.isfile(c)), None)
   if found is None:
     return None
-  with open(found, encoding="utf-8") as f:
+  with storage.open_file(found, encoding="utf-8") as f:
     return found, json.load(f)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import sys
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 
+from MaxText.config import storage
 from MaxText.config.teachers import as_plain
 from MaxText.model.params_io import PARAMS, CheckpointError, abstract_with_shardings, first_line
 
@@ -25,11 +25,11 @@ RUN_FILES = ("checkpoints", "tensorboard", "metrics.jsonl", "metrics.jsonl.tmp",
 
 
 def run_dir(config) -> str:
-  return os.path.join(config.base_output_directory, config.run_name or "default_run")
+  return storage.join(config.base_output_directory, config.run_name or "default_run")
 
 
 def checkpoint_dir(config) -> str:
-  return os.path.join(os.path.abspath(run_dir(config)), "checkpoints")
+  return storage.join(storage.absolute(run_dir(config)), "checkpoints")
 
 
 def create_manager(config) -> ocp.CheckpointManager:
@@ -112,10 +112,10 @@ def _restore(manager: ocp.CheckpointManager, step: int, layout, data_iterator) -
 
 def _set_aside(manager: ocp.CheckpointManager, step: int) -> str:
   """Renames an unrestorable step folder (kept for inspection, never deleted) so the run can save that step again."""
-  folder = os.path.join(str(manager.directory), str(step))
-  aside = os.path.join(str(manager.directory), f"unrestorable-{step}")
-  if jax.process_index() == 0 and os.path.isdir(folder):
-    os.replace(folder, aside)
+  folder = storage.join(str(manager.directory), str(step))
+  aside = storage.join(str(manager.directory), f"unrestorable-{step}")
+  if jax.process_index() == 0 and storage.isdir(folder):
+    storage.rename(folder, aside)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
 
@@ -155,6 +155,6 @@ def save_run_config(config) -> None:
   """The run's full config as JSON in its folder (read when the run later serves as a teacher or is exported)."""
   if jax.process_index() != 0:
     return
-  os.makedirs(run_dir(config), exist_ok=True)
-  with open(os.path.join(run_dir(config), "config.json"), "w", encoding="utf-8") as f:
+  storage.makedirs(run_dir(config))
+  with storage.open_file(storage.join(run_dir(config), "config.json"), "w", encoding="utf-8") as f:
     json.dump({k: as_plain(v) for k, v in dataclasses.asdict(config).items()}, f, indent=1)

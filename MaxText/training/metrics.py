@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 
 import jax
 import numpy as np
 
+from MaxText.config import storage
 from MaxText.config.errors import UserError
 
 
@@ -76,13 +76,12 @@ def check_trainable(step: int, host: dict) -> None:
     )
 
 
-def keep_records_up_to(path: str, step: int) -> None:
+def keep_records_up_to(path: str, step: int) -> list[str]:
   """Drops the records after `step` (written before a crash, after the checkpoint a run resumes from),
-  so that the resumed run's records supersede them and each step appears once."""
-  if not os.path.isfile(path):
-    return
-  with open(path, encoding="utf-8") as f:
-    lines = f.readlines()
+  so that the resumed run's records supersede them and each step appears once; returns the kept lines."""
+  if not storage.isfile(path):
+    return []
+  lines = storage.read_text(path).splitlines(keepends=True)
   kept = []
   for line in lines:
     try:
@@ -91,9 +90,31 @@ def keep_records_up_to(path: str, step: int) -> None:
     except (json.JSONDecodeError, KeyError, TypeError):
       pass  # a line cut short by the crash
   if len(kept) != len(lines):
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-      f.writelines(kept)
-    os.replace(path + ".tmp", path)
+    storage.write_text_atomic(path, "".join(kept))
+  return kept
+
+
+class JsonlRecords:
+  """metrics.jsonl, one record per line: appended to a local file; an object in a bucket cannot be
+  appended to, so there the whole (small) file is uploaded again after each record."""
+
+  def __init__(self, path: str, start_step: int):
+    self.path = path
+    self.lines = keep_records_up_to(path, start_step)
+    self.local = None if storage.is_remote(path) else open(path, "a", encoding="utf-8")  # noqa: SIM115
+
+  def write(self, record: dict) -> None:
+    line = json.dumps(record) + "\n"
+    if self.local is not None:
+      self.local.write(line)
+      self.local.flush()
+      return
+    self.lines.append(line)
+    storage.write_text_atomic(self.path, "".join(self.lines))
+
+  def close(self) -> None:
+    if self.local is not None:
+      self.local.close()
 
 
 class MetricLogger:
@@ -114,11 +135,9 @@ class MetricLogger:
     if is_primary:
       from tensorboardX import SummaryWriter
 
-      os.makedirs(run_dir, exist_ok=True)
-      self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
-      path = os.path.join(run_dir, "metrics.jsonl")
-      keep_records_up_to(path, start_step)
-      self.jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115
+      storage.makedirs(run_dir)
+      self.writer = SummaryWriter(storage.join(run_dir, "tensorboard"))  # tensorboardX writes gs:// itself
+      self.jsonl = JsonlRecords(storage.join(run_dir, "metrics.jsonl"), start_step)
 
   def add_step(self, step: int, device_metrics: dict) -> None:
     """Adds one step's metrics (fetched from device here); raises on a NaN/Inf loss."""
@@ -183,8 +202,7 @@ class MetricLogger:
       return
     for key, value in record.items():
       self.writer.add_scalar(prefix + key, value, step)
-    self.jsonl.write(json.dumps({"step": step, **{prefix + k: v for k, v in record.items()}}) + "\n")
-    self.jsonl.flush()
+    self.jsonl.write({"step": step, **{prefix + k: v for k, v in record.items()}})
     self.writer.flush()
 
   def close(self) -> None:

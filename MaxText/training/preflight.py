@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 
+from MaxText.config import storage
 from MaxText.config.errors import ConfigError
 from MaxText.config.paths import check_output_folder
 from MaxText.config.views import MODEL_KEYS, teacher_model_values, teacher_specs
@@ -32,7 +33,7 @@ class RunFiles:
 def _check_paths(config) -> None:
   for key in ("tokenizer_path", "load_parameters_path"):
     value = getattr(config, key)
-    if value and not os.path.exists(value):
+    if value and not storage.exists(value):
       raise ConfigError(f"{key}: {value!r} does not exist")
 
 
@@ -47,9 +48,9 @@ def _check_teacher_folders(config) -> None:
 
 
 def _check_teacher_folder(path: str, teacher: dict, key: str, overrides_key: str, fix: str) -> None:
-  if not os.path.isdir(path):
+  if not storage.isdir(path):
     raise ConfigError(f"{key}: {path!r} does not exist or is not a folder")
-  if not os.access(path, os.R_OK | os.X_OK):
+  if not storage.is_remote(path) and not os.access(path, os.R_OK | os.X_OK):
     raise ConfigError(f"{key}: {path!r} is not readable")
   saved = saved_model_keys(path)
   if saved is None:
@@ -57,7 +58,7 @@ def _check_teacher_folder(path: str, teacher: dict, key: str, overrides_key: str
   for name in MODEL_KEYS:
     if name in saved[1] and name != "scan_layers" and saved[1][name] != teacher[name]:
       raise ConfigError(
-        f"{overrides_key}: teacher {name}={teacher[name]!r} but the checkpoint at {os.path.abspath(path)!r} "
+        f"{overrides_key}: teacher {name}={teacher[name]!r} but the checkpoint at {storage.absolute(path)!r} "
         f"was trained with {name}={saved[1][name]!r} (set {fix})"
       )
 
@@ -80,8 +81,8 @@ def _teacher_tokenizer_files(config) -> list[tuple[str, str]]:
   found = []
   for index, spec in enumerate(teacher_specs(dataclasses.asdict(config))):
     key = f"kd_teachers[{index}].parameters_path" if config.kd_teachers else "kd_teacher_parameters_path"
-    path = os.path.join(spec.parameters_path, "tokenizer.json")
-    if os.path.isfile(path):
+    path = storage.join(spec.parameters_path, "tokenizer.json")
+    if storage.isfile(path):
       found.append((key, path))
   return found
 
@@ -93,9 +94,9 @@ def _check_teacher_tokenizers(config) -> None:
     return
   teachers = _teacher_tokenizer_files(config)
   student_file = config.tokenizer_path
-  if os.path.isdir(student_file):
-    student_file = os.path.join(student_file, "tokenizer.json")
-  if not teachers or not os.path.isfile(student_file):
+  if storage.isdir(student_file):
+    student_file = storage.join(student_file, "tokenizer.json")
+  if not teachers or not storage.isfile(student_file):
     return
   student = vocabulary_fingerprint(student_file)
   for key, path in teachers:
@@ -128,11 +129,11 @@ def check_run_folder(config) -> None:
   """The training job's output: a new folder, or one holding only this run's own outputs (a resume)."""
   folder = checkpointing.run_dir(config)
   check_output_folder("base_output_directory", folder, checkpointing.RUN_FILES)
-  saved_path = os.path.join(folder, "config.json")
-  if not os.path.isfile(saved_path):
+  saved_path = storage.join(folder, "config.json")
+  if not storage.isfile(saved_path):
     return
   try:
-    with open(saved_path, encoding="utf-8") as f:
+    with storage.open_file(saved_path, encoding="utf-8") as f:
       saved = json.load(f)
   except (OSError, json.JSONDecodeError) as e:
     raise ConfigError(f"run_name: {saved_path!r} cannot be read ({e}); use another run_name") from None

@@ -3,12 +3,10 @@ tokenized corpus, and host batches made global arrays."""
 
 from __future__ import annotations
 
-import os
-
 import jax
 import numpy as np
 
-from MaxText.config import load
+from MaxText.config import load, storage
 from MaxText.config.errors import ConfigError
 from MaxText.config.loader import parse_overrides
 from MaxText.config.views import MODEL_KEYS
@@ -68,7 +66,7 @@ def with_saved_model_keys(argv: list[str], first):
   (a converted or pruned checkpoint's model_config.json, a run's config.json) filled in; a model key given
   on the command line must agree with them."""
   path = first.load_parameters_path
-  saved = params_io.saved_model_keys(path) if path and os.path.isdir(path) else None
+  saved = params_io.saved_model_keys(path) if path and storage.isdir(path) else None
   if saved is None:
     return first
   source, keys = saved

@@ -312,7 +312,7 @@ CASES = [
   ),
   ("convert_into_nonempty", CONVERT, ["--hf_dir", "{hf}", "--output", "{out}/foreign"], "is not empty"),
   ("convert_into_a_file", CONVERT, ["--hf_dir", "{hf}", "--output", "{a_file}"], "--output"),
-  ("convert_from_gs", CONVERT, ["--hf_dir", "gs://b/hf", "--output", "{out}/ckpt"], "--hf_dir: 'gs://b/hf'"),
+  ("convert_from_ftp", CONVERT, ["--hf_dir", "ftp://b/hf", "--output", "{out}/ckpt"], "--hf_dir: 'ftp://b/hf' is a"),
   ("convert_without_output", CONVERT, ["--hf_dir", "{hf}"], "--output"),
   ("export_missing_checkpoint", CONVERT, ["--to_hf", "--checkpoint", "/no/ckpt", "--output", "{out}/hf"], "/no/ckpt"),
   (

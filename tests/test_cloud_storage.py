@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from chat_files import chat_tokenizer_folder
+from chat_files import WORDS, chat_tokenizer_folder
 from conftest import REPO, TINY, free_port, run_train
 
 from MaxText.config import storage
@@ -72,7 +72,7 @@ def gcs(tmp_path_factory):
 def _upload_inputs(bucket, tmp_path):
   """A JSONL corpus and a Hugging Face tokenizer folder, in the bucket."""
   rng = np.random.default_rng(0)
-  words = "Name a colour. Blue. Another? Red. What is the sea? Water. Say hi. Hi there.".split()
+  words = WORDS.split()
   lines = [json.dumps({"text": " ".join(rng.choice(words, size=rng.integers(3, 12)))}) for _ in range(300)]
   storage.write_text_atomic(f"{bucket}/data/docs.jsonl", "\n".join(lines))
   chat_tokenizer_folder(tmp_path / "tok")

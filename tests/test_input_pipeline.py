@@ -1,6 +1,7 @@
 """Input pipelines and tokenizers: packing fields, sources, split, iterator state, errors."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -49,15 +50,59 @@ def test_text_windows_pack_and_targets_are_next_tokens(tmp_path):
   assert sum(len(w) - 1 for w in corpus.source) == sum(len(d.encode()) + 1 for d in docs)
 
 
-def test_default_text_corpus_is_shakespeare_and_split_is_disjoint_and_stable():
+def test_default_text_corpus_is_shakespeare_and_split_holds_out_whole_documents():
   config = _config()
   corpus = input_pipeline.TokenizedCorpus(config, ByteTokenizer())
   assert len(input_pipeline.shakespeare_files()) == 42
-  train = input_pipeline.split_indices(len(corpus.source), 0.05, "train")
-  evals = input_pipeline.split_indices(len(corpus.source), 0.05, "eval")
+  train = input_pipeline.split_indices(corpus.document_of, 0.05, "train")
+  evals = input_pipeline.split_indices(corpus.document_of, 0.05, "eval")
   assert not set(train) & set(evals) and len(train) + len(evals) == len(corpus.source)
-  assert 0.03 < len(evals) / len(corpus.source) < 0.07
-  np.testing.assert_array_equal(evals, input_pipeline.split_indices(len(corpus.source), 0.05, "eval"))
+  # no document (play) has windows in both splits, and some plays are held out
+  eval_docs, train_docs = set(corpus.document_of[evals]), set(corpus.document_of[train])
+  assert eval_docs and not eval_docs & train_docs and len(eval_docs | train_docs) == 42
+  np.testing.assert_array_equal(evals, input_pipeline.split_indices(corpus.document_of, 0.05, "eval"))
+
+
+def test_eval_split_is_by_document_for_jsonl_records(tmp_path):
+  # every record repeats its own id, so a window's bytes say which document it came from
+  texts = [f"<{i:03d}>" * 40 for i in range(60)]
+  (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in texts))
+  config = _config(dataset_type="jsonl", dataset_path=str(tmp_path / "d.jsonl"), eval_fraction=0.2, packing=False)
+  seen = {}
+  for split in ("train", "eval"):
+    batches, _ = _batches(config, 30, split=split)
+    rows = [ByteTokenizer().decode(row.tolist()) for b in batches for row in b["inputs"]]
+    seen[split] = {m for row in rows for m in re.findall(r"<(\d{3})>", row)}
+  assert seen["eval"] and seen["train"] and not seen["eval"] & seen["train"]
+
+
+def test_a_separate_eval_data_set_feeds_eval_and_none_of_it_trains(tmp_path):
+  (tmp_path / "train.jsonl").write_text("\n".join(json.dumps({"text": "t" * 30}) for _ in range(10)))
+  (tmp_path / "eval.txt").write_text("e" * 200)
+  config = _config(
+    dataset_type="jsonl",
+    dataset_path=str(tmp_path / "train.jsonl"),
+    eval_dataset_path=str(tmp_path / "eval.txt"),
+    eval_dataset_type="text",
+    eval_fraction=0.5,  # unused with a separate eval set: every train record trains
+  )
+  train, _ = _batches(config, 5)
+  evals, _ = _batches(config, 3, split="eval")
+  train_bytes = set(np.concatenate([b["inputs"][b["inputs_segmentation"] > 0] for b in train]).tolist())
+  eval_bytes = set(np.concatenate([b["inputs"][b["inputs_segmentation"] > 0] for b in evals]).tolist())
+  bos_eos = {1, 2}
+  assert train_bytes - bos_eos == {ord("t") + 3} and eval_bytes - bos_eos == {ord("e") + 3}  # bytes shift by 3
+  corpus = input_pipeline.TokenizedCorpus(config, ByteTokenizer())
+  assert len(input_pipeline._split(config, corpus, "train")[1]) == len(corpus.source)  # nothing held out
+  with pytest.raises(ValueError, match="eval_dataset_type: 'text' describes eval_dataset_path, which is empty"):
+    _config(eval_dataset_type="text")
+
+
+def test_one_document_has_no_eval_split_and_says_what_to_do(tmp_path):
+  (tmp_path / "a.txt").write_text("one long document " * 20)
+  config = _config(dataset_path=str(tmp_path / "a.txt"))
+  with pytest.raises(ValueError, match="eval_fraction: the eval split of dataset_path is empty \\(1 document"):
+    _batches(config, 1, split="eval")
 
 
 def test_iterator_state_round_trip_reproduces_the_next_batches():

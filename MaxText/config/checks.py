@@ -28,6 +28,7 @@ def _axis(v):
 
 _ONE_OF = {
   "dataset_type": ("synthetic", "text", "jsonl", "parquet", "arrayrecord"),
+  "eval_dataset_type": ("", "text", "jsonl", "parquet", "arrayrecord"),
   "tokenizer_type": ("byte", "sentencepiece", "huggingface"),
   "dtype": ("bfloat16", "float32", "float16"),
   "weight_dtype": ("bfloat16", "float32"),
@@ -133,6 +134,18 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
 ]
 
 
+def _check_eval_data(v: dict[str, Any]) -> None:
+  if not v["eval_dataset_path"]:
+    for key in ("eval_dataset_type", "eval_data_column"):
+      if v[key]:
+        raise ConfigError(f"{key}: {v[key]!r} describes eval_dataset_path, which is empty")
+    return
+  if v["dataset_type"] == "synthetic":
+    raise ConfigError("eval_dataset_path: synthetic data has its own eval stream; drop eval_dataset_path")
+  if v["use_sft"] and v["eval_dataset_type"] not in ("", "jsonl", "parquet"):
+    raise ConfigError(f"eval_dataset_type: use_sft reads jsonl or parquet conversations, got {v['eval_dataset_type']}")
+
+
 def _check_relations(v: dict[str, Any]) -> None:
   if v["num_query_heads"] % v["num_kv_heads"]:
     raise ConfigError(f"num_query_heads: {v['num_query_heads']} must be a multiple of num_kv_heads={v['num_kv_heads']}")
@@ -143,6 +156,7 @@ def _check_relations(v: dict[str, Any]) -> None:
   if v["tokenizer_type"] != "byte" and not v["tokenizer_path"]:
     raise ConfigError(f"tokenizer_path: required for tokenizer_type={v['tokenizer_type']}")
   _check_decode(v)
+  _check_eval_data(v)
   if v["use_sft"] and v["dataset_type"] not in ("jsonl", "parquet"):
     raise ConfigError(f"dataset_type: use_sft reads conversations from jsonl or parquet, got {v['dataset_type']}")
   if v["use_sft"] and v["tokenizer_type"] != "huggingface":

@@ -48,6 +48,20 @@ def model_config(config) -> Any:
   return ModelConfig(**{key: getattr(config, key) for key in _MODEL_VIEW_KEYS})
 
 
+def eval_data_config(config) -> Any | None:
+  """The config with the eval data set in the data keys (eval_dataset_path, its type and column, each
+  defaulting to the training set's); None when eval holds out a share of dataset_path instead."""
+  if not config.eval_dataset_path:
+    return None
+  return dataclasses.replace(
+    config,
+    dataset_path=config.eval_dataset_path,
+    dataset_type=config.eval_dataset_type or config.dataset_type,
+    data_column=config.eval_data_column or config.data_column,
+    eval_dataset_path="",
+  )
+
+
 def teacher_specs(v: dict[str, Any]) -> tuple[TeacherSpec, ...]:
   """The run's teachers: the kd_teachers ensemble, or the one kd_teacher_* teacher (none when self-distilling)."""
   if v["kd_teachers"]:

@@ -1,8 +1,9 @@
 """Grain input pipelines: synthetic, plain text, JSONL, Parquet, pre-tokenized ArrayRecord, and SFT
 conversations (data/sft.py: one example per conversation, packed whole, loss on assistant tokens).
 
-Every source becomes a random-access dataset of token sequences. A fixed pseudo-random mark per
-sequence (seeded, independent of the shuffle seed) decides the train/eval split; each process
+Every source becomes a random-access dataset of token sequences. The eval split is a separate data
+set (`eval_dataset_path`) or else a fixed pseudo-random share of the documents (seeded, independent of
+the shuffle seed), so that no document has windows in both splits; each process
 keeps every `process_count`-th train sequence; the result is shuffled, cut into windows of
 `max_target_length + 1` tokens, packed with segment ids and positions, and batched. The iterator's
 state is what a checkpoint stores, so a resumed run sees exactly the batches it would have seen.
@@ -20,6 +21,7 @@ import numpy as np
 
 from MaxText.config import storage
 from MaxText.config.errors import BadInputError, MissingFieldError, MissingFileError
+from MaxText.config.views import eval_data_config
 from MaxText.data import array_records, sft
 from MaxText.data.text_files import jsonl_fields, read_parquet, read_text_file
 from MaxText.data.tokenizer import Tokenizer, encode_documents
@@ -104,10 +106,18 @@ class _Windows(grain.experimental.FlatMapTransform):
     return windows(element, self.length)
 
 
-def split_indices(num: int, eval_fraction: float, split: str) -> np.ndarray:
-  is_eval = np.random.default_rng(_SPLIT_SEED).random(num) < eval_fraction
-  if eval_fraction > 0 and num > 1 and not is_eval.any():
-    is_eval[-1] = True  # a tiny data set still gets an eval sequence
+def held_out_documents(num_documents: int, eval_fraction: float) -> np.ndarray:
+  """Which documents are eval documents: a fixed mark per document index."""
+  is_eval = np.random.default_rng(_SPLIT_SEED).random(num_documents) < eval_fraction
+  if eval_fraction > 0 and num_documents > 1 and not is_eval.any():
+    is_eval[-1] = True  # a small data set still gets an eval document
+  return is_eval
+
+
+def split_indices(document_of: np.ndarray, eval_fraction: float, split: str) -> np.ndarray:
+  """Indices of the sequences of `split`; `document_of[i]` is the document sequence i was cut from."""
+  num_documents = int(document_of.max()) + 1 if len(document_of) else 0
+  is_eval = held_out_documents(num_documents, eval_fraction)[document_of]
   return np.flatnonzero(is_eval if split == "eval" else ~is_eval)
 
 
@@ -155,7 +165,8 @@ def _synthetic_sequences(config) -> grain.MapDataset:
 
 
 class TokenizedCorpus:
-  """Sequences of a data set: pre-windowed in memory (text sources) or lazy records (ArrayRecord)."""
+  """Sequences of a data set: pre-windowed in memory (text sources) or lazy records (ArrayRecord), with
+  the document each came from; `eval_corpus` is the separate eval data set, when there is one."""
 
   def __init__(self, config, tokenizer: Tokenizer | None):
     self.lazy = config.dataset_type == "arrayrecord"
@@ -166,9 +177,15 @@ class TokenizedCorpus:
       self.source = array_records.open_records(expand_paths(config.dataset_path), "dataset_path")
     else:
       documents = encode_documents(tokenizer, read_texts(config), config.add_bos, config.add_eos)
-      self.source = [w for doc in documents for w in windows(doc, config.max_target_length)]
+      per_document = [windows(doc, config.max_target_length) for doc in documents]
+      self.source = [w for doc_windows in per_document for w in doc_windows]
+      self.document_of = np.repeat(np.arange(len(documents)), [len(w) for w in per_document])
       if not self.source:
         raise BadInputError(f"dataset_path: the {config.dataset_type} data set yields no tokens")
+    if self.sft or self.lazy:  # a record (conversation, pre-tokenized document) is a document
+      self.document_of = np.arange(len(self.source))
+    eval_config = eval_data_config(config)
+    self.eval_corpus = TokenizedCorpus(eval_config, tokenizer) if eval_config is not None else None
 
   def dataset(self, indices: np.ndarray) -> grain.MapDataset:
     source = self.source
@@ -178,6 +195,22 @@ class TokenizedCorpus:
     return ds
 
 
+def _split(config, corpus: TokenizedCorpus, split: str) -> tuple[TokenizedCorpus, np.ndarray]:
+  """The corpus a split reads and its sequence indices: all of the train or eval data set when they are
+  separate, else the documents of dataset_path on this split's side."""
+  if corpus.eval_corpus is not None:
+    chosen = corpus.eval_corpus if split == "eval" else corpus
+    return chosen, np.arange(len(chosen.source))
+  indices = split_indices(corpus.document_of, config.eval_fraction, split)
+  if len(indices) == 0:
+    count = int(corpus.document_of.max()) + 1
+    raise BadInputError(
+      f"eval_fraction: the {split} split of dataset_path is empty ({count} document(s), eval_fraction "
+      f"{config.eval_fraction}); add documents, change eval_fraction or set eval_dataset_path"
+    )
+  return corpus, indices
+
+
 def make_iterator(config, corpus: TokenizedCorpus | None, split: str, batch_size: int):
   """A checkpointable iterator of per-process batches (dicts of [batch_size, max_target_length] int32)."""
   length = config.max_target_length
@@ -185,9 +218,7 @@ def make_iterator(config, corpus: TokenizedCorpus | None, split: str, batch_size
     offset = 0 if split == "train" else 1 << 39
     ds = _synthetic_sequences(config)[offset + jax.process_index() :: jax.process_count()]
   else:
-    indices = split_indices(len(corpus.source), config.eval_fraction, split)
-    if len(indices) == 0:
-      raise BadInputError(f"eval_fraction: the {split} split of the data set is empty")
+    corpus, indices = _split(config, corpus, split)
     ds = corpus.dataset(indices[jax.process_index() :: jax.process_count()])
     if split == "train":
       ds = ds.shuffle(seed=config.data_shuffle_seed)

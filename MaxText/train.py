@@ -17,8 +17,8 @@ import jax  # noqa: E402
 from MaxText import config as config_lib  # noqa: E402
 from MaxText.config.loader import help_text  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
-from MaxText.training import preflight  # noqa: E402
-from MaxText.training.runtime import maybe_initialize_distributed  # noqa: E402
+from MaxText.training import evaluation, preflight  # noqa: E402
+from MaxText.training.runtime import maybe_initialize_distributed, with_saved_model_keys  # noqa: E402
 from MaxText.training.trainer import Trainer  # noqa: E402
 
 
@@ -31,8 +31,12 @@ def main(argv: list[str]) -> int:
     return 0
   try:
     config = config_lib.load(argv[1:])
+    if config.eval_only:  # the saved model's own keys (a converted model, a teacher run) describe it
+      evaluation.check_eval_only(config)
+      config = with_saved_model_keys(argv[1:], config)
     files = preflight.run(config)
-    preflight.check_run_folder(config)
+    if not config.eval_only:
+      preflight.check_run_folder(config)
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2
@@ -40,7 +44,10 @@ def main(argv: list[str]) -> int:
   if config.jax_cache_dir:
     jax.config.update("jax_compilation_cache_dir", config.jax_cache_dir)
   try:
-    Trainer(config, files).run()
+    if config.eval_only:
+      evaluation.evaluate_checkpoint(config)
+    else:
+      Trainer(config, files).run()
   except config_lib.UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

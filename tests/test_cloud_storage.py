@@ -98,7 +98,7 @@ def test_train_resume_kd_and_offline_kd_entirely_on_gs_paths(gcs, tmp_path):
     f"tokenizer_path={gcs}/tok",
   ]
   runs = f"{gcs}/runs"
-  base = [*TINY, *data, "learning_rate=1e-2", "checkpoint_period=3"]
+  base = [*TINY, *data, "learning_rate=1e-2", "checkpoint_period=3", "eval_interval=4", "eval_steps=2"]
 
   # train a teacher, then resume it in a new process from its last checkpoint
   run_train(runs, *base, "run_name=teacher", "steps=6")
@@ -108,8 +108,13 @@ def test_train_resume_kd_and_offline_kd_entirely_on_gs_paths(gcs, tmp_path):
   assert {"6", "8"} <= set(storage.listdir(f"{runs}/teacher/checkpoints"))
   assert any(n.startswith("events.out.tfevents") for n in storage.listdir(f"{runs}/teacher/tensorboard"))
 
-  # online KD from that teacher's checkpoint in the bucket
+  # eval-only of the teacher's checkpoint in the bucket reproduces the run's eval at that step
   teacher = f"{runs}/teacher/checkpoints/8"
+  want = next(r["eval/loss"] for r in _metrics(f"{runs}/teacher") if r["step"] == 8 and "eval/loss" in r)
+  scored = run_train(runs, *base, "eval_only=true", f"load_parameters_path={teacher}")
+  assert f"eval_only {teacher}: loss {want:.6f}" in scored.stdout
+
+  # online KD from that teacher's checkpoint in the bucket
   kd = [*base, "use_kd=true", f"kd_teacher_parameters_path={teacher}", "kd_alpha=0.5", "steps=4"]
   run_train(runs, *kd, "run_name=student")
   student = _metrics(f"{runs}/student")

@@ -99,6 +99,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "adam_eps",
       "grain_worker_count",
       "profiler_steps",
+      "skip_first_n_steps_for_profiler",
       "kd_top_k",
       "prune_num_layers",
       "prune_mlp_dim",

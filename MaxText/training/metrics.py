@@ -7,7 +7,6 @@ import math
 import time
 
 import jax
-import numpy as np
 
 from MaxText.config import storage
 from MaxText.config.errors import UserError
@@ -92,6 +91,16 @@ def keep_records_up_to(path: str, step: int) -> list[str]:
   if len(kept) != len(lines):
     storage.write_text_atomic(path, "".join(kept))
   return kept
+
+
+def eval_record(sums: dict) -> dict[str, float]:
+  """Per-token means of an eval pass's summed metrics, with the loss and its perplexity."""
+  tokens = max(sums["tokens"], 1.0)
+  record = {key[:-4]: value / tokens for key, value in sums.items() if key.endswith("_sum")}
+  record["loss"] = record["ce"]
+  record["perplexity"] = math.exp(min(record["ce"], 50.0))
+  _add_kd_views(record)
+  return record
 
 
 class JsonlRecords:
@@ -183,11 +192,7 @@ class MetricLogger:
     return record
 
   def write_eval(self, step: int, sums: dict) -> dict[str, float]:
-    tokens = max(sums["tokens"], 1.0)
-    record = {key[:-4]: value / tokens for key, value in sums.items() if key.endswith("_sum")}
-    record["loss"] = record["ce"]
-    record["perplexity"] = math.exp(min(record["ce"], 50.0))
-    _add_kd_views(record)
+    record = eval_record(sums)
     self._emit(step, record, prefix="eval/")
     if self.is_primary:
       print(
@@ -209,10 +214,3 @@ class MetricLogger:
     if self.writer is not None:
       self.writer.close()
       self.jsonl.close()
-
-
-def accumulate_sums(total: dict | None, sums: dict) -> dict:
-  host = {k: float(np.asarray(v)) for k, v in jax.device_get(sums).items()}
-  if total is None:
-    return host
-  return {k: total[k] + host[k] for k in total}

@@ -26,6 +26,8 @@ from MaxText.model.params_io import load_params
 from MaxText.parallel import sharding
 from MaxText.training import checkpointing, preflight
 from MaxText.training import metrics as metrics_lib
+from MaxText.training.evaluation import eval_sums
+from MaxText.training.profiler import StepProfiler
 from MaxText.training.runtime import build_corpus, global_batch_size, to_global
 from MaxText.training.state import init_state, make_layout, trainables
 from MaxText.training.step import jit_train_step, make_eval_step
@@ -155,13 +157,8 @@ class Trainer:
 
   def evaluate(self, step: int, logger) -> dict:
     started = time.perf_counter()
-    eval_iter = input_pipeline.make_iterator(self.config, self.corpus, "eval", self.batch_size // jax.process_count())
-    total = None
-    for _ in range(self.config.eval_steps):
-      batch = to_global(next(eval_iter), self.batch_sharding)
-      sums = self.eval_step(trainables(self.state), self.eval_teacher, batch, self.state["step"])
-      total = metrics_lib.accumulate_sums(total, sums)
-    record = logger.write_eval(step, total)
+    args = (trainables(self.state), self.eval_teacher, self.batch_sharding, self.state["step"])
+    record = logger.write_eval(step, eval_sums(self.config, self.corpus, self.eval_step, *args))
     logger.window_start += time.perf_counter() - started  # eval time is not training throughput
     return record
 
@@ -171,12 +168,15 @@ class Trainer:
     logger = metrics_lib.MetricLogger(config, run_dir, jax.process_index() == 0, self.start_step)
     checkpointing.save_run_config(config)
     print_summary(config, self.mesh, self.state["params"], self.teacher, self.start_step)
+    profiler = StepProfiler(config, run_dir, self.start_step)
     pending = None  # metrics are read one step late so the host never stalls the device
     try:
       with jax.set_mesh(self.mesh):
         for step in range(self.start_step + 1, config.steps + 1):
           batch = to_global(next(self.train_iter), self.batch_sharding)
+          profiler.before_step(step)
           device_metrics = self._train_one(step, batch)
+          profiler.after_step(step, device_metrics)
           if pending is not None:
             logger.add_step(*pending)
           pending = (step, device_metrics)
@@ -192,6 +192,7 @@ class Trainer:
           if config.eval_interval and (step % config.eval_interval == 0 or last):
             self.evaluate(step, logger)
     finally:
+      profiler.stop()
       if self.manager is not None:
         checkpointing.wait_until_finished(self.manager)
       logger.close()

@@ -17,9 +17,16 @@ def _config(**overrides):
 
 
 def _batches(config, n, split="train", batch_size=4):
-  corpus = None if config.dataset_type == "synthetic" else input_pipeline.TokenizedCorpus(config, ByteTokenizer())
+  corpus = None if config.dataset_type == "synthetic" else input_pipeline.Corpus(config, ByteTokenizer())
   it = input_pipeline.make_iterator(config, corpus, split, batch_size)
   return [next(it) for _ in range(n)], it
+
+
+def _targets(corpus):
+  """Targets per window over every document of the corpus."""
+  docs = corpus.documents
+  cut = [input_pipeline.windows(corpus.encode(docs[i]), 16) for i in range(len(docs))]
+  return [len(w) - 1 for doc_windows in cut for w in doc_windows]
 
 
 def _check_packed_fields(batch):
@@ -46,21 +53,25 @@ def test_text_windows_pack_and_targets_are_next_tokens(tmp_path):
       ins, tgt = batch["inputs"][row][seg[row] == s], batch["targets"][row][seg[row] == s]
       np.testing.assert_array_equal(ins[1:], tgt[:-1])
   # every document byte is a target exactly once across the epoch's windows
-  corpus = input_pipeline.TokenizedCorpus(config, ByteTokenizer())
-  assert sum(len(w) - 1 for w in corpus.source) == sum(len(d.encode()) + 1 for d in docs)
+  corpus = input_pipeline.Corpus(config, ByteTokenizer())
+  assert sum(_targets(corpus)) == sum(len(d.encode()) + 1 for d in docs)
 
 
 def test_default_text_corpus_is_shakespeare_and_split_holds_out_whole_documents():
   config = _config()
-  corpus = input_pipeline.TokenizedCorpus(config, ByteTokenizer())
-  assert len(input_pipeline.shakespeare_files()) == 42
-  train = input_pipeline.split_indices(corpus.document_of, 0.05, "train")
-  evals = input_pipeline.split_indices(corpus.document_of, 0.05, "eval")
-  assert not set(train) & set(evals) and len(train) + len(evals) == len(corpus.source)
-  # no document (play) has windows in both splits, and some plays are held out
-  eval_docs, train_docs = set(corpus.document_of[evals]), set(corpus.document_of[train])
-  assert eval_docs and not eval_docs & train_docs and len(eval_docs | train_docs) == 42
-  np.testing.assert_array_equal(evals, input_pipeline.split_indices(corpus.document_of, 0.05, "eval"))
+  corpus = input_pipeline.Corpus(config, ByteTokenizer())
+  assert len(input_pipeline.shakespeare_files()) == len(corpus.documents) == 42  # a play is a document
+  is_eval = corpus.documents.held_out(0.05, input_pipeline._SPLIT_SEED)
+  train = input_pipeline.split_indices(is_eval, "train")
+  evals = input_pipeline.split_indices(is_eval, "eval")
+  assert len(evals) >= 1 and not set(train) & set(evals) and len(train) + len(evals) == 42
+  np.testing.assert_array_equal(is_eval, corpus.documents.held_out(0.05, input_pipeline._SPLIT_SEED))
+  # two hosts split the plays by file and agree on which are held out
+  halves = [input_pipeline.open_documents(config, p, 2) for p in range(2)]
+  assert sorted(f for h in halves for f in h.files) == sorted(input_pipeline.shakespeare_files())
+  marks = dict(zip(corpus.documents.files, is_eval, strict=True))
+  for half in halves:
+    assert [marks[f] for f in half.files] == half.held_out(0.05, input_pipeline._SPLIT_SEED).tolist()
 
 
 def test_eval_split_is_by_document_for_jsonl_records(tmp_path):
@@ -92,8 +103,8 @@ def test_a_separate_eval_data_set_feeds_eval_and_none_of_it_trains(tmp_path):
   eval_bytes = set(np.concatenate([b["inputs"][b["inputs_segmentation"] > 0] for b in evals]).tolist())
   bos_eos = {1, 2}
   assert train_bytes - bos_eos == {ord("t") + 3} and eval_bytes - bos_eos == {ord("e") + 3}  # bytes shift by 3
-  corpus = input_pipeline.TokenizedCorpus(config, ByteTokenizer())
-  assert len(input_pipeline._split(config, corpus, "train")[1]) == len(corpus.source)  # nothing held out
+  corpus = input_pipeline.Corpus(config, ByteTokenizer())
+  assert len(input_pipeline._split(config, corpus, "train")[1]) == len(corpus.documents)  # nothing held out
   with pytest.raises(ValueError, match="eval_dataset_type: 'text' describes eval_dataset_path, which is empty"):
     _config(eval_dataset_type="text")
 
@@ -133,14 +144,12 @@ def test_jsonl_and_parquet_sources(tmp_path):
   pq.write_table(pa.table({"body": texts}), tmp_path / "d.parquet")
   for kind, path in (("jsonl", tmp_path / "d.jsonl"), ("parquet", tmp_path / "d.parquet")):
     config = _config(dataset_type=kind, dataset_path=str(path), data_column="body")
-    corpus = input_pipeline.TokenizedCorpus(config, ByteTokenizer())
-    assert sum(len(w) - 1 for w in corpus.source) == sum(len(t.encode()) + 1 for t in texts)
+    corpus = input_pipeline.Corpus(config, ByteTokenizer())
+    assert sum(_targets(corpus)) == sum(len(t.encode()) + 1 for t in texts)
     (batch,), _ = _batches(config, 1)
     _check_packed_fields(batch)
   with pytest.raises(KeyError, match="data_column: .* has no field 'text'"):
-    input_pipeline.TokenizedCorpus(
-      _config(dataset_type="jsonl", dataset_path=str(tmp_path / "d.jsonl")), ByteTokenizer()
-    )
+    input_pipeline.Corpus(_config(dataset_type="jsonl", dataset_path=str(tmp_path / "d.jsonl")), ByteTokenizer())
 
 
 def test_arrayrecord_pretokenized_source(tmp_path):
@@ -153,7 +162,7 @@ def test_arrayrecord_pretokenized_source(tmp_path):
     writer.write(d.tobytes())
   writer.close()
   config = _config(dataset_type="arrayrecord", dataset_path=path, eval_fraction=0.0)
-  corpus = input_pipeline.TokenizedCorpus(config, None)
+  corpus = input_pipeline.Corpus(config, None)
   it = input_pipeline.make_iterator(config, corpus, "train", 2)
   batch = next(it)
   _check_packed_fields(batch)
@@ -176,7 +185,7 @@ def test_unpacked_rows_are_padded_with_segment_zero(tmp_path):
 
 def test_unreadable_data_path_is_a_clear_error():
   with pytest.raises(FileNotFoundError, match="dataset_path: no readable files match '/no/such/\\*.txt'"):
-    input_pipeline.TokenizedCorpus(_config(dataset_path="/no/such/*.txt"), ByteTokenizer())
+    input_pipeline.Corpus(_config(dataset_path="/no/such/*.txt"), ByteTokenizer())
 
 
 def test_trained_bpe_and_sentencepiece_tokenizers_round_trip(tmp_path):

@@ -70,7 +70,7 @@ def test_only_assistant_turns_and_their_end_of_turn_are_trained(tokenizer_dir):
 def test_packed_rows_hold_whole_conversations_with_their_masks(tokenizer_dir, data_file):
   config = pyconfig.from_dict(_keys(tokenizer_dir, data_file, max_target_length=160))
   corpus = build_corpus(config)
-  by_inputs = {tuple(e["inputs"].tolist()): e["targets_mask"] for e in corpus.source}
+  by_inputs = {tuple(e["inputs"].tolist()): e["targets_mask"] for e in corpus.documents.documents}
   batch = next(input_pipeline.make_iterator(config, corpus, "train", 4))
   packed_rows = 0
   for row in range(4):
@@ -92,7 +92,7 @@ def test_unpacked_rows_hold_one_conversation_each(tokenizer_dir, data_file):
   assert batch["inputs_segmentation"].max() == 1
   for row in range(4):
     n = int(batch["inputs_segmentation"][row].sum())
-    example = next(e for e in corpus.source if np.array_equal(e["inputs"], batch["inputs"][row][:n]))
+    example = next(e for e in corpus.documents.documents if np.array_equal(e["inputs"], batch["inputs"][row][:n]))
     np.testing.assert_array_equal(batch["targets_segmentation"][row][:n], example["targets_mask"])
 
 

@@ -1,11 +1,13 @@
 """Grain input pipelines: synthetic, plain text, JSONL, Parquet, pre-tokenized ArrayRecord, and SFT
 conversations (data/sft.py: one example per conversation, packed whole, loss on assistant tokens).
 
-Every source becomes a random-access dataset of token sequences. The eval split is a separate data
-set (`eval_dataset_path`) or else a fixed pseudo-random share of the documents (seeded, independent of
-the shuffle seed), so that no document has windows in both splits; each process
-keeps every `process_count`-th train sequence; the result is shuffled, cut into windows of
-`max_target_length + 1` tokens, packed with segment ids and positions, and batched. The iterator's
+Documents are read lazily (data/documents.py: a file, a JSONL line, a Parquet row, an ArrayRecord
+record), so memory does not grow with the corpus. The eval split is a separate data set
+(`eval_dataset_path`) or a fixed pseudo-random share of the documents (independent of the shuffle seed),
+so no document has windows in both splits. Each host reads its share of the documents in a shuffled
+order; `grain_worker_count` worker processes read and tokenize them (Grain keeps the order, so the
+batches do not depend on the worker count); the main process cuts each document into windows of
+`max_target_length + 1` tokens, packs them with segment ids and positions, and batches. The iterator's
 state is what a checkpoint stores, so a resumed run sees exactly the batches it would have seen.
 """
 
@@ -20,10 +22,9 @@ import jax
 import numpy as np
 
 from MaxText.config import storage
-from MaxText.config.errors import BadInputError, MissingFieldError, MissingFileError
+from MaxText.config.errors import BadInputError, MissingFileError
 from MaxText.config.views import eval_data_config
-from MaxText.data import array_records, sft
-from MaxText.data.text_files import jsonl_fields, read_parquet, read_text_file
+from MaxText.data import documents, sft
 from MaxText.data.tokenizer import Tokenizer, encode_documents
 
 _SPLIT_SEED = 20240607  # fixed: the train/eval split must not move when the shuffle seed does
@@ -54,38 +55,28 @@ def expand_paths(dataset_path: str) -> list[str]:
   return files
 
 
-def read_texts(config) -> list[str]:
-  """The documents of a text/jsonl/parquet data set, in a fixed order."""
+def open_documents(config, process_index: int = 0, process_count: int = 1) -> documents.DocumentFiles:
+  """The data set's documents, opened lazily (data/documents.py); this host's share of them."""
+  host = {"process_index": process_index, "process_count": process_count}
   if config.dataset_type == "text":
     files = expand_paths(config.dataset_path) if config.dataset_path else shakespeare_files()
-    texts = [read_text_file(p) for p in files]
-    if not any(t.strip() for t in texts):
+    if all(storage.getsize(p) == 0 for p in files):
       raise BadInputError(
         f"dataset_path: the text data set holds no text ({len(files)} empty file(s): {files[0]!r}, ...)"
       )
-    return texts
+    return documents.TextFiles(files, **host)
   files = expand_paths(config.dataset_path)
   if config.dataset_type == "jsonl":
-    return [text for p in files for text in _read_jsonl(p, config.data_column)]
-  return [text for p in files for text in _read_parquet(p, config.data_column)]
+    return documents.JsonlRecords(files, config.data_column, **host)
+  if config.dataset_type == "parquet":
+    return documents.ParquetRows(files, config.data_column, **host)
+  return documents.ArrayRecordDocuments(files, **host)
 
 
-def _as_text(value, where: str, column: str) -> str:
-  if not isinstance(value, str):
-    kind = "null" if value is None else f"a {type(value).__name__}"
-    raise BadInputError(f"data_column: {where} field {column!r} is {kind}, not text")
-  return value
-
-
-def _read_jsonl(path: str, column: str) -> list[str]:
-  return [_as_text(value, where, column) for where, value in jsonl_fields(path, column, "data_column")]
-
-
-def _read_parquet(path: str, column: str) -> list[str]:
-  table = read_parquet(path, "dataset_path")
-  if column not in table.column_names:
-    raise MissingFieldError(f"data_column: parquet file {path!r} has no column {column!r} (has {table.column_names})")
-  return [_as_text(t, f"parquet file {path!r} row {i}", column) for i, t in enumerate(table.column(column).to_pylist())]
+def read_texts(config) -> list[str]:
+  """Every document of a text/jsonl/parquet data set, in order (for tokenizer training)."""
+  docs = open_documents(config)
+  return [docs[i] for i in range(len(docs))]
 
 
 def windows(tokens: np.ndarray, length: int) -> list[np.ndarray]:
@@ -96,29 +87,54 @@ def windows(tokens: np.ndarray, length: int) -> list[np.ndarray]:
 
 
 class _Windows(grain.experimental.FlatMapTransform):
-  """Cuts one pre-tokenized ArrayRecord document into training windows."""
+  """Cuts one tokenized document into training windows. A whole pass over the data set that yields no
+  window means no document has two tokens: an error, not an endless loop."""
 
-  def __init__(self, length: int):
-    self.length = length
+  def __init__(self, length: int, num_documents: int):
+    self.length, self.num_documents = length, num_documents
     self.max_fan_out = 1 << 20
+    self._empty_in_a_row = 0
 
   def flat_map(self, element):
-    return windows(element, self.length)
+    cut = windows(element, self.length)
+    self._empty_in_a_row = 0 if cut else self._empty_in_a_row + 1
+    if self._empty_in_a_row > self.num_documents:
+      raise BadInputError(f"dataset_path: none of the {self.num_documents} documents yields two tokens")
+    return cut
 
 
-def held_out_documents(num_documents: int, eval_fraction: float) -> np.ndarray:
-  """Which documents are eval documents: a fixed mark per document index."""
-  is_eval = np.random.default_rng(_SPLIT_SEED).random(num_documents) < eval_fraction
-  if eval_fraction > 0 and num_documents > 1 and not is_eval.any():
-    is_eval[-1] = True  # a small data set still gets an eval document
-  return is_eval
+class _Read:
+  """The documents at `indices`, as a random-access source (picklable, for the worker processes)."""
+
+  def __init__(self, docs, indices: np.ndarray):
+    self.docs, self.indices = docs, indices
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, k: int):
+    return self.docs[int(self.indices[k])]
+
+  def __repr__(self) -> str:
+    return f"{self.docs!r}[{len(self.indices)} of them]"
 
 
-def split_indices(document_of: np.ndarray, eval_fraction: float, split: str) -> np.ndarray:
-  """Indices of the sequences of `split`; `document_of[i]` is the document sequence i was cut from."""
-  num_documents = int(document_of.max()) + 1 if len(document_of) else 0
-  is_eval = held_out_documents(num_documents, eval_fraction)[document_of]
-  return np.flatnonzero(is_eval if split == "eval" else ~is_eval)
+class _Encode:
+  """Text -> int32 token ids with BOS/EOS; pre-tokenized records pass through. Runs in the Grain workers."""
+
+  def __init__(self, tokenizer: Tokenizer | None, add_bos: bool, add_eos: bool):
+    self.tokenizer, self.add_bos, self.add_eos = tokenizer, add_bos, add_eos
+
+  def __call__(self, document):
+    if not isinstance(document, str):
+      return document
+    return encode_documents(self.tokenizer, [document], self.add_bos, self.add_eos)[0]
+
+
+def split_indices(is_eval: np.ndarray, split: str, host_stride: tuple[int, int] = (1, 0)) -> np.ndarray:
+  """Indices of this host's documents of `split`, given each document's eval mark."""
+  stride, offset = host_stride
+  return np.flatnonzero(is_eval if split == "eval" else ~is_eval)[offset::stride]
 
 
 def _example(window: np.ndarray) -> dict:
@@ -164,67 +180,74 @@ def _synthetic_sequences(config) -> grain.MapDataset:
   return grain.MapDataset.range(1 << 40).map(sequence)
 
 
-class TokenizedCorpus:
-  """Sequences of a data set: pre-windowed in memory (text sources) or lazy records (ArrayRecord), with
-  the document each came from; `eval_corpus` is the separate eval data set, when there is one."""
+class Corpus:
+  """A data set's documents (lazy, this host's share) and how a document becomes tokens; `eval_corpus`
+  is the separate eval data set, when there is one."""
 
   def __init__(self, config, tokenizer: Tokenizer | None):
-    self.lazy = config.dataset_type == "arrayrecord"
     self.sft = config.use_sft
-    if self.sft:  # one example per conversation, with its loss mask
-      self.source = sft.sft_examples(config, tokenizer, expand_paths(config.dataset_path))
-    elif self.lazy:
-      self.source = array_records.open_records(expand_paths(config.dataset_path), "dataset_path")
+    if self.sft:  # one example per conversation with its loss mask, rendered and tokenized up front
+      examples = sft.sft_examples(config, tokenizer, expand_paths(config.dataset_path))
+      self.documents = documents.InMemoryDocuments(examples, jax.process_index(), jax.process_count())
     else:
-      documents = encode_documents(tokenizer, read_texts(config), config.add_bos, config.add_eos)
-      per_document = [windows(doc, config.max_target_length) for doc in documents]
-      self.source = [w for doc_windows in per_document for w in doc_windows]
-      self.document_of = np.repeat(np.arange(len(documents)), [len(w) for w in per_document])
-      if not self.source:
-        raise BadInputError(f"dataset_path: the {config.dataset_type} data set yields no tokens")
-    if self.sft or self.lazy:  # a record (conversation, pre-tokenized document) is a document
-      self.document_of = np.arange(len(self.source))
+      self.documents = open_documents(config, jax.process_index(), jax.process_count())
+      if len(self.documents) == 0:
+        raise BadInputError(f"dataset_path: the {config.dataset_type} data set holds no documents")
+    self.encode = _Encode(tokenizer, config.add_bos, config.add_eos)
     eval_config = eval_data_config(config)
-    self.eval_corpus = TokenizedCorpus(eval_config, tokenizer) if eval_config is not None else None
-
-  def dataset(self, indices: np.ndarray) -> grain.MapDataset:
-    source = self.source
-    ds = grain.MapDataset.source(indices.tolist()).map(lambda i: source[i])
-    if self.lazy:
-      ds = ds.map(lambda record: np.frombuffer(record, dtype=np.int32))
-    return ds
+    self.eval_corpus = Corpus(eval_config, tokenizer) if eval_config is not None else None
 
 
-def _split(config, corpus: TokenizedCorpus, split: str) -> tuple[TokenizedCorpus, np.ndarray]:
-  """The corpus a split reads and its sequence indices: all of the train or eval data set when they are
-  separate, else the documents of dataset_path on this split's side."""
+def _split(config, corpus: Corpus, split: str) -> tuple[Corpus, np.ndarray]:
+  """The corpus a split reads and this host's document indices: all of the train or eval data set when
+  they are separate, else the documents of dataset_path on this split's side."""
   if corpus.eval_corpus is not None:
     chosen = corpus.eval_corpus if split == "eval" else corpus
-    return chosen, np.arange(len(chosen.source))
-  indices = split_indices(corpus.document_of, config.eval_fraction, split)
+    return chosen, split_indices(np.zeros(len(chosen.documents), bool), "train", chosen.documents.host_stride)
+  is_eval = corpus.documents.held_out(config.eval_fraction, _SPLIT_SEED)
+  indices = split_indices(is_eval, split, corpus.documents.host_stride)
   if len(indices) == 0:
-    count = int(corpus.document_of.max()) + 1
     raise BadInputError(
-      f"eval_fraction: the {split} split of dataset_path is empty ({count} document(s), eval_fraction "
+      f"eval_fraction: the {split} split of dataset_path is empty ({len(is_eval)} document(s), eval_fraction "
       f"{config.eval_fraction}); add documents, change eval_fraction or set eval_dataset_path"
     )
   return corpus, indices
 
 
-def make_iterator(config, corpus: TokenizedCorpus | None, split: str, batch_size: int):
+def _documents(config, corpus: Corpus, split: str) -> grain.IterDataset:
+  """This host's token sequences of a split: shuffled document order (train), read and tokenized per
+  document (in `grain_worker_count` worker processes, which keep the order)."""
+  corpus, indices = _split(config, corpus, split)
+  ds = grain.MapDataset.source(_Read(corpus.documents, indices))
+  if split == "train":
+    ds = ds.shuffle(seed=config.data_shuffle_seed)
+  ds = ds.map(corpus.encode).repeat(None).to_iter_dataset()
+  if config.grain_worker_count:
+    _grain_flags_parsed()
+    options = grain.MultiprocessingOptions(num_workers=config.grain_worker_count, per_worker_buffer_size=16)
+    ds = ds.mp_prefetch(options)
+  if not corpus.sft:
+    ds = grain.experimental.FlatMapIterDataset(ds, _Windows(config.max_target_length, len(indices)))
+  return ds
+
+
+def _grain_flags_parsed() -> None:
+  """Grain's worker processes read absl flags; a program that never parsed them (ours) marks them parsed."""
+  from absl import flags
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def make_iterator(config, corpus: Corpus | None, split: str, batch_size: int):
   """A checkpointable iterator of per-process batches (dicts of [batch_size, max_target_length] int32)."""
   length = config.max_target_length
   if config.dataset_type == "synthetic":
     offset = 0 if split == "train" else 1 << 39
     ds = _synthetic_sequences(config)[offset + jax.process_index() :: jax.process_count()]
+    it_ds = ds.to_iter_dataset()
   else:
-    corpus, indices = _split(config, corpus, split)
-    ds = corpus.dataset(indices[jax.process_index() :: jax.process_count()])
-    if split == "train":
-      ds = ds.shuffle(seed=config.data_shuffle_seed)
-  it_ds = ds.repeat(None).to_iter_dataset()
-  if corpus is not None and corpus.lazy:
-    it_ds = grain.experimental.FlatMapIterDataset(it_ds, _Windows(length))
+    it_ds = _documents(config, corpus, split)
   is_sft = corpus is not None and corpus.sft
   if not is_sft:
     it_ds = it_ds.map(_example)

@@ -101,7 +101,9 @@ def tokenizer_fingerprint(config) -> str:
 
 def data_spec(config) -> dict:
   keys = ("dataset_type", "dataset_path", "data_column", "add_bos", "add_eos", "packing", "eval_fraction")
-  return {k: getattr(config, k) for k in (*keys, "data_shuffle_seed", "per_device_batch_size", "steps")}
+  keys += ("eval_dataset_path", "data_shuffle_seed", "per_device_batch_size", "steps")
+  # the order in which the pipeline yields sequences (2: shuffled documents, split by document)
+  return {k: getattr(config, k) for k in keys} | {"pipeline_version": 2}
 
 
 def shard_name(process: int, index: int) -> str:

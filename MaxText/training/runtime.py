@@ -54,7 +54,7 @@ def build_corpus(config):
   check_fits_model(tokenizer, config.vocab_size)
   if config.dataset_type == "synthetic":
     return None
-  return input_pipeline.TokenizedCorpus(config, tokenizer)
+  return input_pipeline.Corpus(config, tokenizer)
 
 
 def to_global(batch: dict, batch_sharding) -> dict:

@@ -19,6 +19,7 @@ ENTRY_POINTS = {
   "train_tokenizer",
   "decode",
   "generate_distillation_data",
+  "pretokenize",
 }
 FACADES = {"pyconfig", "max_utils"}  # the spec's names, for users: nothing inside the packages uses them
 

@@ -90,3 +90,72 @@ def test_resume_with_workers_continues_with_the_exact_next_batches(corpus_files)
   plain = _config(dataset_type="jsonl", dataset_path=f"{folder}/a.jsonl,{folder}/b.jsonl")
   first, _ = _take(plain, corpus, 9)
   _same(first[5:], expected)
+
+
+def _pretokenize(*keys, cwd=None):
+  import subprocess
+  import sys
+
+  from conftest import REPO
+
+  cmd = [sys.executable, "-m", "MaxText.pretokenize", "base.yml", *keys]
+  return subprocess.run(cmd, cwd=cwd or REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_pretokenized_shards_train_on_the_batches_of_the_text_they_came_from(corpus_files, tmp_path):
+  folder, texts = corpus_files
+  out = tmp_path / "tokens"
+  data = ["dataset_type=jsonl", f"dataset_path={folder}/a.jsonl"]
+  proc = _pretokenize(*data, f"pretokenize_output_dir={out}", "pretokenize_documents_per_shard=1000")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert manifest["documents"] == 50 and manifest["tokens"] == sum(len(t.encode()) + 2 for t in texts[:50])
+  # one shard of the file's documents in order: the same documents, the same split, the same batches
+  source = _config(dataset_type="jsonl", dataset_path=f"{folder}/a.jsonl")
+  tokens = _config(dataset_type="arrayrecord", dataset_path=str(out / "part-*.array_record"))
+  for split, n in (("train", 8), ("eval", 1)):
+    want, _ = _take(source, input_pipeline.Corpus(source, ByteTokenizer()), n, split)
+    got, _ = _take(tokens, input_pipeline.Corpus(tokens, None), n, split)
+    _same(got, want)
+  # a folder holding someone else's files is refused before anything is written
+  again = _pretokenize(*data, f"pretokenize_output_dir={folder}", "pretokenize_documents_per_shard=1000")
+  assert (
+    again.returncode == 2
+    and "pretokenize_output_dir:" in again.stderr
+    and "which this job did not write" in again.stderr
+  )
+
+
+@pytest.mark.slow
+def test_two_processes_tokenize_a_file_share_each_that_together_hold_every_document(corpus_files, tmp_path):
+  import sys
+
+  from conftest import free_port, run_processes
+
+  folder, texts = corpus_files
+  for i in range(4):  # four files, two per process
+    (tmp_path / f"part{i}.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in texts[i * 30 : (i + 1) * 30]))
+  out = tmp_path / "tokens"
+  port = free_port()
+  keys = ["dataset_type=jsonl", f"dataset_path={tmp_path}/part*.jsonl", f"pretokenize_output_dir={out}"]
+  keys += [
+    "pretokenize_documents_per_shard=20",
+    "jax_distributed_initialize=true",
+    f"coordinator_address=127.0.0.1:{port}",
+  ]
+  commands = [
+    [sys.executable, "-m", "MaxText.pretokenize", "base.yml", *keys, "num_processes=2", f"process_id={p}"]
+    for p in range(2)
+  ]
+  run_processes(commands, devices_each=1)
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert manifest["documents"] == 120 and {s["process"] for s in manifest["shards"]} == {0, 1}
+  assert len(manifest["shards"]) == 6  # 60 documents per process, 20 per shard
+  from array_record.python.array_record_module import ArrayRecordReader
+
+  decoded = []
+  for shard in manifest["shards"]:
+    reader = ArrayRecordReader(str(out / shard["file"]))
+    decoded += [ByteTokenizer().decode(np.frombuffer(r, np.int32).tolist()) for r in reader.read_all()]
+    reader.close()
+  assert sorted(decoded) == sorted(texts)

@@ -68,6 +68,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "max_to_keep",
       "gradient_accumulation_steps",
       "prune_calibration_batches",
+      "pretokenize_documents_per_shard",
       "max_prefill_predict_length",
       "decode_max_new_tokens",
       "generation_samples_per_prompt",

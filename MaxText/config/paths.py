@@ -26,6 +26,7 @@ PATH_KEYS = (
   "decode_input_path",
   "decode_output_path",
   "generation_output_dir",
+  "pretokenize_output_dir",
 )
 
 

@@ -14,6 +14,7 @@ times are best tokenized once with MaxText/pretokenize.py and read as ArrayRecor
 
 from __future__ import annotations
 
+import array
 import bisect
 import json
 import os
@@ -29,13 +30,13 @@ from MaxText.data.text_files import read_text_file
 
 def _jsonl_offsets(path: str) -> np.ndarray:
   """Byte offsets of the non-blank lines of a JSONL file (one buffered pass; lines are not parsed)."""
-  starts, position = [], 0
+  starts, position = array.array("q"), 0  # 8 bytes per document even while indexing
   with storage.open_file(path, "rb") as f:
     for line in f:
       if line.strip():
         starts.append(position)
       position += len(line)
-  return np.asarray(starts, np.int64)
+  return np.frombuffer(starts, np.int64) if starts else np.zeros(0, np.int64)
 
 
 class DocumentFiles:
@@ -119,14 +120,15 @@ class JsonlRecords(DocumentFiles):
     f = self._handle(file_index)
     f.seek(int(self._offsets[file_index][local_index]))
     line = f.readline()
-    where = f"{self.files[file_index]}:{self._line_number(file_index, local_index)}"
+    where = lambda: f"{self.files[file_index]}:{self._line_number(file_index, local_index)}"  # errors only
     try:
       record = json.loads(line)
     except (json.JSONDecodeError, UnicodeDecodeError):
-      raise BadInputError(f"{self.key}: {where} is not valid JSON") from None
+      raise BadInputError(f"{self.key}: {where()} is not valid JSON") from None
     if not isinstance(record, dict) or self.column not in record:
-      raise MissingFieldError(f"{self.column_key}: {where} has no field {self.column!r}")
-    return _as_text(record[self.column], where, self.column_key, self.column)
+      raise MissingFieldError(f"{self.column_key}: {where()} has no field {self.column!r}")
+    value = record[self.column]
+    return value if isinstance(value, str) else _as_text(value, where(), self.column_key, self.column)
 
   def _line_number(self, file_index: int, local_index: int) -> int:
     """Counted only for an error message: the offsets skip blank lines, so they are not line numbers."""

@@ -221,7 +221,10 @@ def _documents(config, corpus: Corpus, split: str) -> grain.IterDataset:
   ds = grain.MapDataset.source(_Read(corpus.documents, indices))
   if split == "train":
     ds = ds.shuffle(seed=config.data_shuffle_seed)
-  ds = ds.map(corpus.encode).repeat(None).to_iter_dataset()
+  # a few documents read ahead (Grain's default of 500 would tokenize 500 whole documents, e.g. plays,
+  # before the first batch, and again for every eval pass)
+  read_ahead = grain.ReadOptions(num_threads=2, prefetch_buffer_size=16)
+  ds = ds.map(corpus.encode).repeat(None).to_iter_dataset(read_ahead)
   if config.grain_worker_count:
     _grain_flags_parsed()
     options = grain.MultiprocessingOptions(num_workers=config.grain_worker_count, per_worker_buffer_size=16)

@@ -159,3 +159,29 @@ def test_two_processes_tokenize_a_file_share_each_that_together_hold_every_docum
     decoded += [ByteTokenizer().decode(np.frombuffer(r, np.int32).tolist()) for r in reader.read_all()]
     reader.close()
   assert sorted(decoded) == sorted(texts)
+
+
+@pytest.mark.slow
+def test_a_run_with_workers_resumes_exactly_and_trains_on_what_a_run_without_them_does(corpus_files, tmp_path):
+  import os
+  import shutil
+
+  from conftest import TINY, run_train, train_losses
+
+  folder, _ = corpus_files
+  data = ["dataset_type=jsonl", f"dataset_path={folder}/a.jsonl,{folder}/b.jsonl", "steps=6", "checkpoint_period=3"]
+  run_train(tmp_path, *TINY, *data, "run_name=plain", "learning_rate=3e-3")
+  run_train(tmp_path, *TINY, *data, "run_name=workers", "learning_rate=3e-3", "grain_worker_count=2")
+  plain, workers = train_losses(tmp_path / "plain"), train_losses(tmp_path / "workers")
+  assert sorted(workers) == list(range(1, 7))
+  for step in plain:  # the same batches: identical losses
+    assert workers[step] == plain[step], step
+  # a new process resumes the worker run from step 3 (its later checkpoint removed)
+  shutil.rmtree(tmp_path / "workers" / "checkpoints" / "6")
+  os.remove(tmp_path / "workers" / "metrics.jsonl")
+  proc = run_train(tmp_path, *TINY, *data, "run_name=workers", "learning_rate=3e-3", "grain_worker_count=2")
+  assert "resumed from checkpoint at step 3" in proc.stdout
+  resumed = train_losses(tmp_path / "workers")
+  assert sorted(resumed) == [4, 5, 6]
+  for step in resumed:
+    assert abs(resumed[step] - plain[step]) <= 1e-6 * abs(plain[step]), step

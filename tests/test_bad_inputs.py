@@ -81,9 +81,11 @@ def _build_inputs(root: str) -> dict:
   p["empty_text"] = _write(os.path.join(root, "data", "empty.txt"), "")
   p["binary"] = _write(os.path.join(root, "data", "image.bin"), bytes(range(256)) * 8)
   p["latin1"] = _write(os.path.join(root, "data", "latin1.txt"), "caf\xe9 cr\xe8me ".encode("latin-1") * 50)
-  p["null_jsonl"] = _write(os.path.join(root, "data", "null.jsonl"), '{"text": "ok"}\n{"text": null}\n')
+  # the bad record comes first: documents are read lazily, and the first is checked when the data set opens
+  # (tests/test_streaming.py has a bad record met mid-run)
+  p["null_jsonl"] = _write(os.path.join(root, "data", "null.jsonl"), '{"text": null}\n{"text": "ok"}\n')
   p["nocol_jsonl"] = _write(os.path.join(root, "data", "nocol.jsonl"), '{"body": "no text field"}\n')
-  p["bad_jsonl"] = _write(os.path.join(root, "data", "bad.jsonl"), '{"text": "ok"}\n{"text": \n')
+  p["bad_jsonl"] = _write(os.path.join(root, "data", "bad.jsonl"), '{"text": \n{"text": "ok"}\n')
   train_tokenizer(["--type", "bpe", "--vocab_size", "512", "--output", p["tok"]])
   p["tok_json"] = os.path.join(p["tok"], "tokenizer.json")
 

@@ -185,3 +185,17 @@ def test_a_run_with_workers_resumes_exactly_and_trains_on_what_a_run_without_the
   assert sorted(resumed) == [4, 5, 6]
   for step in resumed:
     assert abs(resumed[step] - plain[step]) <= 1e-6 * abs(plain[step]), step
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_bad_record_met_mid_stream_is_one_line_naming_its_line(tmp_path, workers):
+  lines = [json.dumps({"text": f"record {i} " * 20}) for i in range(40)]
+  lines[17] = '{"text": null}'
+  (tmp_path / "d.jsonl").write_text("\n".join(lines))
+  path = str(tmp_path / "d.jsonl")
+  config = _config(dataset_type="jsonl", dataset_path=path, eval_fraction=0.0, grain_worker_count=workers)
+  it = input_pipeline.make_iterator(config, input_pipeline.Corpus(config, ByteTokenizer()), "train", 4)
+  with pytest.raises(ValueError) as caught:
+    for _ in range(200):
+      next(it)
+  assert str(caught.value) == f"data_column: {tmp_path / 'd.jsonl'}:18 field 'text' is null, not text"

@@ -1,11 +1,12 @@
 """Streaming input: peak memory and tokens/s of the training pipeline over generated corpora of growing size.
 
-  .venv/bin/python benchmarks/input_memory.py [--sizes_mb 100,1000] [--workers 0,2] [--batches 3000]
+  .venv/bin/python benchmarks/input_memory.py [--sizes_mb 100,1000] [--workers 0,2] [--batches 3072]
       [--repeats 3] [--tokenizer byte|bpe] [--folder DIR]
 
 Writes JSONL corpora (50 MB files of ~2 KB documents of random words, seeded) once into --folder, then for
-each (size, worker count) runs a fresh process that opens the corpus (indexing included), reads 20 batches
-to warm up (worker start-up) and times --batches more at the demo config (8 x 128 tokens, packing).
+each (size, worker count) runs a fresh process that opens the corpus (indexing included), reads one
+shuffle buffer's worth of batches to warm up (worker start-up, the buffer's first fill) and times
+--batches more at the demo config (8 x 128 tokens, packing): whole cycles of the shuffle buffer.
 Reports peak RSS of the main process and of all its Grain workers together (VmHWM of each; the largest
 of the repeats), the time to open the corpus, and tokens/s (non-padding target tokens; median and range
 of the repeats, each a fresh process). `bpe` trains a 4,096-token byte-level BPE
@@ -112,7 +113,9 @@ def measure(args) -> dict:
   corpus = input_pipeline.Corpus(config, build_tokenizer(config.tokenizer_type, config.tokenizer_path))
   open_s = time.perf_counter() - started
   batches = input_pipeline.make_iterator(config, corpus, "train", 8)
-  for _ in range(20):
+  # warm-up: worker start-up and the first fill of the shuffle buffer (its windows are then emitted), so the
+  # timed batches cover whole buffer cycles: read, tokenize, shuffle, emit
+  for _ in range(config.data_shuffle_buffer_size // 8):
     next(batches)
   started, tokens = time.perf_counter(), 0
   for _ in range(args.batches):
@@ -133,7 +136,7 @@ def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--sizes_mb", default="100,1000")
   parser.add_argument("--workers", default="0,2")
-  parser.add_argument("--batches", type=int, default=3000)
+  parser.add_argument("--batches", type=int, default=3072)  # 3 cycles of the 8,192-window shuffle buffer
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--tokenizer", choices=("byte", "bpe"), default="byte")
   parser.add_argument("--folder", default=os.path.join(tempfile.gettempdir(), "maxtext-input-benchmark"))

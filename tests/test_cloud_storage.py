@@ -8,6 +8,8 @@ StorageGeneration"); `_with_generation_header` adds it from the object's own met
 
 import json
 import os
+import re
+import subprocess
 import sys
 
 import numpy as np
@@ -125,7 +127,6 @@ def test_train_resume_kd_and_offline_kd_entirely_on_gs_paths(gcs, tmp_path):
   save = [sys.executable, os.path.join(REPO, "MaxText", "save_top_k_teacher_logits.py"), "base.yml", *TINY, *data]
   save += ["use_kd=true", f"kd_teacher_parameters_path={teacher}", f"kd_offline_output_dir={cache}", "steps=3"]
   save += ["kd_offline_top_k=8", "kd_offline_batches_per_shard=2"]
-  import subprocess
 
   proc = subprocess.run(save, cwd=REPO, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -135,6 +136,17 @@ def test_train_resume_kd_and_offline_kd_entirely_on_gs_paths(gcs, tmp_path):
   out = run_train(runs, *offline, "run_name=offline")
   assert "OFFLINE" in out.stdout
   assert sorted(_losses(f"{runs}/offline")) == [1, 2, 3]
+
+  # the converter, both directions, bucket to bucket: the re-imported teacher scores as the checkpoint did
+  convert = [sys.executable, "-m", "MaxText.convert_hf_checkpoint"]
+  export = ["--to_hf", "--checkpoint", teacher, "--output", f"{gcs}/hf"]
+  for args in (export, ["--hf_dir", f"{gcs}/hf", "--output", f"{gcs}/imported"]):
+    proc = subprocess.run([*convert, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert "model.safetensors" in storage.listdir(f"{gcs}/hf")
+  rescored = run_train(runs, *base, "eval_only=true", f"load_parameters_path={gcs}/imported")
+  loss = float(re.search(r"eval_only \S+: loss ([0-9.]+)", rescored.stdout).group(1))
+  assert abs(loss - want) <= 1e-5 * want  # a float32 export and import
 
   # nothing landed on the local disk under a folder named after the URL
   assert not os.path.exists(os.path.join(REPO, "gs:"))

@@ -99,6 +99,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "rope_scaling_factor",
       "adam_eps",
       "grain_worker_count",
+      "data_shuffle_buffer_size",
       "profiler_steps",
       "skip_first_n_steps_for_profiler",
       "kd_top_k",

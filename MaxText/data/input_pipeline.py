@@ -231,6 +231,11 @@ def _documents(config, corpus: Corpus, split: str) -> grain.IterDataset:
     ds = ds.mp_prefetch(options)
   if not corpus.sft:
     ds = grain.experimental.FlatMapIterDataset(ds, _Windows(config.max_target_length, len(indices)))
+  if split == "train" and config.data_shuffle_buffer_size > 1:
+    # a document's windows arrive one after another: without mixing, a batch would hold a few documents
+    ds = grain.experimental.WindowShuffleIterDataset(
+      ds, window_size=config.data_shuffle_buffer_size, seed=config.data_shuffle_seed
+    )
   return ds
 
 

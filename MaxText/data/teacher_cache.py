@@ -101,7 +101,7 @@ def tokenizer_fingerprint(config) -> str:
 
 def data_spec(config) -> dict:
   keys = ("dataset_type", "dataset_path", "data_column", "add_bos", "add_eos", "packing", "eval_fraction")
-  keys += ("eval_dataset_path", "data_shuffle_seed", "per_device_batch_size", "steps")
+  keys += ("eval_dataset_path", "data_shuffle_seed", "data_shuffle_buffer_size", "per_device_batch_size", "steps")
   # the order in which the pipeline yields sequences (2: shuffled documents, split by document)
   return {k: getattr(config, k) for k in keys} | {"pipeline_version": 2}
 

@@ -7,7 +7,8 @@ record), so memory does not grow with the corpus. The eval split is a separate d
 so no document has windows in both splits. Each host reads its share of the documents in a shuffled
 order; `grain_worker_count` worker processes read and tokenize them (Grain keeps the order, so the
 batches do not depend on the worker count); the main process cuts each document into windows of
-`max_target_length + 1` tokens, packs them with segment ids and positions, and batches. The iterator's
+`max_target_length + 1` tokens, mixes training windows in a shuffle buffer (`data_shuffle_buffer_size`),
+packs them with segment ids and positions, and batches. The iterator's
 state is what a checkpoint stores, so a resumed run sees exactly the batches it would have seen.
 """
 

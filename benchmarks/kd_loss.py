@@ -18,6 +18,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
+
+default_to_cpu_without_accelerator()  # libtpu is installed here for compiling only
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

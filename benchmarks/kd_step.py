@@ -1,112 +1,148 @@
-"""A whole KD train step against (student CE step + teacher forward), side by side, at the demo config.
+"""A whole KD train step against the same student's CE step (and the teacher's forward), side by side.
 
-  .venv/bin/python benchmarks/kd_step.py [--steps 10] [--teacher_overrides emb_dim=256,num_decoder_layers=6]
+  .venv/bin/python benchmarks/kd_step.py --config tiny-anchor [--steps 210 --skip 10 --repeats 3]
+  .venv/bin/python benchmarks/kd_step.py --config demo \
+    --kd_flags kd_top_p=0.9,kd_use_other_bucket=true,kd_temperature=2.0
 
-All three are jitted on the same synthetic batches; the first (compiling) call is excluded. The
-teacher forward is the teacher's decoder plus its output projection (its logits), which is what a
-KD step must at least add to a CE step.
+Configs:
+- `tiny-anchor`: student width 64, 2 layers, 4/4 heads of 16, MLP 128; teacher width 128, 4 layers, 4/4
+  heads of 32, MLP 256; vocabulary 1024; batch 4 x 128; alpha 0.5, T 1 (the issue tracker's anchor).
+- `demo`: the demo model as student and as teacher (weights scaled by 1.01: a distinct teacher), batch 8 x 128.
+Everything else is base.yml (remat full, float32, one chunk of loss). The three programs are jitted on
+the same synthetic batches and each step is timed alone (dispatch to result ready); the table gives the
+median over steps skip+1 .. steps of each, per repeat, and the ratios of the medians. Repeats alternate
+the programs, so drifts of a shared machine hit all three alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
+
+default_to_cpu_without_accelerator()  # libtpu is installed here for compiling only
 
 import jax  # noqa: E402
 
+from benchmarks.kd_loss import processor  # noqa: E402
 from MaxText import pyconfig  # noqa: E402
+from MaxText.config import load as load_config  # noqa: E402
 from MaxText.data.input_pipeline import make_iterator  # noqa: E402
-from MaxText.distill.objective import make_loss_fn  # noqa: E402
-from MaxText.distill.schedules import step_metrics  # noqa: E402
-from MaxText.distill.teacher import load_live_teacher  # noqa: E402
+from MaxText.distill.teacher import abstract_teacher  # noqa: E402
 from MaxText.model import decoder as model_lib  # noqa: E402
 from MaxText.parallel import sharding  # noqa: E402
 from MaxText.training.runtime import to_global  # noqa: E402
 from MaxText.training.state import init_state, make_layout  # noqa: E402
-from MaxText.training.step import make_train_step  # noqa: E402
+from MaxText.training.step import jit_train_step  # noqa: E402
+
+CONFIGS = {
+  "tiny-anchor": {
+    "student": {
+      "vocab_size": 1024,
+      "emb_dim": 64,
+      "num_decoder_layers": 2,
+      "num_query_heads": 4,
+      "num_kv_heads": 4,
+      "head_dim": 16,
+      "mlp_dim": 128,
+      "per_device_batch_size": 4,
+    },
+    "teacher": "vocab_size=1024,emb_dim=128,num_decoder_layers=4,num_query_heads=4,num_kv_heads=4,head_dim=32,"
+    "mlp_dim=256",
+    "kd_flags": "kd_alpha=0.5,kd_temperature=1.0",
+  },
+  "demo": {"student": {"model_name": "demo", "per_device_batch_size": 8}, "teacher": "", "kd_flags": ""},
+}
 
 
-def _timed(fn, args_per_call, repeats):
-  result = fn(*args_per_call(0))
-  jax.block_until_ready(result)
-  start = time.perf_counter()
-  for i in range(repeats):
-    result = fn(*args_per_call(i + 1))
-  jax.block_until_ready(result)
-  return (time.perf_counter() - start) / repeats
+def _step_seconds(fn, batches, steps: int) -> list[float]:
+  """Seconds of each call, from dispatch until its outputs are ready."""
+  times = []
+  for i in range(steps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(batches[i % len(batches)]))
+    times.append(time.perf_counter() - start)
+  return times
+
+
+class Programs:
+  """The CE step, the KD step and the teacher forward of one config, each with its own state."""
+
+  def __init__(self, preset: dict, kd_flags: str, steps: int, settings: str = ""):
+    common = {"dataset_type": "synthetic", "max_target_length": 128, "steps": 10_000, **preset["student"]}
+    common.update(kv.split("=", 1) for kv in settings.split(",") if kv)
+    flags = dict(kv.split("=", 1) for kv in (kd_flags or preset["kd_flags"]).split(",") if kv)
+    if preset["teacher"]:  # a random teacher of that shape: the path is never read (abstract_teacher below)
+      flags.update(kd_teacher_overrides=preset["teacher"], kd_teacher_parameters_path="random-initial-teacher")
+    self.flags = flags
+    # loaded without the file pre-flight: the teacher path is never read (random parameters below)
+    self.kd_config = load_config(["base.yml", *(f"{k}={v}" for k, v in flags.items())], {**common, "use_kd": True})
+    ce_config = pyconfig.from_dict(common)
+    mesh = sharding.create_mesh(ce_config)
+    batch_sharding = sharding.batch_sharding(mesh)
+    data = make_iterator(ce_config, None, "train", int(ce_config.per_device_batch_size * jax.device_count()))
+    self.batches = [to_global(next(data), batch_sharding) for _ in range(min(steps, 32))]
+    self.mesh = mesh
+    with jax.set_mesh(mesh):
+      ce_layout = make_layout(ce_config, mesh, None)
+      kd_layout = make_layout(self.kd_config, mesh, pyconfig.feature_alignment(self.kd_config))
+      teacher, _ = abstract_teacher(self.kd_config, mesh)
+      teacher_params = model_lib.init_params(teacher.config, teacher.param_shardings)
+      if not preset["teacher"]:  # self-distillation from the initial student would be a KL of 0: perturb
+        teacher_params = jax.tree.map(lambda x: x * 1.01, teacher_params)
+      self.state = {"ce": init_state(ce_config, ce_layout), "kd": init_state(self.kd_config, kd_layout)}
+      self.ce_step = jit_train_step(ce_config, ce_layout, None, batch_sharding)
+      self.kd_step = jit_train_step(self.kd_config, kd_layout, teacher, batch_sharding)
+    graphdef = teacher.graphdef
+
+    @jax.jit
+    def forward(params, batch):
+      model = model_lib.bind(graphdef, params)
+      return model.logits(batch["inputs"], batch["inputs_position"], batch["inputs_segmentation"]).sum()
+
+    self.teacher_params, self.forward = teacher_params, forward
+
+  def run(self, name: str, batch):
+    if name == "teacher forward":
+      return self.forward(self.teacher_params, batch)
+    step, key = (self.ce_step, "ce") if name == "CE step" else (self.kd_step, "kd")
+    self.state[key], metrics = step(self.state[key], self.teacher_params if key == "kd" else None, batch)
+    return metrics
 
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--kd_flags", default="kd_top_p=0.9,kd_use_other_bucket=true,kd_temperature=2.0")
-  parser.add_argument("--dtype", default="float32")
+  parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny-anchor")
+  parser.add_argument("--steps", type=int, default=210)
+  parser.add_argument("--skip", type=int, default=10, help="leading steps left out (compile, warm-up)")
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--kd_flags", default="", help="key=value,... over the config's KD flags")
+  parser.add_argument("--set", default="", help="key=value,... over the config's keys, for all three programs")
   args = parser.parse_args()
-  flags = dict(kv.split("=", 1) for kv in args.kd_flags.split(",") if kv)
-  common = {
-    "model_name": "demo",
-    "dataset_type": "synthetic",
-    "per_device_batch_size": 8,
-    "max_target_length": 128,
-    "dtype": args.dtype,
-    "steps": 1000,
-    "remat_policy": "none",
-  }
-  config = pyconfig.initialize(["base.yml", *(f"{k}={v}" for k, v in flags.items())], {**common, "use_kd": True})
-  plain = pyconfig.from_dict(common)
-  mesh = sharding.create_mesh(config)
-  alignment = pyconfig.feature_alignment(config)
-  layout = make_layout(config, mesh, alignment)
-  batch_sharding = sharding.batch_sharding(mesh)
-  data = make_iterator(config, None, "train", 8)
-  batches = [to_global(next(data), batch_sharding) for _ in range(args.steps + 1)]
-  teacher, teacher_params = load_live_teacher(config, mesh)
-  teacher_params = jax.tree.map(lambda x: x * 1.01, teacher_params)  # a distinct teacher, same architecture
-
-  with jax.set_mesh(mesh):
-    kd_step = jax.jit(
-      make_train_step(
-        config,
-        layout.tx,
-        make_loss_fn(config, layout.graphdef, teacher, alignment),
-        step_metrics(config, alignment is not None),
-      ),
-      donate_argnums=(0,),
-    )
-
-    @jax.jit
-    def teacher_forward(params, batch):
-      model = model_lib.bind(teacher.graphdef, params)
-      return model.logits(batch["inputs"], batch["inputs_position"], batch["inputs_segmentation"]).sum()
-
-    plain_layout = make_layout(plain, mesh, None)  # without the feature head a KD layout may carry
-    ce_loss = make_loss_fn(plain, plain_layout.graphdef)
-    ce_step = jax.jit(make_train_step(plain, plain_layout.tx, ce_loss), donate_argnums=(0,))
-    state = {"s": init_state(plain, plain_layout)}
-
-    def ce_args(i):
-      return state["s"], None, batches[i % len(batches)]
-
-    def run_ce(*a):
-      state["s"], metrics = ce_step(*a)
-      return metrics
-
-    ce = _timed(run_ce, ce_args, args.steps)
-    state["s"] = init_state(config, layout)
-
-    def run_kd(*a):
-      state["s"], metrics = kd_step(*a)
-      return metrics
-
-    kd = _timed(run_kd, lambda i: (state["s"], teacher_params, batches[i % len(batches)]), args.steps)
-    fwd = _timed(teacher_forward, lambda i: (teacher_params, batches[i % len(batches)]), args.steps)
-  print(f"demo config, batch 8 x 128, {args.dtype}, KD flags {flags}")
-  print(f"CE step {ce * 1e3:.1f} ms | teacher forward {fwd * 1e3:.1f} ms | KD step {kd * 1e3:.1f} ms")
-  print(f"KD step / (CE step + teacher forward) = {kd / (ce + fwd):.3f}")
+  programs = Programs(CONFIGS[args.config], args.kd_flags, args.steps, args.set)
+  names = ("CE step", "KD step", "teacher forward")
+  print(f"{jax.devices()[0].platform} ({processor()}), jax {jax.__version__}; config {args.config} {args.set}")
+  print(f"KD flags: {programs.flags}")
+  print(f"median ms over steps {args.skip + 1}-{args.steps}, {args.repeats} repeats")
+  print(f"{'repeat':<7} {'CE step':>8} {'KD step':>8} {'teacher':>8} {'KD / CE':>8} {'KD / (CE + teacher)':>20}")
+  rows = []
+  with jax.set_mesh(programs.mesh):
+    for repeat in range(args.repeats):
+      medians = {}
+      for name in names:
+        times = _step_seconds(lambda b, n=name: programs.run(n, b), programs.batches, args.steps)
+        medians[name] = statistics.median(times[args.skip :]) * 1e3
+      ce, kd, fwd = (medians[n] for n in names)
+      rows.append((kd / ce, kd / (ce + fwd)))
+      print(f"{repeat + 1:<7} {ce:>8.2f} {kd:>8.2f} {fwd:>8.2f} {kd / ce:>8.3f} {kd / (ce + fwd):>20.3f}")
+  for i, label in enumerate(("KD / CE", "KD / (CE + teacher forward)")):
+    values = [r[i] for r in rows]
+    print(f"{label}: median {statistics.median(values):.3f} (range {min(values):.3f}-{max(values):.3f})")
 
 
 if __name__ == "__main__":

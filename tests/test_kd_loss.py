@@ -12,6 +12,7 @@ from MaxText import max_utils, pyconfig
 from MaxText.distill import schedules
 from MaxText.distill.kd_loss import KDOptions, kd_chunk_sums
 from MaxText.distill.sources import LiveTeacher, Pruning
+from MaxText.losses import targets
 from MaxText.max_utils import kl_divergence_between_logits as kl
 
 MODES = [
@@ -61,6 +62,17 @@ def test_top_p_mask_equals_a_sorted_reference_on_random_rows():
     got = np.asarray(max_utils.top_p_mask(logp, p))
     np.testing.assert_array_equal(got[~near], expected[~near])
     assert 0 < expected.sum() < expected.size
+
+
+def test_top_p_cut_in_cache_sized_blocks_equals_the_whole_chunk_cut():
+  # 131072 logits per row: CPU blocks of 2 rows, so 7 rows make 4 blocks, the last one filled with a padding row
+  rng = np.random.default_rng(4)
+  logp = jax.nn.log_softmax(jnp.asarray(rng.normal(size=(7, 131072)) * 2.0, jnp.float32))
+  whole = targets._nucleus_cut(logp, 0.9)
+  np.testing.assert_array_equal(targets._nucleus_cut_in_blocks(logp, 0.9), whole)
+  keys = targets._nucleus_keys(logp)
+  np.testing.assert_array_equal(max_utils.top_p_mask(logp, 0.9), targets._kept(*keys, whole))
+  assert 0 < float(jnp.sum(targets._kept(*keys, whole))) < logp.size
 
 
 @pytest.mark.parametrize("mode", [{}, {"top_k": 5, "use_other_bucket": True}, {"top_p": 0.8, "use_other_bucket": True}])

@@ -13,7 +13,12 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from MaxText.losses.targets import NUCLEUS_CUT
 from MaxText.parallel.sharding import constrain
+
+# what the rematerialised chunk body keeps for its backward pass: per-token values that are cheap to store
+# and costly to recompute (the top-p cut is 31 passes over the vocabulary); everything [chunk, vocab] is redone
+_SAVED = jax.checkpoint_policies.save_only_these_names(NUCLEUS_CUT)
 
 
 def token_inputs(hidden_BxLxD, batch) -> dict:
@@ -62,14 +67,15 @@ def chunked_sums(chunk_fn: Callable[..., dict], per_token: dict, shared: dict, c
   `per_token` holds arrays with a leading token axis N (hidden states, targets, weights, ...);
   rows added to fill the last chunk are zero, so `chunk_fn` must weight every term by the
   `weights` entry. `shared` (e.g. the unembedding matrix) is passed whole to each chunk. The body
-  is rematerialised, so the backward pass also holds one chunk of logits at a time.
+  is rematerialised, so the backward pass also holds one chunk of logits at a time (per-token values
+  named in `_SAVED` are kept instead of recomputed).
   """
   chunked, _ = _to_chunks(per_token, chunk_size)
   if (
     jax.tree.leaves(chunked)[0].shape[0] == 1
   ):  # one chunk is the memory budget anyway: no need to recompute it in the backward pass
     return chunk_fn(jax.tree.map(lambda x: x[0], chunked), shared)
-  body = jax.checkpoint(lambda xs: chunk_fn(xs, shared), policy=jax.checkpoint_policies.nothing_saveable)
+  body = jax.checkpoint(lambda xs: chunk_fn(xs, shared), policy=_SAVED)
 
   def step(total, xs):
     return jax.tree.map(jnp.add, total, body(xs)), None

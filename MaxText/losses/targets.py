@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 FLOAT_MIN = float(jnp.finfo(jnp.float32).min)  # log of a zero target; -inf would make 0 * -inf = NaN
 
@@ -44,18 +45,34 @@ def _bisect(keys_NxV, probs_NxV, top_p, lo_N, hi_N, passes: int):
   return jax.lax.fori_loop(0, passes, halve, (lo_N, hi_N))[0]
 
 
-def top_p_mask(teacher_logp_NxV: jax.Array, top_p: float) -> jax.Array:
-  """Nucleus mask (float 0/1) without sorting: a token is kept while the mass of strictly more probable
-  tokens is < top_p.
+NUCLEUS_CUT = "nucleus_cut"  # the saved name of the per-row cut (chunking.py keeps it for the backward pass)
+_CPU_BLOCK_BYTES = 2 * 2**20  # one core's L2 here: the bisection's 31 passes over a row block stay in cache
+
+
+def _nucleus_keys(teacher_logp_NxV):
+  """(high, low) float keys of each token's distance from the row's most probable token.
 
   The float32 bit patterns of (max log-prob - log-prob) are ordered like the values (non-negative
-  floats). The exact cut in those 31-bit patterns is found by bisection in two exact stages: 23 passes
-  over the high 23 bits, then 8 over the low 8 bits of the tokens that share the high cut.
+  floats); split into the high 23 bits and the low 8 bits, each is exact in float32.
   """
   distance_NxV = jnp.max(teacher_logp_NxV, axis=-1, keepdims=True) - teacher_logp_NxV
   bits_NxV = jax.lax.bitcast_convert_type(distance_NxV, jnp.int32)
   high_NxV = jnp.right_shift(bits_NxV, 8).astype(jnp.float32)  # < 2^23: exact in float32
-  low_NxV = jnp.bitwise_and(bits_NxV, 255).astype(jnp.float32)
+  return high_NxV, jnp.bitwise_and(bits_NxV, 255).astype(jnp.float32)
+
+
+def _kept(high_NxV, low_NxV, cut_Nx2):
+  """1.0 on tokens below the high cut, and on those at it whose low bits are <= the low cut."""
+  high_cut, low_cut = cut_Nx2[:, 0], cut_Nx2[:, 1]
+  before = _below(high_NxV, high_cut)
+  on_cut = _below(high_NxV, high_cut + 1.0) - before
+  return before + on_cut * _below(low_NxV, low_cut + 1.0)
+
+
+def _nucleus_cut(teacher_logp_NxV, top_p: float):
+  """[N, 2]: the exact cut in the 31-bit keys, by bisection in two exact stages: 23 passes over the high
+  23 bits, then 8 over the low 8 bits of the tokens that share the high cut."""
+  high_NxV, low_NxV = _nucleus_keys(teacher_logp_NxV)
   probs_NxV = jnp.exp(teacher_logp_NxV)
   rows = teacher_logp_NxV.shape[0]
   zeros = jnp.zeros(rows, jnp.float32)
@@ -65,7 +82,37 @@ def top_p_mask(teacher_logp_NxV: jax.Array, top_p: float) -> jax.Array:
   on_cut = _below(high_NxV, high_cut + 1.0) - before
   low_keys = -before + on_cut * low_NxV + (1.0 - before - on_cut) * 256.0
   low_cut = _bisect(low_keys, probs_NxV, top_p, zeros, jnp.full(rows, 256.0), 8)
-  return _below(low_keys, low_cut + 1.0)
+  return jnp.stack([high_cut, low_cut], axis=-1)
+
+
+def _nucleus_cut_in_blocks(teacher_logp_NxV, top_p: float):
+  """The same cut found one block of rows at a time (CPU: each block's passes read from L2, not memory).
+
+  Blocks hold at least 2 rows (one-row reductions compile to a slow form); rows added to fill the last
+  block are dropped.
+  """
+  rows, vocab = teacher_logp_NxV.shape
+  block = max(2, min(rows, _CPU_BLOCK_BYTES // (8 * vocab)))
+  if block >= rows:
+    return _nucleus_cut(teacher_logp_NxV, top_p)
+  num_blocks = -(-rows // block)
+  padded = jnp.pad(teacher_logp_NxV, [(0, num_blocks * block - rows), (0, 0)])
+  cuts = jax.lax.map(lambda x: _nucleus_cut(x, top_p), padded.reshape(num_blocks, block, vocab))
+  return cuts.reshape(-1, 2)[:rows]
+
+
+def top_p_mask(teacher_logp_NxV: jax.Array, top_p: float) -> jax.Array:
+  """Nucleus mask (float 0/1) without sorting: a token is kept while the mass of strictly more probable
+  tokens is < top_p.
+
+  The cut (two floats per row) is what the 31 bisection passes find; it is named NUCLEUS_CUT so that a
+  rematerialised loss keeps it for the backward pass instead of bisecting again. On CPU the passes run
+  over cache-sized blocks of rows (the same arithmetic per row, so the same cut).
+  """
+  logp = jax.lax.stop_gradient(teacher_logp_NxV)
+  cut_Nx2 = jax.lax.platform_dependent(logp, top_p, cpu=_nucleus_cut_in_blocks, default=_nucleus_cut)
+  cut_Nx2 = checkpoint_name(cut_Nx2, NUCLEUS_CUT)
+  return _kept(*_nucleus_keys(logp), cut_Nx2)
 
 
 class TeacherTarget(NamedTuple):

@@ -4,7 +4,10 @@
 its chunk (live logits, cached top-k, ...) and sums, with the token weights:
   total = (1 - alpha) CE + alpha KD + z-loss,  KD = T^2 KL_T(teacher || student)  (or, with hard
   labels, the student's CE against the teacher's argmax),
-plus the diagnostics every run logs (KL at T = 1, teacher mass kept, top-1 agreement).
+plus the diagnostics every run logs (KL at T = 1, top-1 agreement, the teacher's own CE). The diagnostics
+cost full passes over the chunk's logits, so a training step computes them only when its metrics are
+logged (`shared["diagnose"]`, objective.py); their logged value is then that step's, a mean over
+DIAGNOSED_TOKENS. With T = 1 and an unpruned forward KL the KD term is the KL@T1 and is not computed twice.
 """
 
 from __future__ import annotations
@@ -19,6 +22,14 @@ from MaxText.distill.sources import TeacherSource
 from MaxText.losses.cross_entropy import cross_entropy_with_logits, project_logits
 from MaxText.losses.divergences import kd_divergence
 
+DIAGNOSED_TOKENS = "kd/diagnosed_tokens"  # tokens the diagnostics below were computed on (0 on skipped steps)
+_DIAGNOSTICS = ("kl_div_T1", "top1_agreement", "teacher_loss")  # also kd/<ensemble member>/<one of these>
+
+
+def is_diagnostic(name: str) -> bool:
+  """A metric (name without `_sum`) that is computed on diagnosed steps only: a mean over DIAGNOSED_TOKENS."""
+  return name.startswith("kd/") and name.rsplit("/", 1)[-1] in _DIAGNOSTICS
+
 
 @dataclasses.dataclass(frozen=True)
 class KDOptions:
@@ -26,21 +37,28 @@ class KDOptions:
 
   use_hard_labels: bool
   z_loss: float
-  temperature_is_one: bool  # constant T = 1: the KL at T and at 1 are the same computation
+  temperature_is_one: bool  # the KD term is the KL@T1 diagnostic itself (T = 1, unpruned forward KL, live teacher)
   kd_vocab: int | None = None  # compare the first kd_vocab logits only (the student's rows beyond are padding)
 
   @classmethod
   def from_config(cls, config) -> KDOptions:
+    unpruned = (not config.kd_top_k or config.kd_top_k >= kd_vocab(config)) and not 0 < config.kd_top_p < 1
     return cls(
       config.kd_use_hard_labels,
       config.z_loss_multiplier,
-      config.kd_temperature_schedule == "constant" and config.kd_temperature == 1.0,
+      config.kd_temperature_schedule == "constant"
+      and config.kd_temperature == 1.0
+      and unpruned
+      and config.kd_divergence == "forward_kl"
+      and not config.kd_use_hard_labels
+      and not config.kd_offline_data_dir,
       kd_vocab(config) if kd_vocab(config) < config.vocab_size else None,
     )
 
 
 def kd_chunk_sums(xs: dict, shared: dict, options: KDOptions, source: TeacherSource) -> dict:
-  """Summed KD-run terms of one token chunk. `shared` holds the unembedding(s), alpha and T."""
+  """Summed KD-run terms of one token chunk. `shared` holds the unembedding(s), alpha and T, and may hold
+  `diagnose` (a traced bool; absent = True): whether this step computes the diagnostics."""
   s_logits = project_logits(xs["hidden"], shared["w_DxV"])
   teacher = source.chunk(xs, shared)
   weights, alpha, temperature = xs["weights"], shared["alpha"], shared["temperature"]
@@ -49,17 +67,32 @@ def kd_chunk_sums(xs: dict, shared: dict, options: KDOptions, source: TeacherSou
   if options.kd_vocab:  # the KD terms see the shared vocabulary only; the labels' CE sees every row
     s_logits = s_logits[:, : options.kd_vocab]
   frozen_student = jax.lax.stop_gradient(s_logits)
-  kl_t1_N = kd_divergence(frozen_student, teacher.target_t1(), 1.0)
   if options.use_hard_labels:
     kd_N, _ = cross_entropy_with_logits(s_logits, teacher.top1_N)
-    kl_at_t_N, mass_kept_N = kl_t1_N, jnp.ones_like(kl_t1_N)
+    kl_at_t_N = kd_divergence(frozen_student, teacher.target_t1(), 1.0)  # the KL@T1 is the hard run's "KL at T"
+    mass_kept_N = jnp.ones_like(kl_at_t_N)
+    kl_t1_N = kl_at_t_N
   else:
     kl_at_t_N, mass_kept_N = teacher.divergence(s_logits, temperature)
     kd_N = temperature * temperature * kl_at_t_N
+    kl_t1_N = jax.lax.stop_gradient(kl_at_t_N) if options.temperature_is_one else None
+  sums = blended_sums(weights, alpha, hard_N, z_N, kd_N, {"kl_div_at_T": kl_at_t_N, "teacher_mass_kept": mass_kept_N})
+  diagnostics = lambda: _diagnostic_sums(teacher, frozen_student, kl_t1_N, weights)
+  diagnose = shared.get("diagnose", True)
+  if diagnose is True:
+    return sums | diagnostics()
+  skipped = lambda: jax.tree.map(jnp.zeros_like, jax.eval_shape(diagnostics))
+  return sums | jax.lax.cond(diagnose, diagnostics, skipped)
+
+
+def _diagnostic_sums(teacher, frozen_student, kl_t1_N, weights) -> dict:
+  """KL@T1 (unpruned teacher), top-1 agreement and the teacher's own terms, summed with the token weights."""
+  if kl_t1_N is None:
+    kl_t1_N = kd_divergence(frozen_student, teacher.target_t1(), 1.0)
   agree_N = (jnp.argmax(frozen_student, axis=-1) == teacher.top1_N).astype(jnp.float32)
-  per_token = {**teacher.own_terms(frozen_student), "kl_div_at_T": kl_at_t_N, "kl_div_T1": kl_t1_N}
-  per_token.update(teacher_mass_kept=mass_kept_N, top1_agreement=agree_N)
-  return blended_sums(weights, alpha, hard_N, z_N, kd_N, per_token)
+  per_token = {**teacher.own_terms(frozen_student), "kl_div_T1": kl_t1_N, "top1_agreement": agree_N}
+  sums = {f"kd/{name}_sum": jnp.sum(x * weights) for name, x in per_token.items()}
+  return sums | {DIAGNOSED_TOKENS: jnp.sum(weights)}
 
 
 def blended_sums(weights, alpha, hard_N, z_N, kd_N, kd_terms: dict) -> dict:

@@ -22,7 +22,21 @@ from MaxText.losses.cross_entropy import ce_chunk_sums
 from MaxText.model import decoder
 
 
-def make_loss_fn(config, graphdef, source: TeacherSource | None = None, alignment: FeatureAlignment | None = None):
+def is_logged_step(config, step):
+  """Whether the trainer logs the metrics of the step that starts at optimizer step `step` (traced): every
+  log_period-th step and the last one (the trainer numbers steps from 1)."""
+  number = step + 1
+  return (number % config.log_period == 0) | (number == config.steps)
+
+
+def make_loss_fn(
+  config,
+  graphdef,
+  source: TeacherSource | None = None,
+  alignment: FeatureAlignment | None = None,
+  diagnose_every_step: bool = True,
+):
+  """`diagnose_every_step` False (the train step): KD diagnostics only on the steps whose metrics are logged."""
   if source is None:
     chunk_fn = functools.partial(ce_chunk_sums, z_loss=config.z_loss_multiplier)
   else:
@@ -40,6 +54,8 @@ def make_loss_fn(config, graphdef, source: TeacherSource | None = None, alignmen
     teacher_inputs = source.inputs(teacher, batch, with_features)
     per_token.update(teacher_inputs.per_token)
     shared.update(teacher_inputs.shared, alpha=alpha_at(config, step), temperature=temperature_at(config, step))
+    if not diagnose_every_step:
+      shared["diagnose"] = is_logged_step(config, step)
     sums = chunked_sums(chunk_fn, per_token, shared, config.loss_chunk_size)
     if with_features:
       projection = trainables["kd_head"][PROJECTION] if alignment.projection_shape else None

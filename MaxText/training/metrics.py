@@ -1,4 +1,7 @@
-"""Console lines, tensorboardX events and a JSONL file; token-weighted averages over logging windows."""
+"""Console lines, tensorboardX events and a JSONL file; token-weighted averages over logging windows.
+
+KD diagnostics are computed on logged steps only (kd_loss.py): they are averaged over their own token count.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import jax
 
 from MaxText.config import storage
 from MaxText.config.errors import UserError
+from MaxText.distill.kd_loss import DIAGNOSED_TOKENS, is_diagnostic
 
 
 def flops_per_token(config) -> float:
@@ -93,10 +97,20 @@ def keep_records_up_to(path: str, step: int) -> list[str]:
   return kept
 
 
+def token_means(sums: dict) -> dict[str, float]:
+  """Each `<name>_sum` over the tokens it was summed on: all of them, or the diagnosed ones (kd_loss.py)."""
+  tokens = max(sums.get("tokens", 0.0), 1.0)
+  diagnosed = max(sums.get(DIAGNOSED_TOKENS, 0.0), 1.0)
+  return {
+    key[:-4]: value / (diagnosed if is_diagnostic(key[:-4]) else tokens)
+    for key, value in sums.items()
+    if key.endswith("_sum")
+  }
+
+
 def eval_record(sums: dict) -> dict[str, float]:
   """Per-token means of an eval pass's summed metrics, with the loss and its perplexity."""
-  tokens = max(sums["tokens"], 1.0)
-  record = {key[:-4]: value / tokens for key, value in sums.items() if key.endswith("_sum")}
+  record = token_means(sums)
   record["loss"] = record["ce"]
   record["perplexity"] = math.exp(min(record["ce"], 50.0))
   _add_kd_views(record)
@@ -153,15 +167,14 @@ class MetricLogger:
     host = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     check_trainable(step, host)
     for key, value in host.items():
-      if key.endswith("_sum") or key == "tokens":
+      if key.endswith("_sum") or key in ("tokens", DIAGNOSED_TOKENS):
         self.window[key] = self.window.get(key, 0.0) + value
       else:
         self.last[key] = value
     self.window_steps += 1
 
   def summarize(self) -> dict[str, float]:
-    tokens = max(self.window.get("tokens", 0.0), 1.0)
-    record = {key[:-4]: value / tokens for key, value in self.window.items() if key.endswith("_sum")}
+    record = token_means(self.window)
     record.setdefault("total_loss", record["ce"] + record.get("z_loss", 0.0))
     record["loss"] = record["total_loss"]
     record["perplexity"] = math.exp(min(record["ce"], 50.0))

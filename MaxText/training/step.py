@@ -63,7 +63,7 @@ def make_train_step(config, tx, loss_fn, step_metrics=None):
 
 def jit_train_step(config, layout, source, batch_sharding):
   """The run's train step, jitted with its shardings and the state donated; `source` None = plain CE."""
-  loss_fn = make_loss_fn(config, layout.graphdef, source, layout.alignment)
+  loss_fn = make_loss_fn(config, layout.graphdef, source, layout.alignment, diagnose_every_step=False)
   kd_metrics = step_metrics(config, layout.alignment is not None) if source is not None else None
   teacher_shardings = source.param_shardings if source is not None else None
   return jax.jit(

@@ -32,12 +32,12 @@ def _chunk(seed=0, n=24, d=8, v=40):
   return xs, shared
 
 
-def _sums(options, pruning=Pruning(), diagnose=None, temperature=1.0, seed=0):
+def _sums(options, pruning=None, diagnose=None, temperature=1.0, seed=0):
   xs, shared = _chunk(seed)
   shared["temperature"] = jnp.float32(temperature)
   if diagnose is not None:
     shared["diagnose"] = jnp.asarray(diagnose)
-  source = LiveTeacher(None, None, None, pruning)
+  source = LiveTeacher(None, None, None, pruning or Pruning())
   return jax.jit(lambda x, s: kd_chunk_sums(x, s, options, source))(xs, shared)
 
 

@@ -3,7 +3,7 @@
   .venv/bin/python benchmarks/kd_loss.py [--chunk_elements 8388608] [--repeats 5]
 
 Shapes: 1024 tokens x 32768 vocab and 256 tokens x 128256 vocab, float32 logits (random normal, std 2),
-run through the production path (`max_utils.chunked_sums`) for CE and for KD alike, with the same
+run through the training path (`losses.chunking.chunked_loss`) for CE and for KD alike, with the same
 chunk of `chunk_elements / vocab` tokens (what `loss_chunk_size` should be set to for that vocabulary:
 256 tokens at 32k, 64 at 128k), measured side by side in one process. A last table shows the fused loss (hidden
 states + unembedding) keeps its temp memory flat as the token count grows.
@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from MaxText import max_utils  # noqa: E402
 from MaxText.distill.kd_loss import KDOptions, kd_chunk_sums  # noqa: E402
 from MaxText.distill.sources import LiveTeacher, Pruning  # noqa: E402
+from MaxText.losses.chunking import chunked_loss  # noqa: E402
 from MaxText.losses.divergence_family import Divergence, divergence  # noqa: E402
 
 MODES = {
@@ -68,6 +69,11 @@ def _kd_chunk(xs, _, mode):
   return {"v": jnp.sum(divergence(xs["s"], target, 2.0, mode.get("div", Divergence())))}
 
 
+def _loss(chunk_fn, per_token, chunk):
+  """The training path: `chunked_loss`, each chunk's gradient taken in the forward pass."""
+  return chunked_loss(chunk_fn, per_token, {}, chunk, lambda sums: sums["v"], wrt=(("s",), ()))[0]
+
+
 def _time(fn, args, repeats):
   compiled = jax.jit(fn).lower(*args).compile()
   jax.block_until_ready(compiled(*args))
@@ -82,7 +88,7 @@ def bench_shape(tokens, vocab, chunk, repeats):
   s = jnp.asarray(rng.normal(size=(tokens, vocab)) * 2, jnp.float32)
   t = jnp.asarray(rng.normal(size=(tokens, vocab)) * 2, jnp.float32)
   y = jnp.asarray(rng.integers(0, vocab, tokens), jnp.int32)
-  ce = jax.value_and_grad(lambda s, y: max_utils.chunked_sums(_ce_chunk, {"s": s, "y": y}, {}, chunk)["v"])
+  ce = jax.value_and_grad(lambda s, y: _loss(_ce_chunk, {"s": s, "y": y}, chunk))
   base, base_mem = _time(ce, (s, y), repeats)
   print(
     f"\n{tokens} tokens x {vocab} vocab, chunk {chunk}: CE value+grad {base * 1e3:.1f} ms, "
@@ -91,7 +97,7 @@ def bench_shape(tokens, vocab, chunk, repeats):
   print(f"{'mode':<24} {'x CE':>6} {'temp MiB':>9}")
   for name, mode in MODES.items():
     kd_chunk = functools.partial(_kd_chunk, mode=mode)
-    kd = jax.value_and_grad(lambda s, t, f=kd_chunk: max_utils.chunked_sums(f, {"s": s, "t": t}, {}, chunk)["v"])
+    kd = jax.value_and_grad(lambda s, t, f=kd_chunk: _loss(f, {"s": s, "t": t}, chunk))
     seconds, mem = _time(kd, (s, t), repeats)
     print(f"{name:<24} {seconds / base:>6.2f} {mem / 2**20:>9.0f}")
 
@@ -109,7 +115,7 @@ def fused_memory(tokens, vocab=32768, dim=256, chunk=256):
     }
     shared = {"w_DxV": w, "teacher_w_DxV": tw, "alpha": jnp.float32(0.5), "temperature": jnp.float32(2.0)}
     fn = functools.partial(kd_chunk_sums, options=options, source=source)
-    return max_utils.chunked_sums(fn, per_token, shared, chunk)["total_loss_sum"]
+    return chunked_loss(fn, per_token, shared, chunk, lambda sums: sums["total_loss_sum"])[0]
 
   shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in ((tokens, dim), (dim, vocab), (tokens, dim), (dim, vocab))]
   compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*shapes).compile()

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import functools
 
+import jax
+
 from MaxText.config.views import FeatureAlignment
 from MaxText.distill.feature_head import PROJECTION, feature_loss_sum
 from MaxText.distill.kd_loss import KDOptions, kd_chunk_sums
 from MaxText.distill.schedules import alpha_at, beta_at, temperature_at
 from MaxText.distill.sources import TeacherSource
-from MaxText.losses.chunking import chunked_sums, token_inputs
+from MaxText.losses.chunking import chunked_loss, token_inputs
 from MaxText.losses.cross_entropy import ce_chunk_sums
 from MaxText.model import decoder
 
@@ -49,21 +51,22 @@ def make_loss_fn(
     per_token = token_inputs(student_out.hidden_BxLxD, batch)
     shared = {"w_DxV": student.output_matrix_DxV()}
     if source is None:
-      sums = chunked_sums(chunk_fn, per_token, shared, config.loss_chunk_size)
-      return sums["ce_sum"] + sums["z_loss_sum"], sums
+      ce = lambda sums: sums["ce_sum"] + sums["z_loss_sum"]
+      return chunked_loss(chunk_fn, per_token, shared, config.loss_chunk_size, ce)
     teacher_inputs = source.inputs(teacher, batch, with_features)
     per_token.update(teacher_inputs.per_token)
     shared.update(teacher_inputs.shared, alpha=alpha_at(config, step), temperature=temperature_at(config, step))
     if not diagnose_every_step:
       shared["diagnose"] = is_logged_step(config, step)
-    sums = chunked_sums(chunk_fn, per_token, shared, config.loss_chunk_size)
+    total, sums = chunked_loss(chunk_fn, per_token, shared, config.loss_chunk_size, lambda s: s["total_loss_sum"])
     if with_features:
       projection = trainables["kd_head"][PROJECTION] if alignment.projection_shape else None
       feature_sum = feature_loss_sum(
         alignment, student_out.features, teacher_inputs.features, projection, per_token["weights"]
       )
       sums["kd/feature_loss_sum"] = beta_at(config, step) * feature_sum
-      sums["total_loss_sum"] = sums["total_loss_sum"] + sums["kd/feature_loss_sum"]
-    return sums["total_loss_sum"], sums
+      total = total + sums["kd/feature_loss_sum"]
+      sums["total_loss_sum"] = sums["total_loss_sum"] + jax.lax.stop_gradient(sums["kd/feature_loss_sum"])
+    return total, sums
 
   return loss_fn

@@ -13,12 +13,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from MaxText.losses.targets import NUCLEUS_CUT
 from MaxText.parallel.sharding import constrain
-
-# what the rematerialised chunk body keeps for its backward pass: per-token values that are cheap to store
-# and costly to recompute (the top-p cut is 31 passes over the vocabulary); everything [chunk, vocab] is redone
-_SAVED = jax.checkpoint_policies.save_only_these_names(NUCLEUS_CUT)
 
 
 def token_inputs(hidden_BxLxD, batch) -> dict:
@@ -67,15 +62,15 @@ def chunked_sums(chunk_fn: Callable[..., dict], per_token: dict, shared: dict, c
   `per_token` holds arrays with a leading token axis N (hidden states, targets, weights, ...);
   rows added to fill the last chunk are zero, so `chunk_fn` must weight every term by the
   `weights` entry. `shared` (e.g. the unembedding matrix) is passed whole to each chunk. The body
-  is rematerialised, so the backward pass also holds one chunk of logits at a time (per-token values
-  named in `_SAVED` are kept instead of recomputed).
+  is rematerialised, so the backward pass also holds one chunk of logits at a time. Training uses
+  `chunked_loss`, which never recomputes a chunk.
   """
   chunked, _ = _to_chunks(per_token, chunk_size)
   if (
     jax.tree.leaves(chunked)[0].shape[0] == 1
   ):  # one chunk is the memory budget anyway: no need to recompute it in the backward pass
     return chunk_fn(jax.tree.map(lambda x: x[0], chunked), shared)
-  body = jax.checkpoint(lambda xs: chunk_fn(xs, shared), policy=_SAVED)
+  body = jax.checkpoint(lambda xs: chunk_fn(xs, shared), policy=jax.checkpoint_policies.nothing_saveable)
 
   def step(total, xs):
     return jax.tree.map(jnp.add, total, body(xs)), None
@@ -83,6 +78,68 @@ def chunked_sums(chunk_fn: Callable[..., dict], per_token: dict, shared: dict, c
   first = body(jax.tree.map(lambda x: x[0], chunked))
   total, _ = jax.lax.scan(step, first, jax.tree.map(lambda x: x[1:], chunked))
   return total
+
+
+def chunked_loss(
+  chunk_fn: Callable[..., dict],
+  per_token: dict,
+  shared: dict,
+  chunk_size: int,
+  objective: Callable[[dict], jax.Array],
+  wrt: tuple[tuple[str, ...], tuple[str, ...]] = (("hidden",), ("w_DxV",)),
+) -> tuple[jax.Array, dict]:
+  """(objective, sums) of `chunk_fn` over token chunks, the objective's gradient taken in the same pass.
+
+  `objective(chunk_sums)` is the differentiated scalar of one chunk (summed over chunks); its gradient
+  is with respect to the `per_token` and `shared` entries named in `wrt` (the student's hidden states
+  and unembedding). The sums are metrics, without gradient. Each chunk's gradient is computed right
+  after its value, so the backward pass only scales what the forward pass stored (the gradients of the
+  hidden states, [N, D], and of the unembedding): no chunk is projected, pruned or bisected a second
+  time, the teacher's projection included, where a rematerialised loop would redo all of it.
+  """
+  token_keys, shared_keys = wrt
+  chunked, n = _to_chunks(per_token, chunk_size)
+  if jax.tree.leaves(chunked)[0].shape[0] == 1:  # one chunk: plain autodiff, nothing recomputed
+    sums = chunk_fn(jax.tree.map(lambda x: x[0], chunked), shared)
+    return objective(sums), jax.lax.stop_gradient(sums)
+
+  def value_and_grads(tokens_diff, shared_diff, tokens_rest, shared_rest):
+    chunks = (_to_chunks(tokens_diff, chunk_size)[0], _to_chunks(tokens_rest, chunk_size)[0])
+
+    def with_objective(xs_diff, sh_diff, xs_rest):
+      sums = chunk_fn({**xs_rest, **xs_diff}, {**shared_rest, **sh_diff})
+      return objective(sums), sums
+
+    def one_chunk(carry, xs):
+      (value, sums), (g_tokens, g_shared) = jax.value_and_grad(with_objective, (0, 1), has_aux=True)(
+        xs[0], shared_diff, xs[1]
+      )
+      return jax.tree.map(jnp.add, carry, (value, sums, g_shared)), g_tokens
+
+    first = jax.tree.map(lambda x: x[0], chunks)
+    shapes = jax.eval_shape(with_objective, first[0], shared_diff, first[1])
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (*shapes, shared_diff))
+    (value, sums, g_shared), g_tokens = jax.lax.scan(one_chunk, zeros, chunks)
+    return (value, sums), (jax.tree.map(lambda x: _from_chunks(x, n), g_tokens), g_shared)
+
+  @jax.custom_vjp
+  def loss(tokens_diff, shared_diff, tokens_rest, shared_rest):
+    return value_and_grads(tokens_diff, shared_diff, tokens_rest, shared_rest)[0]
+
+  def loss_bwd(grads, cotangents):
+    g = cotangents[0]  # the sums are metrics: stopped below, their cotangents are zero
+    g_tokens, g_shared = jax.tree.map(lambda x: (g * x).astype(x.dtype), grads)
+    return g_tokens, g_shared, None, None
+
+  loss.defvjp(value_and_grads, loss_bwd)
+  split = lambda tree, keys: (
+    {k: v for k, v in tree.items() if k in keys},
+    {k: v for k, v in tree.items() if k not in keys},
+  )
+  tokens_diff, tokens_rest = split(per_token, token_keys)
+  shared_diff, shared_rest = split(shared, shared_keys)
+  value, sums = loss(tokens_diff, shared_diff, tokens_rest, shared_rest)
+  return value, jax.lax.stop_gradient(sums)
 
 
 def chunked_map(chunk_fn: Callable[..., dict], per_token: dict, shared: dict, chunk_size: int) -> dict:

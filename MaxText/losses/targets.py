@@ -11,7 +11,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
 
 FLOAT_MIN = float(jnp.finfo(jnp.float32).min)  # log of a zero target; -inf would make 0 * -inf = NaN
 
@@ -45,7 +44,6 @@ def _bisect(keys_NxV, probs_NxV, top_p, lo_N, hi_N, passes: int):
   return jax.lax.fori_loop(0, passes, halve, (lo_N, hi_N))[0]
 
 
-NUCLEUS_CUT = "nucleus_cut"  # the saved name of the per-row cut (chunking.py keeps it for the backward pass)
 _CPU_BLOCK_BYTES = 2 * 2**20  # one core's L2 here: the bisection's 31 passes over a row block stay in cache
 
 
@@ -105,13 +103,11 @@ def top_p_mask(teacher_logp_NxV: jax.Array, top_p: float) -> jax.Array:
   """Nucleus mask (float 0/1) without sorting: a token is kept while the mass of strictly more probable
   tokens is < top_p.
 
-  The cut (two floats per row) is what the 31 bisection passes find; it is named NUCLEUS_CUT so that a
-  rematerialised loss keeps it for the backward pass instead of bisecting again. On CPU the passes run
-  over cache-sized blocks of rows (the same arithmetic per row, so the same cut).
+  The cut (two floats per row) is what the 31 bisection passes find. On CPU the passes run over
+  cache-sized blocks of rows (the same arithmetic per row, so the same cut).
   """
   logp = jax.lax.stop_gradient(teacher_logp_NxV)
   cut_Nx2 = jax.lax.platform_dependent(logp, top_p, cpu=_nucleus_cut_in_blocks, default=_nucleus_cut)
-  cut_Nx2 = checkpoint_name(cut_Nx2, NUCLEUS_CUT)
   return _kept(*_nucleus_keys(logp), cut_Nx2)
 
 

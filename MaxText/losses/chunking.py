@@ -2,8 +2,9 @@
 
 Per-token losses never need the full [batch x length x vocab] logits: `chunked_sums` slices the
 tokens into chunks, projects each chunk to the vocabulary inside a rematerialised scan body, and
-returns only summed scalars, so loss memory is set by `loss_chunk_size`. `chunked_map` is the same
-slicing for per-token outputs (the offline cache's top-k fields).
+returns only summed scalars, so loss memory is set by `loss_chunk_size`. `chunked_loss`, what training
+uses, takes each chunk's gradient in the same forward pass, so that no chunk is computed twice.
+`chunked_map` is the same slicing for per-token outputs (the offline cache's top-k fields).
 """
 
 from __future__ import annotations

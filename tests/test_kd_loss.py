@@ -65,9 +65,9 @@ def test_top_p_mask_equals_a_sorted_reference_on_random_rows():
 
 
 def test_top_p_cut_in_cache_sized_blocks_equals_the_whole_chunk_cut():
-  # 131072 logits per row: CPU blocks of 2 rows, so 7 rows make 4 blocks, the last one filled with a padding row
+  # 131072 logits per row: CPU blocks of 2 rows, so 9 rows make 5 blocks, the last one filled with a padding row
   rng = np.random.default_rng(4)
-  logp = jax.nn.log_softmax(jnp.asarray(rng.normal(size=(7, 131072)) * 2.0, jnp.float32))
+  logp = jax.nn.log_softmax(jnp.asarray(rng.normal(size=(9, 131072)) * 2.0, jnp.float32))
   whole = targets._nucleus_cut(logp, 0.9)
   np.testing.assert_array_equal(targets._nucleus_cut_in_blocks(logp, 0.9), whole)
   keys = targets._nucleus_keys(logp)

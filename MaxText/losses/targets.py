@@ -91,9 +91,10 @@ def _nucleus_cut_in_blocks(teacher_logp_NxV, top_p: float):
   """
   rows, vocab = teacher_logp_NxV.shape
   block = max(2, min(rows, _CPU_BLOCK_BYTES // (8 * vocab)))
-  if block >= rows:
+  if block >= rows or rows * vocab * 8 <= 4 * _CPU_BLOCK_BYTES:  # small enough to stay in cache whole
     return _nucleus_cut(teacher_logp_NxV, top_p)
   num_blocks = -(-rows // block)
+  block = -(-rows // num_blocks)  # as even as the blocks can be: the least padding
   padded = jnp.pad(teacher_logp_NxV, [(0, num_blocks * block - rows), (0, 0)])
   cuts = jax.lax.map(lambda x: _nucleus_cut(x, top_p), padded.reshape(num_blocks, block, vocab))
   return cuts.reshape(-1, 2)[:rows]

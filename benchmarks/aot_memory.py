@@ -1,12 +1,13 @@
 """Will the seed's runs fit? Compiles the exact train steps ahead of time for TPU v5p (libtpu, no TPU) and
 prints per-chip memory from XLA's memory analysis.
 
-  python benchmarks/aot_memory.py [--only NAME]
+  python benchmarks/aot_memory.py [--only NAME] [--attention KERNEL]
 
 Rows: llama3.1-8b CE at 1 and 4 sequences of 8192 per chip; the seed's llama3.2-1b student distilled
 from a llama3.1-8b teacher (online, and offline from a top-64 cache); llama3.1-70b -> llama3.1-8b on
-the smallest v5p slice where it fits; and the flash attention kernel alone per layer at 8192 tokens.
-All: fsdp over every chip, remat full, bf16 compute, float32 master weights, teachers stored in bf16.
+the smallest v5p slice where it fits; and the splash and flash attention kernels alone per layer at 8192
+tokens. All: fsdp over every chip, remat full, bf16 compute, float32 master weights, teachers stored in
+bf16, attention `autoselect` (splash on TPU) unless --attention names another kernel.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from MaxText import config as config_lib  # noqa: E402
-from MaxText.model.attention import flash_attention  # noqa: E402
+from MaxText.model.attention import attend  # noqa: E402
+from MaxText.parallel.sharding import MESH_AXES  # noqa: E402
 from MaxText.training import aot  # noqa: E402
 
 COMMON = {
@@ -67,9 +69,9 @@ TEACHER_70B = {
 SLICES_70B = ("v5p-8", "v5p-16", "v5p-32", "v5p-64")
 
 
-def _row(name: str, topology: str, keys: dict) -> bool:
+def _row(name: str, topology: str, keys: dict, attention: str) -> bool:
   started = time.perf_counter()
-  config = config_lib.load_dict({**COMMON, **keys})
+  config = config_lib.load_dict({**COMMON, **keys, "attention": attention})
   try:
     report = aot.compile_step(config, aot.parse_topology(topology, 1))
   except aot.OverCapacityError as e:
@@ -87,17 +89,20 @@ def _row(name: str, topology: str, keys: dict) -> bool:
   return report.fits
 
 
-def _attention_row(batch: int) -> None:
+def _attention_row(kernel: str, batch: int) -> None:
+  """One layer's attention, forward + backward, on one v5p chip (a one-device mesh: the TPU is the target)."""
   device = aot.parse_topology("v5p-8", 1).devices()[0]
-  spec = jax.sharding.SingleDeviceSharding(device)
+  mesh = jax.sharding.Mesh([[[device]]], MESH_AXES)
+  spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   q = jax.ShapeDtypeStruct((batch, 8192, 32, 128), jnp.bfloat16, sharding=spec)
   kv = jax.ShapeDtypeStruct((batch, 8192, 8, 128), jnp.bfloat16, sharding=spec)
   seg = jax.ShapeDtypeStruct((batch, 8192), jnp.int32, sharding=spec)
-  loss = lambda q, k, v, s: jnp.sum(flash_attention(q, k, v, s).astype(jnp.float32))
-  compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, kv, kv, seg).compile()
+  loss = lambda q, k, v, s: jnp.sum(attend(q, k, v, s, kernel).astype(jnp.float32))
+  with jax.set_mesh(mesh):
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, kv, kv, seg).compile()
   temp = compiled.memory_analysis().temp_size_in_bytes / aot.GIB
   print(
-    f"flash attention forward + backward, one layer, {batch} x 8192 tokens, 32/8 heads of 128, bf16: "
+    f"{kernel} attention forward + backward, one layer, {batch} x 8192 tokens, 32/8 heads of 128, bf16: "
     f"{temp:.3f} GiB temporaries"
   )
 
@@ -105,6 +110,7 @@ def _attention_row(batch: int) -> None:
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--only", default="", help="run the rows whose name contains this")
+  parser.add_argument("--attention", default="autoselect", help="the attention key of the model rows")
   args = parser.parse_args()
   print(
     "| run | slice | student params GiB | optimizer GiB | teacher GiB | temporaries GiB | peak GiB "
@@ -113,18 +119,20 @@ def main() -> None:
   print("|---|---|---|---|---|---|---|---|")
   for name, (topology, keys) in RUNS.items():
     if args.only in name:
-      _row(name, topology, keys)
+      _row(name, topology, keys, args.attention)
   if args.only in "70b -> 8b online KD":
     for topology in SLICES_70B:
       if _row(
         "70b -> 8b online KD, 1 x 8192",
         topology,
         {"model_name": "llama3.1-8b", "per_device_batch_size": 1, **TEACHER_70B},
+        args.attention,
       ):
         break
   if args.only in "attention":
-    for batch in (1, 4):
-      _attention_row(batch)
+    for kernel in ("splash", "flash"):
+      for batch in (1, 4):
+        _attention_row(kernel, batch)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ _ONE_OF = {
   "dtype": ("bfloat16", "float32", "float16"),
   "weight_dtype": ("bfloat16", "float32"),
   "remat_policy": ("none", "full", "save_dots"),
-  "attention": ("autoselect", "dot_product", "flash"),
+  "attention": ("autoselect", "dot_product", "flash", "splash", "cudnn"),
   "kd_alpha_schedule": ("constant", "linear", "cosine"),
   "kd_temperature_schedule": ("constant", "linear", "cosine"),
   "kd_beta_schedule": ("constant", "linear", "cosine"),
@@ -61,6 +61,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "head_dim",
       "mlp_dim",
       "max_target_length",
+      "max_segments_per_seq",
       "log_period",
       "loss_chunk_size",
       "eval_steps",
@@ -158,12 +159,44 @@ def _check_relations(v: dict[str, Any]) -> None:
     raise ConfigError(f"dataset_path: required for dataset_type={v['dataset_type']}")
   if v["tokenizer_type"] != "byte" and not v["tokenizer_path"]:
     raise ConfigError(f"tokenizer_path: required for tokenizer_type={v['tokenizer_type']}")
+  check_attention_serves(v, "the student", v["dtype"], v["head_dim"])
   _check_decode(v)
   _check_eval_data(v)
   if v["use_sft"] and v["dataset_type"] not in ("jsonl", "parquet"):
     raise ConfigError(f"dataset_type: use_sft reads conversations from jsonl or parquet, got {v['dataset_type']}")
   if v["use_sft"] and v["tokenizer_type"] != "huggingface":
     raise ConfigError("tokenizer_type: use_sft needs a huggingface tokenizer folder with a chat_template")
+
+
+# Attention kernels that run on one platform only (the others run everywhere).
+KERNEL_PLATFORMS = {"splash": "tpu", "cudnn": "gpu"}
+CUDNN_MAX_HEAD_DIM = 128
+
+
+def cudnn_refusal(dtype: str, head_dim: int) -> str | None:
+  """Why cuDNN's fused attention cannot serve a model of this compute dtype and head width, or None."""
+  if dtype not in ("bfloat16", "float16"):
+    return f"cuDNN's fused attention needs dtype bfloat16 or float16, got {dtype}"
+  if head_dim > CUDNN_MAX_HEAD_DIM or head_dim % 8:
+    return f"cuDNN's fused attention needs head_dim a multiple of 8 up to {CUDNN_MAX_HEAD_DIM}, got {head_dim}"
+  return None
+
+
+def check_attention_serves(v: dict[str, Any], who: str, dtype: str, head_dim: int) -> None:
+  """The kernel named by `attention` must serve the student and every teacher (autoselect always does)."""
+  reason = cudnn_refusal(dtype, head_dim) if v["attention"] == "cudnn" else None
+  if reason:
+    raise ConfigError(f"attention: cudnn cannot serve {who}: {reason}; use flash or autoselect")
+
+
+def check_attention_platform(kernel: str, platform: str) -> None:
+  """A platform-specific kernel on other devices is refused before anything is compiled."""
+  needed = KERNEL_PLATFORMS.get(kernel)
+  if needed and platform != needed:
+    raise ConfigError(
+      f"attention: {kernel} runs on {needed.upper()} only and this run's devices are {platform}; "
+      "use autoselect, flash or dot_product"
+    )
 
 
 def _check_decode(v: dict[str, Any]) -> None:

@@ -267,6 +267,7 @@ def make_iterator(config, corpus: Corpus | None, split: str, batch_size: int):
       length_struct=lengths,
       num_packing_bins=batch_size,
       shuffle_bins=False,
+      max_sequences_per_bin=config.max_segments_per_seq,
       meta_features=("targets_mask",) if is_sft else (),
     )
   else:

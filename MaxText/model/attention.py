@@ -5,11 +5,13 @@
 - `flash`: pure-JAX blockwise attention with an online softmax (FlashAttention-2's algorithm) and a
   hand-written backward that recomputes each block's probabilities from the saved log-sum-exp, so
   neither pass holds more than one [B, heads, block, block] tile of scores. Runs on every platform.
-`autoselect` picks per platform (`select_kernel`): flash, which `benchmarks/attention.py` measured
-faster than dot_product on CPU at every length from 128 to 8192 tokens (forward + backward; 0.76x
-the time at 128, 0.11x at 8192) and which is the only one of the two that fits long sequences on an
-accelerator. Every kernel takes q [B, L, H, K],
-k and v [B, L, G, K] (G divides H) and segment ids [B, L] and returns [B, L, H, K] in v's dtype.
+- `splash` (TPU, model/splash_attention.py): the Pallas splash kernel shipped in JAX, per shard.
+- `cudnn` (NVIDIA GPU, model/cudnn_attention.py): cuDNN's fused flash attention.
+`autoselect` picks per platform (`select_kernel`): splash on TPU, cuDNN on GPU where it serves the
+configuration (bf16/fp16, head_dim <= 128; else flash), flash on CPU, which `benchmarks/attention.py`
+measured faster than dot_product there at every length from 128 to 8192 tokens (forward + backward;
+0.76x the time at 128, 0.11x at 8192). Every kernel takes q [B, L, H, K], k and v [B, L, G, K]
+(G divides H) and segment ids [B, L] and returns [B, L, H, K] in v's dtype.
 """
 
 from __future__ import annotations
@@ -20,23 +22,40 @@ import math
 import jax
 import jax.numpy as jnp
 
+from MaxText.config.checks import cudnn_refusal
+from MaxText.model import cudnn_attention
+from MaxText.model.splash_attention import splash_attention
+from MaxText.parallel.sharding import target_platform
+
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
-KERNELS = ("autoselect", "dot_product", "flash")
+KERNELS = ("autoselect", "dot_product", "flash", "splash", "cudnn")
 FLASH_BLOCK = 512  # tokens per query / key block of `flash` (the largest tile is [B, H, 512, 512] float32)
 
 
-def select_kernel(kernel: str, platform: str) -> str:
-  """The kernel `autoselect` stands for on a platform (flash on all of them until a platform kernel
-  such as TPU splash or GPU cuDNN is measured faster)."""
-  del platform
-  return "flash" if kernel == "autoselect" else kernel
+def select_kernel(kernel: str, platform: str, dtype=jnp.bfloat16, head_dim: int = 128) -> str:
+  """The kernel `autoselect` stands for on a platform, for inputs of this dtype and head width."""
+  if kernel != "autoselect":
+    return kernel
+  if platform == "tpu":
+    return "splash"
+  if platform == "gpu" and cudnn_refusal(jnp.dtype(dtype).name, head_dim) is None:
+    return "cudnn"
+  return "flash"
 
 
-def attend(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL, kernel: str = "dot_product") -> jax.Array:
-  kernel = select_kernel(kernel, jax.default_backend())
+def attend(
+  q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL, kernel: str = "dot_product", max_segments: int = 64
+) -> jax.Array:
+  """Attention with the named kernel; `max_segments` is the most documents a packed row holds (cudnn)."""
+  kernel = select_kernel(kernel, target_platform(), q_BxLxHxK.dtype, q_BxLxHxK.shape[-1])
+  args = (q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL)
   if kernel == "flash":
-    return flash_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL)
-  return dot_product_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL)
+    return flash_attention(*args)
+  if kernel == "splash":
+    return splash_attention(*args)
+  if kernel == "cudnn":
+    return cudnn_attention.cudnn_attention(*args, max_segments, fallback=flash_attention)
+  return dot_product_attention(*args)
 
 
 def _grouped(q_BxLxHxK, num_kv: int):

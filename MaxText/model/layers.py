@@ -71,7 +71,7 @@ def attention_block(p: dict, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, 
   """Pre-norm attention of one layer: (normed input, per-head attention output, projected output)."""
   h = rms_norm(x_BxLxD, p["attn_norm"], config.normalization_layer_epsilon)
   q, k, v = project_qkv(p, h, positions_BxL, inv_freq, config)
-  attended_BxLxHxK = attend(q, k, v, segment_ids_BxL, config.attention)
+  attended_BxLxHxK = attend(q, k, v, segment_ids_BxL, config.attention, config.max_segments_per_seq)
   return h, attended_BxLxHxK, jnp.einsum("blhk,hkd->bld", attended_BxLxHxK, p["out"].astype(x_BxLxD.dtype))
 
 

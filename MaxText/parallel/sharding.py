@@ -11,6 +11,7 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from MaxText.config.checks import check_attention_platform
 from MaxText.config.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -103,6 +104,7 @@ def create_mesh(config, devices: Sequence[jax.Device] | None = None, num_slices:
   """Mesh over (data, fsdp, tensor); across processes (or the slices of a compile topology, given as
   `num_slices`) the dcn_* axes split between hosts or slices."""
   devices = list(devices if devices is not None else jax.devices())
+  check_attention_platform(config.attention, devices[0].platform)
   by_slice = num_slices is not None
   if num_slices is None:
     num_slices = jax.process_count() if devices == jax.devices() else 1
@@ -129,6 +131,13 @@ def logical_shardings(logical_tree, shape_tree, mesh: Mesh, rules: LogicalAxisRu
 
 def batch_sharding(mesh: Mesh, rules: LogicalAxisRules = DEFAULT_RULES) -> NamedSharding:
   return NamedSharding(mesh, rules.spec(("batch", None)))
+
+
+def target_platform() -> str:
+  """The platform a program being traced is for: that of the mesh set by `jax.set_mesh` (a TPU
+  topology compiled ahead of time on a CPU host is "tpu"), else the default backend's."""
+  device = jax.sharding.get_abstract_mesh().abstract_device
+  return device.platform if device is not None else jax.default_backend()
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None], rules: LogicalAxisRules = DEFAULT_RULES):

@@ -203,3 +203,13 @@ def test_trained_bpe_and_sentencepiece_tokenizers_round_trip(tmp_path):
     check_fits_model(tok, 512)
     with pytest.raises(ValueError, match="vocab_size: the tokenizer has 512 tokens but the model's vocab_size is 320"):
       check_fits_model(tok, 320)
+
+
+def test_packing_puts_at_most_max_segments_per_seq_documents_in_a_row(tmp_path):
+  (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"text": "ab"}) for _ in range(200)))  # 4 tokens each
+  most = {}
+  for cap in (64, 3):
+    config = _config(dataset_type="jsonl", dataset_path=str(tmp_path / "d.jsonl"), max_segments_per_seq=cap)
+    batches, _ = _batches(config, 4)
+    most[cap] = max(int(b["inputs_segmentation"].max()) for b in batches)
+  assert most[3] == 3 and most[64] > 3  # a 16-token row holds 4 such documents unless capped

@@ -160,12 +160,14 @@ def test_a_batch_with_an_over_full_row_takes_the_fallback():
   assert float(jnp.max(jnp.abs(attend(3)))) == 0.0  # they fit: the ragged kernel ran
 
 
-def test_autoselect_picks_the_platform_kernel_that_serves_the_model():
+def test_autoselect_picks_the_platform_kernel_that_serves_the_model(monkeypatch):
   assert attention.select_kernel("autoselect", "tpu") == "splash"
+  assert attention.select_kernel("autoselect", "cpu") == "flash"
+  assert attention.select_kernel("autoselect", "gpu", jnp.bfloat16, 128) == attention.GPU_DEFAULT
+  monkeypatch.setattr(attention, "GPU_DEFAULT", "cudnn")  # once cudnn is measured on a GPU
   assert attention.select_kernel("autoselect", "gpu", jnp.bfloat16, 128) == "cudnn"
   assert attention.select_kernel("autoselect", "gpu", jnp.float32, 128) == "flash"  # cuDNN takes bf16/fp16
   assert attention.select_kernel("autoselect", "gpu", jnp.bfloat16, 256) == "flash"
-  assert attention.select_kernel("autoselect", "cpu") == "flash"
   for kernel in ("dot_product", "flash", "splash", "cudnn"):
     assert attention.select_kernel(kernel, "cpu") == kernel  # a named kernel is never replaced
 

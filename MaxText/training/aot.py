@@ -20,6 +20,7 @@ from MaxText.config.errors import ConfigError, UserError
 from MaxText.config.views import feature_alignment
 from MaxText.data import teacher_cache
 from MaxText.distill.teacher import abstract_teacher, cached_teacher
+from MaxText.model.attention import select_kernel
 from MaxText.model.params_io import abstract_with_shardings
 from MaxText.parallel import sharding
 from MaxText.training.state import HEAD, make_layout
@@ -133,6 +134,7 @@ class CompileReport:
   alias_bytes: int
   temp_bytes: int
   flops: float
+  attention: str = ""  # the kernel the step uses on the topology (what `autoselect` stands for there)
 
   @property
   def peak_bytes(self) -> int:
@@ -217,6 +219,7 @@ def compile_step(config, topology: Topology) -> CompileReport:
     memory.alias_size_in_bytes,
     memory.temp_size_in_bytes,
     float((cost or {}).get("flops", float("nan"))),
+    select_kernel(config.attention, "tpu", jnp.dtype(config.dtype), config.head_dim),
   )
 
 
@@ -224,7 +227,8 @@ def format_report(report: CompileReport) -> str:
   gib = lambda n: f"{n / GIB:,.2f} GiB" if n >= GIB else f"{n / 2**20:,.1f} MiB"
   hbm = report.topology.hbm_bytes
   lines = [
-    f"{report.topology.name}: {report.devices} devices, global batch {report.global_batch}; per device:",
+    f"{report.topology.name}: {report.devices} devices, global batch {report.global_batch}, "
+    f"{report.attention} attention; per device:",
     *[f"  {name:<16} {gib(size)}" for name, size in report.parts.items() if size],
     f"  {'temporaries':<16} {gib(report.temp_bytes)}",
     f"  {'total (peak)':<16} {gib(report.peak_bytes)} of {gib(hbm)} HBM ({100 * report.peak_bytes / hbm:.0f}%)",

@@ -8,6 +8,11 @@ Configs:
 - `tiny-anchor`: student width 64, 2 layers, 4/4 heads of 16, MLP 128; teacher width 128, 4 layers, 4/4
   heads of 32, MLP 256; vocabulary 1024; batch 4 x 128; alpha 0.5, T 1 (the issue tracker's anchor).
 - `demo`: the demo model as student and as teacher (weights scaled by 1.01: a distinct teacher), batch 8 x 128.
+- `gpu-1b-8b` (for a GPU): llama3.2-1b student, random llama3.1-8b teacher stored and run in bf16, 1 x 8192
+  tokens, bf16, `attention=cudnn`, T 2; `--steps 30 --skip 5` is plenty there.
+With `--peak_tflops` (or on an H100/H200, whose dense bf16 peak of 989 TFLOP/s is known) it also prints
+tokens/s and MFU per program: the student's training FLOPs (6 per parameter per token plus causal
+attention, `flops_per_token`) and, for the KD step, the teacher's forward third of its own.
 Everything else is base.yml (remat full, float32, one chunk of loss). The three programs are jitted on
 the same synthetic batches and each step is timed alone (dispatch to result ready); the table gives the
 median over steps skip+1 .. steps of each, per repeat, and the ratios of the medians. Repeats alternate
@@ -17,10 +22,12 @@ the programs, so drifts of a shared machine hit all three alike.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
 import time
+import types
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
@@ -36,6 +43,7 @@ from MaxText.data.input_pipeline import make_iterator  # noqa: E402
 from MaxText.distill.teacher import abstract_teacher  # noqa: E402
 from MaxText.model import decoder as model_lib  # noqa: E402
 from MaxText.parallel import sharding  # noqa: E402
+from MaxText.training.metrics import flops_per_token  # noqa: E402
 from MaxText.training.runtime import to_global  # noqa: E402
 from MaxText.training.state import init_state, make_layout  # noqa: E402
 from MaxText.training.step import jit_train_step  # noqa: E402
@@ -57,7 +65,20 @@ CONFIGS = {
     "kd_flags": "kd_alpha=0.5,kd_temperature=1.0",
   },
   "demo": {"student": {"model_name": "demo", "per_device_batch_size": 8}, "teacher": "", "kd_flags": ""},
+  "gpu-1b-8b": {
+    "student": {
+      "model_name": "llama3.2-1b",
+      "per_device_batch_size": 1,
+      "max_target_length": 8192,
+      "dtype": "bfloat16",
+      "attention": "cudnn",
+    },
+    "teacher": "weight_dtype=bfloat16",
+    "teacher_model": "llama3.1-8b",
+    "kd_flags": "kd_alpha=0.5,kd_temperature=2.0,kd_teacher_dtype=bfloat16",
+  },
 }
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense, per GPU (SXM)
 
 
 def _step_seconds(fn, batches, steps: int) -> list[float]:
@@ -79,6 +100,8 @@ class Programs:
     flags = dict(kv.split("=", 1) for kv in (kd_flags or preset["kd_flags"]).split(",") if kv)
     if preset["teacher"]:  # a random teacher of that shape: the path is never read (abstract_teacher below)
       flags.update(kd_teacher_overrides=preset["teacher"], kd_teacher_parameters_path="random-initial-teacher")
+    if preset.get("teacher_model"):
+      flags.update(kd_teacher_model_name=preset["teacher_model"])
     self.flags = flags
     # loaded without the file pre-flight: the teacher path is never read (random parameters below)
     self.kd_config = load_config(["base.yml", *(f"{k}={v}" for k, v in flags.items())], {**common, "use_kd": True})
@@ -106,6 +129,16 @@ class Programs:
       return model.logits(batch["inputs"], batch["inputs_position"], batch["inputs_segmentation"]).sum()
 
     self.teacher_params, self.forward = teacher_params, forward
+    student_flops = flops_per_token(ce_config)
+    teacher_view = types.SimpleNamespace(**dataclasses.asdict(teacher.config))
+    teacher_view.max_target_length = ce_config.max_target_length
+    teacher_forward_flops = flops_per_token(teacher_view) / 3  # training counts forward + backward = 3 forwards
+    self.flops_per_token = {
+      "CE step": student_flops,
+      "KD step": student_flops + teacher_forward_flops,
+      "teacher forward": teacher_forward_flops,
+    }
+    self.tokens_per_step = ce_config.max_target_length * self.batches[0]["inputs"].shape[0]
 
   def run(self, name: str, batch):
     if name == "teacher forward":
@@ -123,6 +156,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--kd_flags", default="", help="key=value,... over the config's KD flags")
   parser.add_argument("--set", default="", help="key=value,... over the config's keys, for all three programs")
+  parser.add_argument("--peak_tflops", type=float, default=0.0, help="per device, for MFU (0: known GPUs only)")
   args = parser.parse_args()
   programs = Programs(CONFIGS[args.config], args.kd_flags, args.steps, args.set)
   names = ("CE step", "KD step", "teacher forward")
@@ -130,7 +164,7 @@ def main():
   print(f"KD flags: {programs.flags}")
   print(f"median ms over steps {args.skip + 1}-{args.steps}, {args.repeats} repeats")
   print(f"{'repeat':<7} {'CE step':>8} {'KD step':>8} {'teacher':>8} {'KD / CE':>8} {'KD / (CE + teacher)':>20}")
-  rows = []
+  rows, all_medians = [], []
   with jax.set_mesh(programs.mesh):
     for repeat in range(args.repeats):
       medians = {}
@@ -139,10 +173,24 @@ def main():
         medians[name] = statistics.median(times[args.skip :]) * 1e3
       ce, kd, fwd = (medians[n] for n in names)
       rows.append((kd / ce, kd / (ce + fwd)))
+      all_medians.append(medians)
       print(f"{repeat + 1:<7} {ce:>8.2f} {kd:>8.2f} {fwd:>8.2f} {kd / ce:>8.3f} {kd / (ce + fwd):>20.3f}")
   for i, label in enumerate(("KD / CE", "KD / (CE + teacher forward)")):
     values = [r[i] for r in rows]
     print(f"{label}: median {statistics.median(values):.3f} (range {min(values):.3f}-{max(values):.3f})")
+  _print_utilisation(programs, all_medians, args.peak_tflops)
+
+
+def _print_utilisation(programs: Programs, all_medians: list[dict], peak_tflops: float) -> None:
+  """Tokens/s per device and MFU of each program, from the median of its per-repeat medians."""
+  kind = jax.devices()[0].device_kind
+  peak = peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in kind), 0.0)
+  tokens = programs.tokens_per_step / jax.device_count()
+  for name, flops in programs.flops_per_token.items():
+    ms = statistics.median(m[name] for m in all_medians)
+    tflops = tokens * flops / (ms / 1e3) / 1e12
+    mfu = f", MFU {100 * tflops / peak:.1f}% of {peak:.0f}" if peak else ""
+    print(f"{name}: {tokens / (ms / 1e3):,.0f} tokens/s per device, {tflops:.3g} TFLOP/s{mfu} ({kind})")
 
 
 if __name__ == "__main__":

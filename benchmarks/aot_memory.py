@@ -1,7 +1,7 @@
 """Will the seed's runs fit? Compiles the exact train steps ahead of time for TPU v5p (libtpu, no TPU) and
 prints per-chip memory from XLA's memory analysis.
 
-  python benchmarks/aot_memory.py [--only NAME] [--attention KERNEL]
+  python benchmarks/aot_memory.py [--only NAME] [--attention KERNEL] [--set key=value,...]
 
 Rows: llama3.1-8b CE at 1 and 4 sequences of 8192 per chip; the seed's llama3.2-1b student distilled
 from a llama3.1-8b teacher (online, and offline from a top-64 cache); llama3.1-70b -> llama3.1-8b on
@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import yaml  # noqa: E402
 
 from MaxText import config as config_lib  # noqa: E402
 from MaxText.model.attention import attend  # noqa: E402
@@ -70,9 +71,9 @@ TEACHER_70B = {
 SLICES_70B = ("v5p-8", "v5p-16", "v5p-32", "v5p-64")
 
 
-def _row(name: str, topology: str, keys: dict, attention: str) -> bool:
+def _row(name: str, topology: str, keys: dict, extra: dict) -> bool:
   started = time.perf_counter()
-  config = config_lib.load_dict({**COMMON, **keys, "attention": attention})
+  config = config_lib.load_dict({**COMMON, **keys, **extra})
   try:
     report = aot.compile_step(config, aot.parse_topology(topology, 1))
   except aot.OverCapacityError as e:
@@ -121,7 +122,10 @@ def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--only", default="", help="run the rows whose name contains this")
   parser.add_argument("--attention", default="autoselect", help="the attention key of the model rows")
+  parser.add_argument("--set", default="", help="key=value,... over every model row's keys")
   args = parser.parse_args()
+  settings = dict(kv.split("=", 1) for kv in args.set.split(",") if kv)
+  extra = {"attention": args.attention, **{k: yaml.safe_load(v) for k, v in settings.items()}}
   print(
     "| run | slice | student params GiB | optimizer GiB | teacher GiB | temporaries GiB | peak GiB "
     "| fits (of 95 GiB per v5p chip) |"
@@ -129,14 +133,14 @@ def main() -> None:
   print("|---|---|---|---|---|---|---|---|")
   for name, (topology, keys) in RUNS.items():
     if args.only in name:
-      _row(name, topology, keys, args.attention)
+      _row(name, topology, keys, extra)
   if args.only in "70b -> 8b online KD":
     for topology in SLICES_70B:
       if _row(
         "70b -> 8b online KD, 1 x 8192",
         topology,
         {"model_name": "llama3.1-8b", "per_device_batch_size": 1, **TEACHER_70B},
-        args.attention,
+        extra,
       ):
         break
   if args.only in "attention":

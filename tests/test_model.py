@@ -1,4 +1,5 @@
-"""Decoder invariants: scan == loop, remat changes nothing, causality, packed segments are isolated."""
+"""Decoder invariants: scan == loop, remat and MLP pieces change nothing, causality, packed segments are
+isolated."""
 
 import dataclasses
 
@@ -38,6 +39,8 @@ TOKENS = np.random.default_rng(0).integers(0, 320, size=(2, 24))
     {"remat_policy": "none"},
     {"remat_policy": "save_dots"},
     {"scan_layers": False, "remat_policy": "none"},
+    {"mlp_sequence_chunks": 4},  # the MLP over 4 pieces of the 24 tokens
+    {"mlp_sequence_chunks": 5, "scan_layers": False},  # 5 does not divide 24: runs whole
   ],
 )
 def test_scan_loop_and_remat_give_equal_logits_and_gradients(variant):

@@ -62,6 +62,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "mlp_dim",
       "max_target_length",
       "max_segments_per_seq",
+      "mlp_sequence_chunks",
       "log_period",
       "loss_chunk_size",
       "eval_steps",

@@ -37,7 +37,7 @@ MODEL_KEYS = (
 
 
 # What the decoder reads: the architecture plus how it computes (not the run's keys).
-_MODEL_VIEW_KEYS = (*MODEL_KEYS, "dtype", "remat_policy", "attention", "max_segments_per_seq")
+_MODEL_VIEW_KEYS = (*MODEL_KEYS, "dtype", "remat_policy", "attention", "max_segments_per_seq", "mlp_sequence_chunks")
 ModelConfig = dataclasses.make_dataclass(
   "ModelConfig", [(key, type(defaults()[key])) for key in _MODEL_VIEW_KEYS], frozen=True
 )

@@ -9,12 +9,13 @@ uses, takes each chunk's gradient in the same forward pass, so that no chunk is 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from MaxText.parallel.sharding import constrain
+from MaxText.parallel.sharding import DEFAULT_RULES, constrain
 
 
 def token_inputs(hidden_BxLxD, batch) -> dict:
@@ -31,8 +32,21 @@ def _pad_rows(x: jax.Array, rows: int) -> jax.Array:
   return x if pad == 0 else jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
 
 
+def _batch_shards(tokens: int) -> int:
+  """Over how many devices the batch's mesh axes split a token axis of this length (1 without a mesh)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return 1
+  axes = DEFAULT_RULES.spec(("batch",), (tokens,), mesh)[0] or ()
+  return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+
+
 def _to_chunks(per_token: dict, chunk_size: int) -> tuple[dict, int]:
   """[N, ...] arrays -> [num_chunks, chunk, ...] (zero rows fill the end), and N.
+
+  `chunk_size` counts the tokens of one chunk on each device: a chunk holds that many times the
+  devices the tokens are split over. (Each chunk's unembedding gradient is summed across those
+  devices, one all-reduce of [D, V] per chunk, so the count of chunks must not grow with the mesh.)
 
   Chunk c holds tokens c, c + num_chunks, c + 2 num_chunks, ...: strided, not consecutive. The token
   axis arrives sharded in contiguous blocks over the batch's mesh axes; read as [chunk, num_chunks],
@@ -42,7 +56,7 @@ def _to_chunks(per_token: dict, chunk_size: int) -> tuple[dict, int]:
   once per device). Sums do not depend on which tokens share a chunk.
   """
   n = jax.tree.leaves(per_token)[0].shape[0]
-  chunk = min(chunk_size, n)
+  chunk = min(chunk_size * _batch_shards(n), n)
   num_chunks = -(-n // chunk)
 
   def split(x):

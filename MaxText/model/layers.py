@@ -85,10 +85,29 @@ def mlp_block(p: dict, x_BxLxD, config):
   return h, hidden_BxLxF, jnp.einsum("blf,fd->bld", hidden_BxLxF, p["wo"].astype(dtype))
 
 
+def mlp_output(p: dict, x_BxLxD, config):
+  """The MLP block's projected output, over `mlp_sequence_chunks` pieces of the sequence one at a time.
+
+  Each piece's [B, L/n, F] activations (gate, up, their product and, in the backward pass, their
+  gradients: F is 3.5x D on Llama) are the only ones alive, each piece recomputed from its input in
+  the backward pass. Exact: the MLP acts on each token alone. A length the count does not divide
+  runs whole.
+  """
+  pieces = config.mlp_sequence_chunks
+  batch, length, width = x_BxLxD.shape
+  if pieces <= 1 or length % pieces:
+    return mlp_block(p, x_BxLxD, config)[2]
+  # [B, n, L/n, D] -> [n, B, L/n, D]: every piece keeps the batch axis, so it spans the same devices
+  x_NxBxPxD = jnp.moveaxis(x_BxLxD.reshape(batch, pieces, length // pieces, width), 1, 0)
+  piece_output = jax.checkpoint(lambda x: mlp_block(p, x, config)[2], policy=jax.checkpoint_policies.nothing_saveable)
+  out_NxBxPxD = jax.lax.map(piece_output, x_NxBxPxD)
+  return jnp.moveaxis(out_NxBxPxD, 0, 1).reshape(batch, length, width)
+
+
 def decoder_layer(p: dict, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config):
   """One pre-norm Llama layer on the weights `p` of that layer. Returns (output, attention output)."""
   _, _, attn_out_BxLxD = attention_block(p, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config)
   x_BxLxD = constrain(x_BxLxD + attn_out_BxLxD, ("batch", "activation_length", "activation_embed"))
-  _, _, mlp_out_BxLxD = mlp_block(p, x_BxLxD, config)
+  mlp_out_BxLxD = mlp_output(p, x_BxLxD, config)
   x_BxLxD = constrain(x_BxLxD + mlp_out_BxLxD, ("batch", "activation_length", "activation_embed"))
   return x_BxLxD, attn_out_BxLxD

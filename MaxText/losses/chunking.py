@@ -41,12 +41,24 @@ def _batch_shards(tokens: int) -> int:
   return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
 
 
-def _to_chunks(per_token: dict, chunk_size: int) -> tuple[dict, int]:
-  """[N, ...] arrays -> [num_chunks, chunk, ...] (zero rows fill the end), and N.
+def _chunk_shape(n: int, chunk_size: int) -> tuple[int, int]:
+  """(tokens per chunk, number of chunks) for N tokens and `chunk_size` tokens per device.
 
-  `chunk_size` counts the tokens of one chunk on each device: a chunk holds that many times the
-  devices the tokens are split over. (Each chunk's unembedding gradient is summed across those
-  devices, one all-reduce of [D, V] per chunk, so the count of chunks must not grow with the mesh.)
+  A chunk holds `chunk_size` times the devices the tokens are split over. (Each chunk's unembedding
+  gradient is summed across those devices, one all-reduce of [D, V] per chunk, so the count of chunks
+  must not grow with the mesh.) The chunks are then made as even as they can be: the fewest fill rows.
+  """
+  shards = _batch_shards(n)
+  chunk = min(chunk_size * shards, n)
+  num_chunks = -(-n // chunk)
+  if num_chunks > 1:
+    even = -(-n // num_chunks)
+    chunk = -(-even // shards) * shards
+  return chunk, num_chunks
+
+
+def _strided(x, chunk: int, num_chunks: int):
+  """[N, ...] -> [chunk, num_chunks, ...] (zero rows fill the end): chunk c is column c.
 
   Chunk c holds tokens c, c + num_chunks, c + 2 num_chunks, ...: strided, not consecutive. The token
   axis arrives sharded in contiguous blocks over the batch's mesh axes; read as [chunk, num_chunks],
@@ -55,20 +67,47 @@ def _to_chunks(per_token: dict, chunk_size: int) -> tuple[dict, int]:
   would gather every chunk to every device (the whole batch's hidden states, and the loss computed
   once per device). Sums do not depend on which tokens share a chunk.
   """
+  strided = _pad_rows(x, num_chunks * chunk).reshape(chunk, num_chunks, *x.shape[1:])
+  return constrain(strided, ("batch", *[None] * x.ndim))
+
+
+def _to_chunks(per_token: dict, chunk_size: int) -> tuple[dict, int]:
+  """[N, ...] arrays -> [num_chunks, chunk, ...] (a copy, chunk-major: what a scan over chunks reads), and N."""
   n = jax.tree.leaves(per_token)[0].shape[0]
-  chunk = min(chunk_size * _batch_shards(n), n)
-  num_chunks = -(-n // chunk)
-
-  def split(x):
-    strided = _pad_rows(x, num_chunks * chunk).reshape(chunk, num_chunks, *x.shape[1:])
-    return jnp.swapaxes(constrain(strided, ("batch", *[None] * (x.ndim))), 0, 1)
-
-  return jax.tree.map(split, per_token), n
+  shape = _chunk_shape(n, chunk_size)
+  return jax.tree.map(lambda x: jnp.swapaxes(_strided(x, *shape), 0, 1), per_token), n
 
 
-def _from_chunks(x, n: int):
-  """The inverse of `_to_chunks` for one per-token output [num_chunks, chunk, ...] -> [N, ...]."""
-  return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])[:n]
+def _chunk_views(per_token: dict, chunk_size: int) -> tuple[dict, int, int]:
+  """[N, ...] arrays -> [chunk, num_chunks, ...] views (a reshape, no copy), the number of chunks, and N.
+
+  Loops that index one chunk at a time (`_chunk_at`) read these in place: a chunk-major copy of every
+  input (and of the per-token gradient on the way back) would cost two passes over arrays as large as
+  the inputs, which for logits-sized inputs is more than the loss itself.
+  """
+  n = jax.tree.leaves(per_token)[0].shape[0]
+  chunk, num_chunks = _chunk_shape(n, chunk_size)
+  return jax.tree.map(lambda x: _strided(x, chunk, num_chunks), per_token), num_chunks, n
+
+
+def _chunk_at(views, index):
+  """Chunk `index` of `_chunk_views` ([chunk, ...] per leaf)."""
+  return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, index, axis=1, keepdims=False), views)
+
+
+def _put_chunk(views, values, index):
+  """`views` with chunk `index` replaced by `values` (in place inside a loop)."""
+  return jax.tree.map(lambda x, v: jax.lax.dynamic_update_index_in_dim(x, v, index, axis=1), views, values)
+
+
+def _zero_view(like):
+  """Zeros shaped and split like a `_chunk_views` array: the buffer a loop writes its chunks into."""
+  return constrain(jnp.zeros(like.shape, like.dtype), ("batch", *[None] * (len(like.shape) - 1)))
+
+
+def _from_views(x, n: int):
+  """The inverse of `_chunk_views` for one [chunk, num_chunks, ...] array -> [N, ...]."""
+  return x.reshape(-1, *x.shape[2:])[:n]
 
 
 def chunked_sums(chunk_fn: Callable[..., dict], per_token: dict, shared: dict, chunk_size: int) -> dict:
@@ -113,29 +152,32 @@ def chunked_loss(
   time, the teacher's projection included, where a rematerialised loop would redo all of it.
   """
   token_keys, shared_keys = wrt
-  chunked, n = _to_chunks(per_token, chunk_size)
-  if jax.tree.leaves(chunked)[0].shape[0] == 1:  # one chunk: plain autodiff, nothing recomputed
-    sums = chunk_fn(jax.tree.map(lambda x: x[0], chunked), shared)
+  n = jax.tree.leaves(per_token)[0].shape[0]
+  if _chunk_shape(n, chunk_size)[1] == 1:  # one chunk: plain autodiff, nothing recomputed
+    sums = chunk_fn(per_token, shared)
     return objective(sums), jax.lax.stop_gradient(sums)
 
   def value_and_grads(tokens_diff, shared_diff, tokens_rest, shared_rest):
-    chunks = (_to_chunks(tokens_diff, chunk_size)[0], _to_chunks(tokens_rest, chunk_size)[0])
+    views_diff, num_chunks, _ = _chunk_views(tokens_diff, chunk_size)
+    views_rest = _chunk_views(tokens_rest, chunk_size)[0]
 
     def with_objective(xs_diff, sh_diff, xs_rest):
       sums = chunk_fn({**xs_rest, **xs_diff}, {**shared_rest, **sh_diff})
       return objective(sums), sums
 
-    def one_chunk(carry, xs):
+    def one_chunk(carry, index):
+      totals, g_views = carry
       (value, sums), (g_tokens, g_shared) = jax.value_and_grad(with_objective, (0, 1), has_aux=True)(
-        xs[0], shared_diff, xs[1]
+        _chunk_at(views_diff, index), shared_diff, _chunk_at(views_rest, index)
       )
-      return jax.tree.map(jnp.add, carry, (value, sums, g_shared)), g_tokens
+      return (jax.tree.map(jnp.add, totals, (value, sums, g_shared)), _put_chunk(g_views, g_tokens, index)), None
 
-    first = jax.tree.map(lambda x: x[0], chunks)
-    shapes = jax.eval_shape(with_objective, first[0], shared_diff, first[1])
-    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), (*shapes, shared_diff))
-    (value, sums, g_shared), g_tokens = jax.lax.scan(one_chunk, zeros, chunks)
-    return (value, sums), (jax.tree.map(lambda x: _from_chunks(x, n), g_tokens), g_shared)
+    first = (_chunk_at(views_diff, 0), shared_diff, _chunk_at(views_rest, 0))
+    shapes = jax.eval_shape(with_objective, *first)
+    zeros = lambda tree: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
+    init = (zeros((*shapes, shared_diff)), jax.tree.map(_zero_view, views_diff))
+    ((value, sums, g_shared), g_views), _ = jax.lax.scan(one_chunk, init, jnp.arange(num_chunks))
+    return (value, sums), (jax.tree.map(lambda x: _from_views(x, n), g_views), g_shared)
 
   @jax.custom_vjp
   def loss(tokens_diff, shared_diff, tokens_rest, shared_rest):
@@ -160,6 +202,14 @@ def chunked_loss(
 def chunked_map(chunk_fn: Callable[..., dict], per_token: dict, shared: dict, chunk_size: int) -> dict:
   """Per-token outputs of `chunk_fn(per_token_chunk, shared)` (arrays with a leading chunk-token axis),
   computed one chunk at a time and returned with a leading token axis N (the fill rows dropped)."""
-  chunked, n = _to_chunks(per_token, chunk_size)
-  outputs = jax.lax.map(lambda xs: chunk_fn(xs, shared), chunked)
-  return jax.tree.map(lambda x: _from_chunks(x, n), outputs)
+  views, num_chunks, n = _chunk_views(per_token, chunk_size)
+  first = jax.eval_shape(chunk_fn, _chunk_at(views, 0), shared)
+  buffers = jax.tree.map(
+    lambda x: _zero_view(jax.ShapeDtypeStruct((x.shape[0], num_chunks, *x.shape[1:]), x.dtype)), first
+  )
+
+  def one_chunk(outputs, index):
+    return _put_chunk(outputs, chunk_fn(_chunk_at(views, index), shared), index), None
+
+  outputs, _ = jax.lax.scan(one_chunk, buffers, jnp.arange(num_chunks))
+  return jax.tree.map(lambda x: _from_views(x, n), outputs)

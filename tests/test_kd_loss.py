@@ -13,6 +13,7 @@ from MaxText.distill import schedules
 from MaxText.distill.kd_loss import KDOptions, kd_chunk_sums
 from MaxText.distill.sources import LiveTeacher, Pruning
 from MaxText.losses import targets
+from MaxText.losses.divergences import forward_kl_to_logits
 from MaxText.max_utils import kl_divergence_between_logits as kl
 
 MODES = [
@@ -144,6 +145,38 @@ def test_values_and_gradients_match_a_float64_reference(temperature, other):
   )(jnp.asarray(s, jnp.float32))
   np.testing.assert_allclose(value, ref_value, rtol=1e-5)
   np.testing.assert_allclose(grad, ref_grad, atol=2e-6)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_unpruned_kl_from_teacher_logits_matches_float64_and_the_dense_target_path(temperature):
+  """`forward_kl_to_logits` (the live teacher's unpruned path, no [N, V] target arrays) against the float64
+  definition (values rtol 1e-5, gradients atol 2e-6, as above) and the dense `teacher_target` path
+  (values within 1e-6 relative: both are float32 evaluations of one formula)."""
+  s, t = np.asarray(_random_logits(6, scale=3.0), np.float64), np.asarray(_random_logits(7, scale=3.0), np.float64)
+  with jax.enable_x64(True):
+    ref_value, ref_grad = jax.value_and_grad(lambda x: _reference_kl(x, t, temperature).sum())(s)
+  s32, t32 = jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32)
+  value, grad = jax.value_and_grad(lambda x: forward_kl_to_logits(x, t32, temperature).sum())(s32)
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+  np.testing.assert_allclose(grad, ref_grad, atol=2e-6)
+  np.testing.assert_allclose(forward_kl_to_logits(s32, t32, temperature), kl(s32, t32, temperature), rtol=1e-6)
+
+
+def test_unpruned_kl_from_teacher_logits_at_the_edges():
+  s, t = _random_logits(11), _random_logits(12)
+  s = s.at[:, 0].set(1e4).at[:, 1].set(-1e4).at[:, -1].set(-jnp.inf)  # both rule the last token out
+  t = t.at[:, 2].set(1e4).at[:, 3].set(-1e4).at[:, -1].set(-jnp.inf)
+  for temperature in (0.05, 1.0, 20.0):
+    for dtype in (jnp.float32, jnp.bfloat16):
+      value, grad = jax.value_and_grad(lambda x, temp=temperature: jnp.sum(forward_kl_to_logits(x, t, temp)))(
+        s.astype(dtype)
+      )
+      assert np.isfinite(float(value)) and np.isfinite(np.asarray(grad, np.float32)).all(), (temperature, dtype)
+      assert value.dtype == jnp.float32 and float(value) >= 0.0
+  s, t = _random_logits(11), _random_logits(12)
+  ruled_out = forward_kl_to_logits(s.at[0, 4].set(-jnp.inf), t, 1.0)  # the teacher has mass on token 4
+  assert np.isinf(ruled_out[0]) and np.isfinite(ruled_out[1:]).all()
+  np.testing.assert_array_equal(np.isinf(kl(s.at[0, 4].set(-jnp.inf), t, 1.0)), np.isinf(ruled_out))
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 from MaxText.distill.sources import LiveTeacher, Pruning, TeacherInputs
 from MaxText.losses.cross_entropy import cross_entropy_with_logits
 from MaxText.losses.divergence_family import Divergence, divergence
-from MaxText.losses.divergences import kd_divergence
-from MaxText.losses.targets import TeacherTarget, ensemble_target, mixed_logits, mixture_probs, teacher_target
+from MaxText.losses.divergences import forward_kl_to_logits
+from MaxText.losses.targets import TeacherTarget, ensemble_target, mixed_logits, mixture_probs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +47,19 @@ class EnsembleChunk:
   def target_t1(self) -> TeacherTarget:
     return self._target(1.0)
 
+  def _logits_at_every_t(self) -> jax.Array | None:
+    """Logits whose softmax at every T is this ensemble's target at T: the geometric mean's weighted logits,
+    or a lone member's own; None for a mixture of several members' probabilities."""
+    if self.mode == "logprobs":
+      return mixed_logits(self.logits, self.weights)
+    return self.logits[0] if len(self.logits) == 1 else None
+
   def divergence(self, student_logits_NxV, temperature):
+    p = self.pruning
+    logits = self._logits_at_every_t()
+    if logits is not None and not (p.top_k or p.top_p) and self.kind.name == "forward_kl":  # as LiveChunk
+      kl_N = forward_kl_to_logits(student_logits_NxV, logits, temperature)
+      return kl_N, jnp.ones_like(kl_N)
     target = self._target(temperature, self.pruning)
     return divergence(student_logits_NxV, target, temperature, self.kind), target.mass_kept_N
 
@@ -56,7 +68,7 @@ class EnsembleChunk:
     terms = {"teacher_loss": -jnp.take_along_axis(log_t1, self.targets_N[:, None], axis=-1)[:, 0]}
     for name, logits in zip(self.names, self.logits, strict=True):
       terms[f"{name}/teacher_loss"] = cross_entropy_with_logits(logits, self.targets_N)[0]
-      terms[f"{name}/kl_div_T1"] = kd_divergence(frozen_student_NxV, teacher_target(logits, 1.0), 1.0)
+      terms[f"{name}/kl_div_T1"] = forward_kl_to_logits(frozen_student_NxV, logits, 1.0)
     return terms
 
   def cache_logits(self) -> jax.Array:

@@ -105,3 +105,54 @@ def renormalized_divergence(student_logits_NxV, values_NxK, ids_NxK, temperature
   else:
     s_logp = jax.nn.log_softmax(s_at_ids, axis=-1)
   return jnp.sum(jnp.exp(t_logp) * (t_logp - s_logp), axis=-1)
+
+
+def _max_and_log_total(x_NxV):
+  """Each row's max and log sum exp(x - max): kept apart, so that x - max - log total stays as precise
+  as softmax's own (summing them first rounds at the max's magnitude)."""
+  max_N = jnp.max(x_NxV, axis=-1)
+  return max_N, jnp.log(jnp.sum(jnp.exp(x_NxV - max_N[:, None]), axis=-1))
+
+
+def _kl_terms(student_NxV, teacher_NxV, temperature, s_stats, t_stats):
+  """(log q, teacher p, log p clamped to the float32 minimum), elementwise, from the rows' statistics."""
+  log_q = student_NxV.astype(jnp.float32) / temperature - s_stats[0][:, None] - s_stats[1][:, None]
+  t_shifted = teacher_NxV.astype(jnp.float32) / temperature - t_stats[0][:, None]
+  log_p = jnp.maximum(t_shifted - t_stats[1][:, None], FLOAT_MIN)
+  return log_q, jnp.exp(log_p), log_p
+
+
+@jax.custom_vjp
+def _forward_kl_to_logits(student_NxV, teacher_NxV, temperature):
+  return _forward_kl_to_logits_fwd(student_NxV, teacher_NxV, temperature)[0]
+
+
+def _forward_kl_to_logits_fwd(student_NxV, teacher_NxV, temperature):
+  # KL = sum_i p_i (log p_i - log q_i), p recomputed from the teacher's logits and two numbers per row
+  # instead of stored as [N, V] target arrays: writing them, and reading them back in the backward
+  # pass, costs more than the exps. A student logit of -inf where p > 0 gives log q = -inf and the
+  # term +inf (the KL is infinite there); where p = 0 the term is 0 (0 log 0), never a NaN.
+  s_stats = _max_and_log_total(student_NxV.astype(jnp.float32) / temperature)
+  t_stats = _max_and_log_total(teacher_NxV.astype(jnp.float32) / temperature)
+  log_q, p, log_p = _kl_terms(student_NxV, teacher_NxV, temperature, s_stats, t_stats)
+  value_N = jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
+  return jnp.maximum(value_N, 0.0), (student_NxV, teacher_NxV, temperature, s_stats, t_stats)
+
+
+def _forward_kl_to_logits_bwd(residuals, g_N):
+  student_NxV, teacher_NxV, temperature = residuals[:3]
+  log_q, p, _ = _kl_terms(*residuals)
+  grad = (g_N / temperature)[:, None] * (jnp.exp(log_q) - p)
+  return grad.astype(student_NxV.dtype), jnp.zeros_like(teacher_NxV), jnp.zeros_like(temperature)
+
+
+_forward_kl_to_logits.defvjp(_forward_kl_to_logits_fwd, _forward_kl_to_logits_bwd)
+
+
+def forward_kl_to_logits(student_logits_NxV, teacher_logits_NxV, temperature) -> jax.Array:
+  """Per-token KL(softmax(teacher / T) || softmax(student / T)) with its gradient (q - p) / T: the
+  unpruned target of `kd_divergence(student, teacher_target(teacher, T), T)` without the target's
+  [N, V] arrays (equal within float32 rounding: p is exp(log p) here, and the gradient takes sum(p) as
+  1 where `kd_divergence` sums the target)."""
+  teacher = jax.lax.stop_gradient(teacher_logits_NxV)
+  return _forward_kl_to_logits(student_logits_NxV, teacher, jnp.asarray(temperature, jnp.float32))

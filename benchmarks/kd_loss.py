@@ -1,12 +1,15 @@
 """Value+grad time of each KD loss mode as a ratio to plain cross-entropy, and compiled temp memory.
 
-  .venv/bin/python benchmarks/kd_loss.py [--chunk_elements 8388608] [--repeats 5]
+  .venv/bin/python benchmarks/kd_loss.py [--chunk_elements 8388608] [--repeats 5] [--runs 3] [--only top-p]
 
 Shapes: 1024 tokens x 32768 vocab and 256 tokens x 128256 vocab, float32 logits (random normal, std 2),
-run through the training path (`losses.chunking.chunked_loss`) for CE and for KD alike, with the same
-chunk of `chunk_elements / vocab` tokens (what `loss_chunk_size` should be set to for that vocabulary:
-256 tokens at 32k, 64 at 128k), measured side by side in one process. A last table shows the fused loss (hidden
-states + unembedding) keeps its temp memory flat as the token count grows.
+run through the training path for CE and for KD alike: `losses.chunking.chunked_loss` over chunks of
+`chunk_elements / vocab` tokens (what `loss_chunk_size` should be set to for that vocabulary: 256 tokens
+at 32k, 64 at 128k), and in each chunk what a live teacher's chunk computes (`LiveChunk.divergence`, T 2).
+Everything is measured side by side in one process; each of `--runs` runs times CE and then every mode
+(`--repeats` calls each), and the table gives the median ratio to that run's CE with the range over runs.
+A last table shows the fused loss (hidden states + unembedding) keeps its temp memory flat as the token
+count grows.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import statistics
 import sys
 import time
 
@@ -28,9 +32,9 @@ import numpy as np  # noqa: E402
 
 from MaxText import max_utils  # noqa: E402
 from MaxText.distill.kd_loss import KDOptions, kd_chunk_sums  # noqa: E402
-from MaxText.distill.sources import LiveTeacher, Pruning  # noqa: E402
+from MaxText.distill.sources import LiveChunk, LiveTeacher, Pruning  # noqa: E402
 from MaxText.losses.chunking import chunked_loss  # noqa: E402
-from MaxText.losses.divergence_family import Divergence, divergence  # noqa: E402
+from MaxText.losses.divergence_family import Divergence  # noqa: E402
 
 MODES = {
   "full KL": {},  # the divergences below are on full distributions unless their name says otherwise
@@ -65,8 +69,9 @@ def _ce_chunk(xs, _):
 def _kd_chunk(xs, _, mode):
   if mode.get("hard"):
     return {"v": jnp.sum(max_utils.cross_entropy_with_logits(xs["s"], jnp.argmax(xs["t"], -1))[0])}
-  target = max_utils.teacher_target(xs["t"], 2.0, mode.get("top_k"), mode.get("top_p"), mode.get("use_other_bucket"))
-  return {"v": jnp.sum(divergence(xs["s"], target, 2.0, mode.get("div", Divergence())))}
+  pruning = Pruning(mode.get("top_k", 0), mode.get("top_p", 0.0), mode.get("use_other_bucket", False))
+  teacher = LiveChunk(xs["t"], None, pruning, mode.get("div", Divergence()))
+  return {"v": jnp.sum(teacher.divergence(xs["s"], 2.0)[0])}
 
 
 def _loss(chunk_fn, per_token, chunk):
@@ -74,32 +79,49 @@ def _loss(chunk_fn, per_token, chunk):
   return chunked_loss(chunk_fn, per_token, {}, chunk, lambda sums: sums["v"], wrt=(("s",), ()))[0]
 
 
-def _time(fn, args, repeats):
+def _compile(fn, args):
   compiled = jax.jit(fn).lower(*args).compile()
   jax.block_until_ready(compiled(*args))
+  return compiled
+
+
+def _seconds(compiled, args, repeats):
   start = time.perf_counter()
   for _ in range(repeats):
     jax.block_until_ready(compiled(*args))
-  return (time.perf_counter() - start) / repeats, compiled.memory_analysis().temp_size_in_bytes
+  return (time.perf_counter() - start) / repeats
 
 
-def bench_shape(tokens, vocab, chunk, repeats):
+def bench_shape(tokens, vocab, chunk, repeats, runs, only):
   rng = np.random.default_rng(0)
   s = jnp.asarray(rng.normal(size=(tokens, vocab)) * 2, jnp.float32)
   t = jnp.asarray(rng.normal(size=(tokens, vocab)) * 2, jnp.float32)
   y = jnp.asarray(rng.integers(0, vocab, tokens), jnp.int32)
-  ce = jax.value_and_grad(lambda s, y: _loss(_ce_chunk, {"s": s, "y": y}, chunk))
-  base, base_mem = _time(ce, (s, y), repeats)
-  print(
-    f"\n{tokens} tokens x {vocab} vocab, chunk {chunk}: CE value+grad {base * 1e3:.1f} ms, "
-    f"temp {base_mem / 2**20:.0f} MiB"
-  )
-  print(f"{'mode':<24} {'x CE':>6} {'temp MiB':>9}")
+  programs = {"CE": (jax.value_and_grad(lambda s, y: _loss(_ce_chunk, {"s": s, "y": y}, chunk)), (s, y))}
   for name, mode in MODES.items():
+    if only and only not in name:
+      continue
     kd_chunk = functools.partial(_kd_chunk, mode=mode)
-    kd = jax.value_and_grad(lambda s, t, f=kd_chunk: _loss(f, {"s": s, "t": t}, chunk))
-    seconds, mem = _time(kd, (s, t), repeats)
-    print(f"{name:<24} {seconds / base:>6.2f} {mem / 2**20:>9.0f}")
+    programs[name] = (jax.value_and_grad(lambda s, t, f=kd_chunk: _loss(f, {"s": s, "t": t}, chunk)), (s, t))
+  compiled = {name: _compile(fn, args) for name, (fn, args) in programs.items()}
+  seconds = {name: [] for name in programs}
+  for _ in range(runs):
+    for name, (_, args) in programs.items():
+      seconds[name].append(_seconds(compiled[name], args, repeats))
+  base = statistics.median(seconds["CE"])
+  print(
+    f"\n{tokens} tokens x {vocab} vocab, chunk {chunk}: CE value+grad {base * 1e3:.1f} ms (median of {runs} runs), "
+    f"temp {compiled['CE'].memory_analysis().temp_size_in_bytes / 2**20:.0f} MiB"
+  )
+  print(f"{'mode':<24} {'x CE':>6} {'range':>11} {'ms':>7} {'temp MiB':>9}")
+  for name in list(programs)[1:]:
+    ratios = [kd / ce for kd, ce in zip(seconds[name], seconds["CE"], strict=True)]
+    spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+    memory = compiled[name].memory_analysis().temp_size_in_bytes / 2**20
+    print(
+      f"{name:<24} {statistics.median(ratios):>6.2f} {spread:>11} "
+      f"{statistics.median(seconds[name]) * 1e3:>7.1f} {memory:>9.0f}"
+    )
 
 
 def fused_memory(tokens, vocab=32768, dim=256, chunk=256):
@@ -125,11 +147,16 @@ def fused_memory(tokens, vocab=32768, dim=256, chunk=256):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--chunk_elements", type=int, default=256 * 32768)
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=5, help="calls per program per run")
+  parser.add_argument("--runs", type=int, default=3, help="runs; the table gives the median and range of ratios")
+  parser.add_argument("--only", default="", help="only the modes whose name holds this")
+  parser.add_argument("--skip_memory", action="store_true", help="leave out the fused-loss memory table")
   args = parser.parse_args()
   print(f"{jax.devices()[0].platform} device ({processor()}), float32 logits")
   for tokens, vocab in ((1024, 32768), (256, 128256)):
-    bench_shape(tokens, vocab, max(1, args.chunk_elements // vocab), args.repeats)
+    bench_shape(tokens, vocab, max(1, args.chunk_elements // vocab), args.repeats, args.runs, args.only)
+  if args.skip_memory:
+    return
   print("\nfused KD loss (hidden 256 -> vocab 32768, top-p 0.9 + OTHER, chunk 256), value+grad temp memory:")
   for tokens in (1024, 4096, 16384):
     print(

@@ -13,7 +13,7 @@ from MaxText.distill import schedules
 from MaxText.distill.kd_loss import KDOptions, kd_chunk_sums
 from MaxText.distill.sources import LiveTeacher, Pruning
 from MaxText.losses import targets
-from MaxText.losses.divergences import forward_kl_to_logits
+from MaxText.losses.logit_kl import kl_to_teacher_logits
 from MaxText.max_utils import kl_divergence_between_logits as kl
 
 MODES = [
@@ -147,36 +147,78 @@ def test_values_and_gradients_match_a_float64_reference(temperature, other):
   np.testing.assert_allclose(grad, ref_grad, atol=2e-6)
 
 
-@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
-def test_unpruned_kl_from_teacher_logits_matches_float64_and_the_dense_target_path(temperature):
-  """`forward_kl_to_logits` (the live teacher's unpruned path, no [N, V] target arrays) against the float64
-  definition (values rtol 1e-5, gradients atol 2e-6, as above) and the dense `teacher_target` path
-  (values within 1e-6 relative: both are float32 evaluations of one formula)."""
+def _kept_float64(t, temperature, mode):
+  """The kept set of a pruning by sorting, in float64 (None unpruned)."""
+  if not mode.get("top_k") and not mode.get("top_p"):
+    return None
+  order = np.argsort(-t, -1, kind="stable")
+  kept = np.zeros_like(t, bool)
+  if mode.get("top_k"):
+    np.put_along_axis(kept, order[:, : mode["top_k"]], True, -1)
+    return kept
+  p = np.exp(t / temperature - np.log(np.exp(t / temperature).sum(-1, keepdims=True)))
+  p_sorted = np.take_along_axis(p, order, -1)
+  np.put_along_axis(kept, order, np.cumsum(p_sorted, -1) - p_sorted < mode["top_p"], -1)
+  return kept
+
+
+def _logit_kl(student, teacher, temperature, mode):
+  return kl_to_teacher_logits(
+    student, teacher, temperature, mode.get("top_k", 0), mode.get("top_p", 0.0), mode.get("use_other_bucket", False)
+  )
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+@pytest.mark.parametrize("mode", MODES)
+def test_kl_from_teacher_logits_matches_float64_and_the_dense_target_path(temperature, mode):
+  """`kl_to_teacher_logits` (the live teacher's path, no [N, V] target arrays) against the float64
+  definitions (values rtol 1e-5, gradients atol 2e-6, as above), and against the dense `teacher_target`
+  path: the same kept tokens (the teacher mass kept within 1e-6) and values within float32 rounding."""
   s, t = np.asarray(_random_logits(6, scale=3.0), np.float64), np.asarray(_random_logits(7, scale=3.0), np.float64)
+  kept = _kept_float64(t, temperature, mode)
   with jax.enable_x64(True):
-    ref_value, ref_grad = jax.value_and_grad(lambda x: _reference_kl(x, t, temperature).sum())(s)
+    reference = lambda x: _reference_kl(x, t, temperature, kept, mode.get("use_other_bucket", False)).sum()
+    ref_value, ref_grad = jax.value_and_grad(reference)(s)
   s32, t32 = jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32)
-  value, grad = jax.value_and_grad(lambda x: forward_kl_to_logits(x, t32, temperature).sum())(s32)
+  value, grad = jax.value_and_grad(lambda x: _logit_kl(x, t32, temperature, mode)[0].sum())(s32)
   np.testing.assert_allclose(value, ref_value, rtol=1e-5)
   np.testing.assert_allclose(grad, ref_grad, atol=2e-6)
-  np.testing.assert_allclose(forward_kl_to_logits(s32, t32, temperature), kl(s32, t32, temperature), rtol=1e-6)
+  per_token, mass_kept = _logit_kl(s32, t32, temperature, mode)
+  dense = targets.teacher_target(
+    t32, temperature, mode.get("top_k"), mode.get("top_p"), mode.get("use_other_bucket", False)
+  )
+  np.testing.assert_allclose(mass_kept, dense.mass_kept_N, atol=1e-6)
+  np.testing.assert_allclose(per_token, kl(s32, t32, temperature, **mode), rtol=1e-5)
 
 
-def test_unpruned_kl_from_teacher_logits_at_the_edges():
+def test_top_k_from_teacher_logits_with_a_tie_at_the_kth_logit_keeps_exactly_k_by_index():
+  s, t = _random_logits(13), _random_logits(14)
+  t = t.at[3, :8].set(5.0)  # eight equal largest logits in row 3: top-5 keeps the first five of them
+  for other in (False, True):
+    value, mass_kept = kl_to_teacher_logits(s, t, 1.5, 5, 0.0, other)
+    dense = targets.teacher_target(t, 1.5, 5, None, other)
+    np.testing.assert_allclose(value, kl(s, t, 1.5, top_k=5, use_other_bucket=other), rtol=1e-6)
+    np.testing.assert_allclose(mass_kept, dense.mass_kept_N, rtol=1e-6)  # five of the eight tied: 5/8 of theirs
+    assert abs(float(mass_kept[3]) - float(dense.mass_kept_N[3])) < 1e-6
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_kl_from_teacher_logits_at_the_edges(mode):
   s, t = _random_logits(11), _random_logits(12)
   s = s.at[:, 0].set(1e4).at[:, 1].set(-1e4).at[:, -1].set(-jnp.inf)  # both rule the last token out
   t = t.at[:, 2].set(1e4).at[:, 3].set(-1e4).at[:, -1].set(-jnp.inf)
   for temperature in (0.05, 1.0, 20.0):
     for dtype in (jnp.float32, jnp.bfloat16):
-      value, grad = jax.value_and_grad(lambda x, temp=temperature: jnp.sum(forward_kl_to_logits(x, t, temp)))(
-        s.astype(dtype)
-      )
+      loss = lambda x, temp=temperature: jnp.sum(_logit_kl(x, t, temp, mode)[0])
+      value, grad = jax.value_and_grad(loss)(s.astype(dtype))
       assert np.isfinite(float(value)) and np.isfinite(np.asarray(grad, np.float32)).all(), (temperature, dtype)
       assert value.dtype == jnp.float32 and float(value) >= 0.0
   s, t = _random_logits(11), _random_logits(12)
-  ruled_out = forward_kl_to_logits(s.at[0, 4].set(-jnp.inf), t, 1.0)  # the teacher has mass on token 4
-  assert np.isinf(ruled_out[0]) and np.isfinite(ruled_out[1:]).all()
-  np.testing.assert_array_equal(np.isinf(kl(s.at[0, 4].set(-jnp.inf), t, 1.0)), np.isinf(ruled_out))
+  ruled_out = s.at[0, jnp.argmax(t[0])].set(-jnp.inf)  # the student rules out the teacher's top token
+  ruled_out = ruled_out.at[1].set(jnp.where(jnp.arange(s.shape[1]) == jnp.argmax(t[1]), 0.0, -jnp.inf))
+  value = _logit_kl(ruled_out, t, 1.0, mode)[0]  # row 1: the student has mass on the teacher's top token only
+  np.testing.assert_array_equal(np.isinf(value), np.isinf(kl(ruled_out, t, 1.0, **mode)))
+  assert np.isinf(value[0]) and np.isfinite(value[2:]).all()
 
 
 @pytest.mark.parametrize("mode", MODES)

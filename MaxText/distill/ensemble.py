@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from MaxText.distill.sources import LiveTeacher, Pruning, TeacherInputs
 from MaxText.losses.cross_entropy import cross_entropy_with_logits
 from MaxText.losses.divergence_family import Divergence, divergence
-from MaxText.losses.divergences import forward_kl_to_logits
+from MaxText.losses.logit_kl import kl_to_teacher_logits
 from MaxText.losses.targets import TeacherTarget, ensemble_target, mixed_logits, mixture_probs
 
 
@@ -57,9 +57,8 @@ class EnsembleChunk:
   def divergence(self, student_logits_NxV, temperature):
     p = self.pruning
     logits = self._logits_at_every_t()
-    if logits is not None and not (p.top_k or p.top_p) and self.kind.name == "forward_kl":  # as LiveChunk
-      kl_N = forward_kl_to_logits(student_logits_NxV, logits, temperature)
-      return kl_N, jnp.ones_like(kl_N)
+    if logits is not None and self.kind.name == "forward_kl":  # as LiveChunk
+      return kl_to_teacher_logits(student_logits_NxV, logits, temperature, p.top_k, p.top_p, p.use_other_bucket)
     target = self._target(temperature, self.pruning)
     return divergence(student_logits_NxV, target, temperature, self.kind), target.mass_kept_N
 
@@ -68,7 +67,7 @@ class EnsembleChunk:
     terms = {"teacher_loss": -jnp.take_along_axis(log_t1, self.targets_N[:, None], axis=-1)[:, 0]}
     for name, logits in zip(self.names, self.logits, strict=True):
       terms[f"{name}/teacher_loss"] = cross_entropy_with_logits(logits, self.targets_N)[0]
-      terms[f"{name}/kl_div_T1"] = forward_kl_to_logits(frozen_student_NxV, logits, 1.0)
+      terms[f"{name}/kl_div_T1"] = kl_to_teacher_logits(frozen_student_NxV, logits, 1.0)[0]
     return terms
 
   def cache_logits(self) -> jax.Array:

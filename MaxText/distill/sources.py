@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from MaxText.losses.cross_entropy import cross_entropy_with_logits, project_logits
 from MaxText.losses.divergence_family import Divergence, divergence
-from MaxText.losses.divergences import forward_kl_to_logits
+from MaxText.losses.logit_kl import kl_to_teacher_logits
 from MaxText.losses.targets import TeacherTarget, teacher_target
 from MaxText.model import decoder
 
@@ -81,9 +81,9 @@ class LiveChunk:
 
   def divergence(self, student_logits_NxV, temperature):
     p = self.pruning
-    if not (p.top_k or p.top_p) and self.kind.name == "forward_kl":  # the unpruned KL: no [N, V] target arrays
-      kl_N = forward_kl_to_logits(student_logits_NxV, self.logits_NxV, temperature)
-      return kl_N, jnp.ones_like(kl_N)
+    if self.kind.name == "forward_kl":  # from the logits: no [N, V] target arrays
+      logits = self.logits_NxV
+      return kl_to_teacher_logits(student_logits_NxV, logits, temperature, p.top_k, p.top_p, p.use_other_bucket)
     target = teacher_target(self.logits_NxV, temperature, p.top_k or None, p.top_p or None, p.use_other_bucket)
     return divergence(student_logits_NxV, target, temperature, self.kind), target.mass_kept_N
 

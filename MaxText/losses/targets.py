@@ -23,13 +23,12 @@ def top_k_mask(teacher_logits_NxV: jax.Array, k: int) -> jax.Array:
 
 
 def _below(keys_NxV: jax.Array, cut_N: jax.Array) -> jax.Array:
-  """1.0 where key < cut, else 0.0, for integer-valued float keys and cuts.
+  """1.0 where key < cut, else 0.0 (keys and cuts are integer-valued floats).
 
-  min(d, 1) - min(d, 0) with d = cut - key is exactly that indicator for integers; unlike a
-  compare-and-select it vectorises on CPU, which makes each bisection pass about 10x cheaper.
+  A compare cast to float: XLA CPU vectorises it (YNNPACK reductions), and it is 30% cheaper per
+  bisection pass than the arithmetic form min(cut - key, 1) - min(cut - key, 0) it replaced.
   """
-  d = cut_N[:, None] - keys_NxV
-  return jnp.minimum(d, 1.0) - jnp.minimum(d, 0.0)
+  return (keys_NxV < cut_N[:, None]).astype(jnp.float32)
 
 
 def _bisect(keys_NxV, probs_NxV, top_p, lo_N, hi_N, passes: int):

@@ -45,11 +45,11 @@ class _Rule:
   with_other: bool
 
 
-def _max_and_log_total(x_NxV):
-  """Each row's max and log sum exp(x - max): kept apart, so that x - max - log total stays as precise
-  as softmax's own (summing them first rounds at the max's magnitude)."""
+def _shifted_exps(x_NxV):
+  """(each row's max, exp(x - max), the row's sum of those)."""
   max_N = jnp.max(x_NxV, axis=-1)
-  return max_N, jnp.log(jnp.sum(jnp.exp(x_NxV - max_N[:, None]), axis=-1))
+  exp_NxV = jnp.exp(x_NxV - max_N[:, None])
+  return max_N, exp_NxV, jnp.sum(exp_NxV, axis=-1)
 
 
 def _nucleus_limit(log_p_NxV, top_p: float):
@@ -83,13 +83,16 @@ def _other_bucket(x_NxV, kept_NxV, log_other_N, s_lse_N):
 def _fused_rows(rule: _Rule, student_NxV, teacher_NxV, kth_logit_N, temperature):
   """(per-row KL, teacher mass kept, gradient of the KL's sum w.r.t. the student's logits, tokens kept),
   float32; `kth_logit_N` is the k-th largest teacher logit (top-k; else unused)."""
+  # each side's exps are taken once, for its log-sum-exp, and divided by the total for its probabilities:
+  # two exps per logit pair, as cross-entropy takes one per logit (the block is in cache, so keeping them
+  # costs less than taking them again)
   x = student_NxV.astype(jnp.float32) / temperature
-  s_max_N, s_log_total_N = _max_and_log_total(x)
-  s_lse_N = s_max_N + s_log_total_N
+  s_max_N, s_exp, s_total_N = _shifted_exps(x)
+  s_lse_N = s_max_N + jnp.log(s_total_N)
   log_q = x - s_lse_N[:, None]
-  t_max_N, t_log_total_N = _max_and_log_total(teacher_NxV / temperature)
-  log_p = jnp.maximum(teacher_NxV / temperature - t_max_N[:, None] - t_log_total_N[:, None], FLOAT_MIN)
-  p = jnp.exp(log_p)
+  t_max_N, t_exp, t_total_N = _shifted_exps(teacher_NxV / temperature)
+  log_p = jnp.maximum(teacher_NxV / temperature - t_max_N[:, None] - jnp.log(t_total_N)[:, None], FLOAT_MIN)
+  p = t_exp / t_total_N[:, None]
   if rule.kind == "none":
     kept, w, log_w, mass_kept_N = None, p, log_p, jnp.ones_like(s_lse_N)
     kept_count_N = jnp.full_like(s_lse_N, teacher_NxV.shape[-1])
@@ -99,7 +102,7 @@ def _fused_rows(rule: _Rule, student_NxV, teacher_NxV, kth_logit_N, temperature)
     # the bucket's mass summed, not 1 - kept: no cancellation; log 0 = -inf where nothing was pruned
     log_other_N = jnp.log(jnp.sum((1.0 - kept) * p, axis=-1))
     log_w = log_p if rule.with_other else log_p - jnp.log(mass_kept_N)[:, None]
-    w = kept * (p if rule.with_other else jnp.exp(log_w))
+    w = kept * (p if rule.with_other else p / mass_kept_N[:, None])
   # a student logit of -inf where w > 0 makes log q = -inf and the term +inf (the KL is infinite there);
   # where w = 0 the term is 0 (0 log 0), never a NaN
   value_N = jnp.sum(jnp.where(w > 0, w * (log_w - log_q), 0.0), axis=-1)
@@ -107,7 +110,8 @@ def _fused_rows(rule: _Rule, student_NxV, teacher_NxV, kth_logit_N, temperature)
   if rule.with_other:
     term_N, share_NxV = _other_bucket(x, kept, log_other_N, s_lse_N)
     value_N, target = value_N + term_N, target + share_NxV
-  return jnp.maximum(value_N, 0.0), mass_kept_N, (jnp.exp(log_q) - target) / temperature, kept_count_N
+  q = s_exp / s_total_N[:, None]
+  return jnp.maximum(value_N, 0.0), mass_kept_N, (q - target) / temperature, kept_count_N
 
 
 def _dense_rows(rule: _Rule, student_NxV, teacher_NxV, temperature):

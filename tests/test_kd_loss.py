@@ -202,22 +202,29 @@ def test_top_k_from_teacher_logits_with_a_tie_at_the_kth_logit_keeps_exactly_k_b
     assert abs(float(mass_kept[3]) - float(dense.mass_kept_N[3])) < 1e-6
 
 
+@pytest.mark.parametrize(
+  "rows, per_block, layout",
+  [(5, 2, ((0, 2), (2, 4), (3, 5))), (7, 5, ((0, 4), (3, 7)))],  # 7 rows at up to 5 a block: two of 4
+  ids=["5-rows-by-2", "7-rows-evened"],
+)
 @pytest.mark.parametrize("mode", MODES)
-def test_kl_from_teacher_logits_in_cache_sized_row_blocks_is_exact_bookkeeping(mode):
-  """The CPU path runs 2-row blocks at this vocabulary, the last one moved back to end at the last row:
-  rows 0-1, 2-3, 3-4. Each row's results are those of its block computed alone (bit for bit; the rows
-  computed twice take the last block's), so blocking adds nothing to the arithmetic tested above."""
-  vocab = logit_kl._CPU_BLOCK_BYTES // 4 // 2  # 2 rows per block
-  s, t = _random_logits(15, (5, vocab), 3.0), _random_logits(16, (5, vocab), 3.0)
+def test_kl_from_teacher_logits_in_cache_sized_row_blocks_is_exact_bookkeeping(mode, rows, per_block, layout):
+  """The CPU path runs blocks of at most `per_block` rows at this vocabulary, as even as they can be,
+  the last one moved back to end at the last row. Each row's results are those of its block computed
+  alone (bit for bit; rows computed twice take the last block's), so blocking adds nothing to the
+  arithmetic tested above."""
+  vocab = logit_kl._CPU_BLOCK_BYTES // 4 // per_block
+  s, t = _random_logits(15, (rows, vocab), 3.0), _random_logits(16, (rows, vocab), 3.0)
   kind = "top_k" if mode.get("top_k") else "top_p" if mode.get("top_p") else "none"
   rule = logit_kl._Rule(kind, mode.get("top_k", 0), mode.get("top_p", 0.0), mode.get("use_other_bucket", False))
-  kth = jnp.min(jax.lax.top_k(t, rule.top_k)[0], axis=-1) if rule.top_k else jnp.zeros(5)
+  kth = jnp.min(jax.lax.top_k(t, rule.top_k)[0], axis=-1) if rule.top_k else jnp.zeros(rows)
   temperature = jnp.float32(2.0)
   blocked = jax.jit(lambda s, t, kth: logit_kl._in_row_blocks(rule, s, t, kth, temperature))(s, t, kth)
   alone = jax.jit(lambda s, t, kth: logit_kl._fused_rows(rule, s, t, kth, temperature))
-  parts = [alone(s[a:b], t[a:b], kth[a:b]) for a, b in ((0, 2), (2, 4), (3, 5))]
   for i, got in enumerate(blocked):
-    want = np.concatenate([parts[0][i], parts[1][i][:1], parts[2][i]])
+    want = np.zeros(got.shape, np.float32)
+    for a, b in layout:
+      want[a:b] = alone(s[a:b], t[a:b], kth[a:b])[i]
     np.testing.assert_array_equal(got, want)
   assert 0 < float(jnp.min(blocked[1])) <= float(jnp.max(blocked[1])) <= 1.0 + 1e-6
 

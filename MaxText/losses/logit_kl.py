@@ -124,13 +124,15 @@ def _dense_rows(rule: _Rule, student_NxV, teacher_NxV, temperature):
 def _in_row_blocks(rule: _Rule, student_NxV, teacher_NxV, kth_logit_N, temperature):
   """`_fused_rows` over blocks of rows sized to the cache, written in place into the outputs.
 
-  The last block is moved back to end at the last row (it overlaps the one before, whose rows it
-  computes again): padding the rows to a whole number of blocks would copy both [N, V] inputs.
+  The blocks are as even as they can be, and the last one is moved back to end at the last row (it
+  overlaps the one before, whose rows it computes again): padding the rows to a whole number of blocks
+  would copy both [N, V] inputs.
   """
   rows, vocab = student_NxV.shape
   block = max(2, _CPU_BLOCK_BYTES // (4 * vocab))
   if block >= rows:
     return _fused_rows(rule, student_NxV, teacher_NxV, kth_logit_N, temperature)
+  block = -(-rows // -(-rows // block))  # 1024 rows, 819 a block: two of 512, not a 2nd of 819 redoing 614
 
   def one_block(index, outputs):
     start = jnp.minimum(index * block, rows - block)

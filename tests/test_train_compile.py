@@ -18,8 +18,8 @@ TINY = {"model_name": "tiny", "dataset_type": "synthetic", "max_target_length": 
 JOB = [sys.executable, os.path.join(REPO, "MaxText", "train_compile.py"), "base.yml"]
 
 
-def _job(*args):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+def _job(*args, **env_vars):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", **env_vars}
   return subprocess.run([*JOB, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -39,9 +39,12 @@ def test_bad_topologies_are_refused_by_name(name):
     aot.parse_topology(name, 1)
 
 
-def test_printed_memory_is_xla_memory_analysis_and_a_plain_run_fits():
-  proc = _job("compile_topology=v5p-8", *(f"{k}={v}" for k, v in TINY.items()))
+def test_printed_memory_is_xla_memory_analysis_and_a_plain_run_fits(tmp_path):
+  cache = tmp_path / "jax_cache"  # a user's persistent compilation cache
+  proc = _job("compile_topology=v5p-8", *(f"{k}={v}" for k, v in TINY.items()), JAX_COMPILATION_CACHE_DIR=str(cache))
   assert proc.returncode == 0, proc.stderr[-3000:]
+  # a TPU executable cannot be loaded back from the cache on this host: the job writes none there
+  assert not cache.exists() or not any(cache.iterdir())
   report = aot.compile_step(config_lib.load_dict(TINY), aot.parse_topology("v5p-8", 1))
   assert report.fits and report.devices == 4 and report.global_batch == 8
   assert report.attention == "splash" and "global batch 8, splash attention" in proc.stdout  # autoselect on TPU

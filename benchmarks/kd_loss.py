@@ -6,6 +6,8 @@ Shapes: 1024 tokens x 32768 vocab and 256 tokens x 128256 vocab, float32 logits 
 run through the training path for CE and for KD alike: `losses.chunking.chunked_loss` over chunks of
 `chunk_elements / vocab` tokens (what `loss_chunk_size` should be set to for that vocabulary: 256 tokens
 at 32k, 64 at 128k), and in each chunk what a live teacher's chunk computes (`LiveChunk.divergence`, T 2).
+The first row, "floor", is no KD mode but the least they all do: CE's work plus the teacher's chunk
+taken out of the [N, V] input and read (sum(lse(s) - s . t), whose gradient softmax(s) - t reads it).
 Everything is measured side by side in one process; each of `--runs` runs times CE and then every mode
 (`--repeats` calls each), and the table gives the median ratio to that run's CE with the range over runs.
 A last table shows the fused loss (hidden states + unembedding) keeps its temp memory flat as the token
@@ -37,6 +39,9 @@ from MaxText.losses.chunking import chunked_loss  # noqa: E402
 from MaxText.losses.divergence_family import Divergence  # noqa: E402
 
 MODES = {
+  # not a KD mode: the least any of them must do here, cross-entropy's one exp per student logit plus the
+  # teacher's chunk taken out of `chunked_loss` and read (its logits as the target's weights, no exps)
+  "floor: CE + teacher read": {"floor": True},
   "full KL": {},  # the divergences below are on full distributions unless their name says otherwise
   "top-k 64": {"top_k": 64},
   "top-k 64 + OTHER": {"top_k": 64, "use_other_bucket": True},
@@ -67,6 +72,8 @@ def _ce_chunk(xs, _):
 
 
 def _kd_chunk(xs, _, mode):
+  if mode.get("floor"):
+    return {"v": jnp.sum(jax.nn.logsumexp(xs["s"], axis=-1) - jnp.sum(xs["s"] * xs["t"], axis=-1))}
   if mode.get("hard"):
     return {"v": jnp.sum(max_utils.cross_entropy_with_logits(xs["s"], jnp.argmax(xs["t"], -1))[0])}
   pruning = Pruning(mode.get("top_k", 0), mode.get("top_p", 0.0), mode.get("use_other_bucket", False))

@@ -120,10 +120,13 @@ def test_async_leftovers_of_a_failed_read_are_dropped_and_nothing_else(monkeypat
   asyncio_logger.addHandler(handler)
   try:
     asyncio_logger.error("Task exception was never retrieved\nfuture: <Task finished ...>")
+    asyncio_logger.error("_GatheringFuture exception was never retrieved\nfuture: <_GatheringFuture finished>")
+    asyncio_logger.error("Future exception was never retrieved\nfuture: <Future finished ...>")
     asyncio_logger.error("Unclosed client session")
+    asyncio_logger.error("a read failed: Task exception was never retrieved")  # not asyncio's record: kept
   finally:
     asyncio_logger.removeHandler(handler)
-  assert logged == ["Unclosed client session"]
+  assert logged == ["Unclosed client session", "a read failed: Task exception was never retrieved"]
 
 
 def test_without_jax_platforms_set_a_user_error_is_still_one_line(tmp_path):

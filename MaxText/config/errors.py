@@ -7,6 +7,7 @@ derive from the built-in exception a caller would expect (ValueError, FileNotFou
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 
@@ -34,8 +35,12 @@ class MissingFieldError(UserError, KeyError):
 
 
 class _DropUnretrievedTaskErrors(logging.Filter):
+  """asyncio's "<Task|Future|_GatheringFuture> exception was never retrieved" records (the class named is
+  whichever awaitable held the failed read: a gather of several reads comes as _GatheringFuture)."""
+
   def filter(self, record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("Task exception was never retrieved")
+    first_line = record.getMessage().split("\n", 1)[0]
+    return re.fullmatch(r"\w+ exception was never retrieved", first_line) is None
 
 
 def silence_async_leftovers() -> None:
@@ -43,8 +48,8 @@ def silence_async_leftovers() -> None:
   damaged or foreign checkpoint, and that failure was already reported as the one-line error:
   - 'Event loop is closed' RuntimeErrors of callbacks that finish after their checkpointer closed
     (they arrive through sys.unraisablehook);
-  - 'Task exception was never retrieved' records of the sibling reads that failed the same way (the
-    asyncio logger).
+  - 'Task (or Future, _GatheringFuture) exception was never retrieved' records of the sibling reads
+    that failed the same way (the asyncio logger).
   Entry points call it first; everything else still goes to the default hook and logger."""
   default = sys.unraisablehook
 

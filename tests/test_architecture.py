@@ -13,6 +13,9 @@ PACKAGE = os.path.join(REPO, "MaxText")
 # never a higher one.
 RANKS = {"config": 0, "parallel": 1, "data": 2, "model": 3, "losses": 4, "inference": 4, "distill": 5, "training": 6}
 ENTRY_POINTS = {
+  "sft_trainer",
+  "train_distill",
+  "trainers",
   "train",
   "save_top_k_teacher_logits",
   "convert_hf_checkpoint",

@@ -18,7 +18,9 @@ from typing import Any
 
 import yaml
 
+from MaxText.config import upstream
 from MaxText.config.errors import ConfigError
+from MaxText.config.model_keys import MODEL_KEYS
 from MaxText.config.teachers import parse_teachers
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -124,19 +126,23 @@ def _parse_cli_value(raw: str) -> Any:
   return raw if value is None else value
 
 
-def _load_chain(path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
-  """Reads a yml and, first, the `base_config` it names (recursively); later files win."""
+def _load_chain(path: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+  """Reads a yml and, first, the `base_config` it names (recursively); later files win. Returns its keys
+  (upstream's names made canonical file by file) and its student_overrides / teacher_overrides blocks."""
   real = os.path.realpath(path)
   if real in seen:
     raise ConfigError(f"config file {path!r}: base_config chain loops back on itself")
-  data = _read_yaml(path)
+  data, blocks = upstream.split_blocks(_read_yaml(path), path)
   parent = data.get("base_config")
   if real == os.path.realpath(BASE_YML) or parent is None:
-    merged = {}  # base.yml itself is always the bottom layer (see merge_layers)
+    merged, merged_blocks = {}, {name: {} for name in upstream.BLOCKS}  # base.yml is always the bottom layer
   else:
-    merged = _load_chain(resolve_yml(str(parent), os.path.dirname(path)), (*seen, real))
-  merged.update({k: v for k, v in data.items() if k not in _META_KEYS})
-  return merged
+    merged, merged_blocks = _load_chain(resolve_yml(str(parent), os.path.dirname(path)), (*seen, real))
+  own = {k: v for k, v in data.items() if k not in _META_KEYS}
+  merged.update(upstream.translate(own, path, defaults()))
+  for name, block in blocks.items():
+    merged_blocks[name].update(block)
+  return merged, merged_blocks
 
 
 def parse_overrides(args: Sequence[str], source: str = "") -> dict[str, Any]:
@@ -167,8 +173,9 @@ def _model_preset(model_name: str) -> tuple[tuple[str, Any], ...]:
 
 
 def merge_layers(layers: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-  """Merges (source, mapping) layers over the base.yml defaults, checking keys and coercing types."""
-  base = defaults()
+  """Merges (source, mapping) layers over the base.yml defaults (and upstream MaxText's extra keys, which
+  `upstream.resolve` turns into canonical ones), checking keys and coercing types."""
+  base = {**defaults(), **upstream.EXTRA_DEFAULTS}
   known = list(base)
   values = dict(base)
   for source, layer in layers:
@@ -189,17 +196,29 @@ Config = _make_config_class(defaults())
 def merged_values(argv: Sequence[str], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
   """`argv` as MaxText takes it: [config.yml, key=value, ...] (the script name already dropped), merged
   and coerced but not yet checked. `overrides` (library use) apply like command-line values, after `argv`'s.
+  Precedence as upstream MaxText's: yml < model preset < command line < student_overrides; teacher_overrides
+  set the kd_teacher_* keys (config/upstream.py).
   """
   if not argv:
     raise ConfigError("expected a config yml as the first argument (for example base.yml)")
   yml_path = resolve_yml(argv[0], os.getcwd())
-  from_yml = _load_chain(yml_path)
-  cli = {**parse_overrides(argv[1:]), **(overrides or {})}
-  staged = merge_layers([(yml_path, from_yml), ("the command line", cli)])
+  from_yml, blocks = _load_chain(yml_path)
+  cli, cli_blocks = upstream.split_blocks({**parse_overrides(argv[1:]), **(overrides or {})}, "the command line")
+  cli = upstream.translate(cli, "the command line", defaults())
+  student_block = {**blocks["student_overrides"], **cli_blocks["student_overrides"]}
+  teacher_block = {**blocks["teacher_overrides"], **cli_blocks["teacher_overrides"]}
+  student = upstream.translate(student_block, "student_overrides", defaults())
+  teacher = upstream.teacher_layer(teacher_block, MODEL_KEYS, defaults())
+  for key, value in teacher.items():
+    for where, layer in (("the command line", cli), (yml_path, from_yml)):
+      if key in layer and layer[key] not in (value, defaults()[key]):
+        raise ConfigError(f"teacher_overrides sets {key}={value!r} and {where} {key}={layer[key]!r}; give one")
+  top = [("the command line", cli), ("student_overrides", student), ("teacher_overrides", teacher)]
+  staged = merge_layers([(yml_path, from_yml), *top])
   preset = load_model_preset(staged["model_name"])
-  return merge_layers(
-    [(yml_path, from_yml), (f"model preset {staged['model_name']}", preset), ("the command line", cli)]
-  )
+  values = merge_layers([(yml_path, from_yml), (f"model preset {staged['model_name']}", preset), *top])
+  upstream.check_teacher_given(teacher_block, values)
+  return upstream.resolve(values)
 
 
 def non_default_keys(config: Any) -> dict[str, Any]:

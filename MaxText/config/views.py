@@ -10,31 +10,8 @@ from typing import Any
 
 from MaxText.config.errors import ConfigError
 from MaxText.config.loader import check_known, coerce, defaults, load_model_preset, parse_overrides
+from MaxText.config.model_keys import MODEL_KEYS
 from MaxText.config.teachers import TeacherSpec
-
-# Keys that describe a model's architecture and numerics: the teacher has its own values for these.
-MODEL_KEYS = (
-  "vocab_size",
-  "emb_dim",
-  "num_decoder_layers",
-  "num_query_heads",
-  "num_kv_heads",
-  "head_dim",
-  "mlp_dim",
-  "normalization_layer_epsilon",
-  "rope_theta",
-  "rope_scaling_factor",
-  "rope_low_freq_factor",
-  "rope_high_freq_factor",
-  "rope_original_max_position",
-  "use_qk_norm",
-  "use_qkv_bias",
-  "logits_via_embedding",
-  "init_std",
-  "weight_dtype",
-  "scan_layers",
-)
-
 
 # What the decoder reads: the architecture plus how it computes (not the run's keys).
 _MODEL_VIEW_KEYS = (*MODEL_KEYS, "dtype", "remat_policy", "attention", "max_segments_per_seq", "mlp_sequence_chunks")

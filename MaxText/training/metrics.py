@@ -26,6 +26,24 @@ def flops_per_token(config) -> float:
   return 3.0 * (2.0 * matmul_params + attention)
 
 
+# Upstream MaxText's distillation metric names (its distillation guide), logged beside the kd/ ones so
+# an upstream user's dashboards keep working: distill/<name> = kd/<name>, except where the names differ.
+_DISTILL_NAMES = {
+  "soft_loss": "soft_loss",
+  "hard_loss": "hard_loss",
+  "teacher_loss": "teacher_loss",
+  "student_perplexity": "student_perplexity",
+  "teacher_perplexity": "teacher_perplexity",
+  "kl_div_at_T": "kl_div_at_T",
+  "kl_div_T1": "kl_div_T1",
+  "out_proj_feature_loss": "feature_loss",  # beta-scaled, as upstream's
+  "total_loss": "total_loss",
+  "alpha": "alpha",
+  "beta_feature": "beta",
+  "temperature": "temperature",
+}
+
+
 def _add_kd_views(record: dict) -> None:
   """The kd/ names of terms every KD run has: student CE on labels, total loss, perplexities.
 
@@ -38,6 +56,13 @@ def _add_kd_views(record: dict) -> None:
   record["kd/student_perplexity"] = math.exp(min(record["ce"], 50.0))
   if "kd/teacher_loss" in record:
     record["kd/teacher_perplexity"] = math.exp(min(record["kd/teacher_loss"], 50.0))
+
+
+def _add_distill_names(record: dict) -> None:
+  """The kd/ values (once all are in the record) also under upstream MaxText's distill/ names."""
+  for upstream, ours in _DISTILL_NAMES.items():
+    if f"kd/{ours}" in record:
+      record[f"distill/{upstream}"] = record[f"kd/{ours}"]
 
 
 def _kd_console(record: dict) -> str:
@@ -114,6 +139,7 @@ def eval_record(sums: dict) -> dict[str, float]:
   record["loss"] = record["ce"]
   record["perplexity"] = math.exp(min(record["ce"], 50.0))
   _add_kd_views(record)
+  _add_distill_names(record)
   return record
 
 
@@ -180,6 +206,7 @@ class MetricLogger:
     record["perplexity"] = math.exp(min(record["ce"], 50.0))
     _add_kd_views(record)
     record.update(self.last)
+    _add_distill_names(record)
     return record
 
   def write(self, step: int) -> dict[str, float]:

@@ -35,6 +35,18 @@ def _check_paths(config) -> None:
     value = getattr(config, key)
     if value and not storage.exists(value):
       raise ConfigError(f"{key}: {value!r} does not exist")
+  if config.load_parameters_path:
+    _refuse_upstream_checkpoint("load_parameters_path", config.load_parameters_path)
+
+
+def _refuse_upstream_checkpoint(key: str, path: str) -> None:
+  """A step folder of upstream MaxText's converter or trainer (`N/items`) holds another parameter tree."""
+  if storage.isdir(storage.join(path, "items")) and not storage.isdir(storage.join(path, "params")):
+    raise ConfigError(
+      f"{key}: {path!r} is an upstream MaxText checkpoint (an Orbax 'items' tree), whose parameter layout is "
+      "not this project's; convert the Hugging Face model with python -m MaxText.convert_hf_checkpoint and "
+      "give the folder it writes (or a run's checkpoints/N)"
+    )
 
 
 def _check_teacher_folders(config) -> None:
@@ -52,6 +64,7 @@ def _check_teacher_folder(path: str, teacher: dict, key: str, overrides_key: str
     raise ConfigError(f"{key}: {path!r} does not exist or is not a folder")
   if not storage.is_remote(path) and not os.access(path, os.R_OK | os.X_OK):
     raise ConfigError(f"{key}: {path!r} is not readable")
+  _refuse_upstream_checkpoint(key, path)
   saved = saved_model_keys(path)
   if saved is None:
     return

@@ -61,10 +61,10 @@ def to_global(batch: dict, batch_sharding) -> dict:
   return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in batch.items()}
 
 
-def with_saved_model_keys(argv: list[str], first):
+def with_saved_model_keys(argv: list[str], first, forced: dict | None = None):
   """`first` (the config of `argv`) with the model and tokenizer keys saved beside its load_parameters_path
   (a converted or pruned checkpoint's model_config.json, a run's config.json) filled in; a model key given
-  on the command line must agree with them."""
+  on the command line must agree with them. `forced`: the entry point's own keys, applied again."""
   path = first.load_parameters_path
   saved = params_io.saved_model_keys(path) if path and storage.isdir(path) else None
   if saved is None:
@@ -79,4 +79,4 @@ def with_saved_model_keys(argv: list[str], first):
       raise ConfigError(f"{key}: {explicit[key]!r} given, but {source} says {keys[key]!r}")
     if key not in explicit:
       filled[key] = keys[key]
-  return load(argv, filled)
+  return load(argv, {**(forced or {}), **filled})

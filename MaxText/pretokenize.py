@@ -41,8 +41,10 @@ def load_config(argv: list[str]):
   config = config_lib.load(argv)
   if not config.pretokenize_output_dir:
     raise config_lib.ConfigError("pretokenize_output_dir: required (the folder the shards are written to)")
-  if config.dataset_type not in ("text", "jsonl", "parquet"):
-    raise config_lib.ConfigError(f"dataset_type: pretokenize reads text, jsonl or parquet, got {config.dataset_type!r}")
+  if config.dataset_type not in ("text", "jsonl", "parquet", "arrow"):
+    raise config_lib.ConfigError(
+      f"dataset_type: pretokenize reads text, jsonl, parquet or arrow, got {config.dataset_type!r}"
+    )
   if config.use_sft:
     raise config_lib.ConfigError("use_sft: conversations are rendered with their loss masks at training time")
   check_output_folder("pretokenize_output_dir", config.pretokenize_output_dir, OUTPUT_FILES)

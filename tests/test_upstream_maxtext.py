@@ -241,3 +241,28 @@ def test_the_distillation_entry_point_needs_a_teacher_and_refuses_upstream_check
   (tmp_path / "0" / "items").mkdir(parents=True)  # the layout of upstream's converter
   with pytest.raises(config_lib.ConfigError, match=r"load_parameters_path: .* is an upstream MaxText checkpoint"):
     pyconfig.initialize(["base.yml", f"load_parameters_path={tmp_path / '0' / 'items'}"])
+
+
+@pytest.mark.parametrize("ipc_format", ["stream", "file"])
+def test_hf_path_arrow_reads_the_files_datasets_writes_for_text_and_conversations(tmp_path, sft_files, ipc_format):
+  from MaxText.data import input_pipeline, sft
+
+  table = pa.table({"text": ["first document", "second one"], "messages": [CONVERSATIONS[0], CONVERSATIONS[1]]})
+  path = tmp_path / "data-00000-of-00001.arrow"
+  with pa.OSFile(str(path), "wb") as sink:
+    new_writer = pa.ipc.new_stream if ipc_format == "stream" else pa.ipc.new_file
+    with new_writer(sink, table.schema) as writer:
+      writer.write_table(table)
+  text = _load("dataset_type=hf", "hf_path=arrow", f"hf_train_files={path}", "train_data_columns=['text']")
+  assert (text.dataset_type, text.data_column) == ("arrow", "text")
+  docs = input_pipeline.open_documents(text)
+  assert [docs[i] for i in range(len(docs))] == ["first document", "second one"]
+  chats = _load(
+    "use_sft=true",
+    "dataset_type=hf",
+    "hf_path=arrow",
+    f"hf_train_files={path}",
+    "tokenizer_type=huggingface",
+    f"tokenizer_path={sft_files[0]}",
+  )
+  assert sft.read_conversations(chats, [str(path)]) == CONVERSATIONS[:2]

@@ -27,8 +27,8 @@ def _axis(v):
 
 
 _ONE_OF = {
-  "dataset_type": ("synthetic", "text", "jsonl", "parquet", "arrayrecord"),
-  "eval_dataset_type": ("", "text", "jsonl", "parquet", "arrayrecord"),
+  "dataset_type": ("synthetic", "text", "jsonl", "parquet", "arrow", "arrayrecord"),
+  "eval_dataset_type": ("", "text", "jsonl", "parquet", "arrow", "arrayrecord"),
   "tokenizer_type": ("byte", "sentencepiece", "huggingface"),
   "dtype": ("bfloat16", "float32", "float16"),
   "weight_dtype": ("bfloat16", "float32"),
@@ -139,6 +139,9 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
 ]
 
 
+_CONVERSATION_TYPES = ("jsonl", "parquet", "arrow")  # record files with named columns (SFT reads these)
+
+
 def _check_eval_data(v: dict[str, Any]) -> None:
   if not v["eval_dataset_path"]:
     for key in ("eval_dataset_type", "eval_data_column"):
@@ -147,8 +150,10 @@ def _check_eval_data(v: dict[str, Any]) -> None:
     return
   if v["dataset_type"] == "synthetic":
     raise ConfigError("eval_dataset_path: synthetic data has its own eval stream; drop eval_dataset_path")
-  if v["use_sft"] and v["eval_dataset_type"] not in ("", "jsonl", "parquet"):
-    raise ConfigError(f"eval_dataset_type: use_sft reads jsonl or parquet conversations, got {v['eval_dataset_type']}")
+  if v["use_sft"] and v["eval_dataset_type"] not in ("", *_CONVERSATION_TYPES):
+    raise ConfigError(
+      f"eval_dataset_type: use_sft reads jsonl, parquet or arrow conversations, got {v['eval_dataset_type']}"
+    )
 
 
 def _check_relations(v: dict[str, Any]) -> None:
@@ -156,15 +161,17 @@ def _check_relations(v: dict[str, Any]) -> None:
     raise ConfigError(f"num_query_heads: {v['num_query_heads']} must be a multiple of num_kv_heads={v['num_kv_heads']}")
   if v["rope_scaling_factor"] and v["rope_high_freq_factor"] <= v["rope_low_freq_factor"]:
     raise ConfigError("rope_high_freq_factor: must be larger than rope_low_freq_factor when RoPE scaling is on")
-  if v["dataset_type"] in ("jsonl", "parquet", "arrayrecord") and not v["dataset_path"]:
+  if v["dataset_type"] in (*_CONVERSATION_TYPES, "arrayrecord") and not v["dataset_path"]:
     raise ConfigError(f"dataset_path: required for dataset_type={v['dataset_type']}")
   if v["tokenizer_type"] != "byte" and not v["tokenizer_path"]:
     raise ConfigError(f"tokenizer_path: required for tokenizer_type={v['tokenizer_type']}")
   check_attention_serves(v, "the student", v["dtype"], v["head_dim"])
   _check_decode(v)
   _check_eval_data(v)
-  if v["use_sft"] and v["dataset_type"] not in ("jsonl", "parquet"):
-    raise ConfigError(f"dataset_type: use_sft reads conversations from jsonl or parquet, got {v['dataset_type']}")
+  if v["use_sft"] and v["dataset_type"] not in _CONVERSATION_TYPES:
+    raise ConfigError(
+      f"dataset_type: use_sft reads conversations from jsonl, parquet or arrow, got {v['dataset_type']}"
+    )
   if v["use_sft"] and v["tokenizer_type"] != "huggingface":
     raise ConfigError("tokenizer_type: use_sft needs a huggingface tokenizer folder with a chat_template")
 

@@ -71,7 +71,7 @@ EXTRA_DEFAULTS: dict[str, Any] = {
   "hardware": "",
 }
 # hf_path values that name local (or bucket) files, and the reader each gets here
-HF_FILE_TYPES = {"parquet": "parquet", "json": "jsonl"}
+HF_FILE_TYPES = {"parquet": "parquet", "json": "jsonl", "arrow": "arrow"}
 # the checkpoint item folder upstream's converter and trainers append to a step folder
 _ITEM_PATH = re.compile(r"^(?P<step>.*/\d+)/(items|model_params)/?$")
 # what teacher_overrides may set besides model keys, and the canonical key each becomes
@@ -215,11 +215,9 @@ def _resolve_hf(values: dict[str, Any], extra: dict[str, Any]) -> None:
       raise ConfigError(f"hf_path: {hf_path or extra['hf_data_dir']!r} is read with dataset_type=hf")
     return
   if hf_path not in HF_FILE_TYPES:
-    if hf_path == "arrow":
-      raise ConfigError("hf_path: arrow files are not read here; give parquet or json files (hf_path=parquet|json)")
     raise ConfigError(
       f"hf_path: {hf_path!r} names a Hugging Face Hub data set; nothing is downloaded here: give local or bucket "
-      "files with hf_path=parquet|json and hf_train_files (and hf_eval_files)"
+      "files with hf_path=parquet|json|arrow and hf_train_files (and hf_eval_files)"
     )
   values["dataset_type"] = HF_FILE_TYPES[hf_path]
   if extra["hf_data_dir"]:

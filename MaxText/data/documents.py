@@ -1,7 +1,7 @@
 """The documents of a data set, read lazily: random access by document index without holding the corpus.
 
-A document is a text file (dataset_type=text), a JSONL line or a Parquet row (jsonl / parquet: the
-`data_column` field), or an ArrayRecord record (pre-tokenized). Opening a source reads only what locates
+A document is a text file (dataset_type=text), a JSONL line, a Parquet or Arrow row (jsonl / parquet /
+arrow: the `data_column` field), or an ArrayRecord record (pre-tokenized). Opening a source reads only what locates
 documents: JSONL line offsets (one pass over the bytes, 8 bytes kept per document), Parquet row-group
 sizes, ArrayRecord record counts; a document's bytes are read when the pipeline asks for it, usually in
 a Grain worker process. Hosts split the work by file when there are at least as many files as hosts,
@@ -25,7 +25,7 @@ import numpy as np
 from MaxText.config import storage
 from MaxText.config.errors import BadInputError, MissingFieldError
 from MaxText.data import array_records
-from MaxText.data.text_files import read_text_file
+from MaxText.data.text_files import read_arrow, read_text_file
 
 
 def _jsonl_offsets(path: str) -> np.ndarray:
@@ -173,6 +173,34 @@ class ParquetRows(DocumentFiles):
       cached = self._cached = ((file_index, group), table.column(self.column).to_pylist())
     where = f"parquet file {self.files[file_index]!r} row {local_index}"
     return _as_text(cached[1][local_index - int(starts[group])], where, self.column_key, self.column)
+
+
+class ArrowRows(DocumentFiles):
+  """Rows of Arrow IPC files (as Hugging Face `datasets` saves them). A file is read whole on first use and
+  one is cached per process: fine for conversation sets; a large corpus is better as Parquet or pretokenized."""
+
+  def __init__(self, files: list[str], column: str, key: str = "data_column", **host):
+    self.column, self.column_key = column, key
+    self._cached: tuple[int, list] | None = None
+    super().__init__(files, **host)
+
+  def _count(self, file_index: int) -> int:
+    path = self.files[file_index]
+    table = read_arrow(path, self.key)
+    if self.column not in table.column_names:
+      raise MissingFieldError(f"{self.column_key}: arrow file {path!r} has no column {self.column!r}")
+    return table.num_rows
+
+  def __getstate__(self):
+    return {**self.__dict__, "_cached": None}
+
+  def read(self, file_index: int, local_index: int) -> str:
+    cached = self._cached
+    if cached is None or cached[0] != file_index:
+      table = read_arrow(self.files[file_index], self.key)
+      cached = self._cached = (file_index, table.column(self.column).to_pylist())
+    where = f"arrow file {self.files[file_index]!r} row {local_index}"
+    return _as_text(cached[1][local_index], where, self.column_key, self.column)
 
 
 def _as_text(value, where: str, key: str, column: str) -> str:

@@ -71,6 +71,8 @@ def open_documents(config, process_index: int = 0, process_count: int = 1) -> do
     return documents.JsonlRecords(files, config.data_column, **host)
   if config.dataset_type == "parquet":
     return documents.ParquetRows(files, config.data_column, **host)
+  if config.dataset_type == "arrow":
+    return documents.ArrowRows(files, config.data_column, **host)
   return documents.ArrayRecordDocuments(files, **host)
 
 

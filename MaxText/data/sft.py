@@ -1,7 +1,7 @@
 """Supervised fine-tuning data: conversations rendered with the chat template, loss on assistant tokens.
 
 A record holds a list of messages (`train_data_columns`, default `messages`: [{role, content}, ...], as
-TRL and MaxText take them) in a JSONL or Parquet file. The conversation is rendered with the tokenizer's
+TRL and MaxText take them) in a JSONL, Parquet or Arrow file. The conversation is rendered with the tokenizer's
 chat template and tokenized once; with `sft_train_on_completion_only` only the tokens of assistant turns
 (their text and the template's end-of-turn tokens after it) are targets of the loss. Which tokens those
 are is found by rendering prefixes: the tokens of `messages[:i]` followed by the generation prompt end
@@ -19,7 +19,7 @@ import numpy as np
 
 from MaxText.config.errors import BadInputError, MissingFieldError
 from MaxText.data import chat
-from MaxText.data.text_files import jsonl_fields, read_parquet
+from MaxText.data.text_files import jsonl_fields, read_arrow, read_parquet
 
 
 def _conversations_jsonl(path: str, column: str) -> list[list[dict]]:
@@ -27,16 +27,26 @@ def _conversations_jsonl(path: str, column: str) -> list[list[dict]]:
   return [chat.check_messages(messages, f"train_data_columns: {where}") for where, messages in fields]
 
 
-def _conversations_parquet(path: str, column: str) -> list[list[dict]]:
-  table = read_parquet(path, "dataset_path")
+def _conversations_table(kind: str, table, path: str, column: str) -> list[list[dict]]:
   if column not in table.column_names:
-    raise MissingFieldError(f"train_data_columns: parquet file {path!r} has no column {column!r}")
-  where = lambda i: f"train_data_columns: parquet file {path!r} row {i}"
+    raise MissingFieldError(f"train_data_columns: {kind} file {path!r} has no column {column!r}")
+  where = lambda i: f"train_data_columns: {kind} file {path!r} row {i}"
   return [chat.check_messages(m, where(i)) for i, m in enumerate(table.column(column).to_pylist())]
 
 
+def _conversations_parquet(path: str, column: str) -> list[list[dict]]:
+  return _conversations_table("parquet", read_parquet(path, "dataset_path"), path, column)
+
+
+def _conversations_arrow(path: str, column: str) -> list[list[dict]]:
+  return _conversations_table("arrow", read_arrow(path, "dataset_path"), path, column)
+
+
+_READERS = {"jsonl": _conversations_jsonl, "parquet": _conversations_parquet, "arrow": _conversations_arrow}
+
+
 def read_conversations(config, files: list[str]) -> list[list[dict]]:
-  read = _conversations_jsonl if config.dataset_type == "jsonl" else _conversations_parquet
+  read = _READERS[config.dataset_type]
   return [conversation for path in files for conversation in read(path, config.train_data_columns)]
 
 

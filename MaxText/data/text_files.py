@@ -1,4 +1,5 @@
-"""Reading the files a data set is made of: UTF-8 text (a binary file is refused by name), JSONL records, Parquet."""
+"""Reading the files a data set is made of: UTF-8 text (a binary file is refused by name), JSONL records, Parquet,
+Arrow."""
 
 from __future__ import annotations
 
@@ -33,6 +34,22 @@ def read_parquet(path: str, key: str):
       return pq.read_table(f)
   except (OSError, ValueError) as e:
     raise MissingFileError(f"{key}: cannot read parquet file {path!r}: {e}") from None
+
+
+def read_arrow(path: str, key: str):
+  """An Arrow IPC file as a pyarrow Table: the random-access format, or the stream format that Hugging Face
+  `datasets` writes (`save_to_disk`, its cache). The file is read whole."""
+  import pyarrow as pa
+
+  try:
+    with storage.open_file(path, "rb") as f:
+      data = pa.py_buffer(f.read())
+    try:
+      return pa.ipc.open_file(data).read_all()
+    except pa.ArrowInvalid:
+      return pa.ipc.open_stream(data).read_all()
+  except (OSError, pa.ArrowInvalid) as e:
+    raise MissingFileError(f"{key}: cannot read arrow file {path!r}: {e}") from None
 
 
 def jsonl_fields(path: str, column: str, key: str):

@@ -121,6 +121,7 @@ def test_bad_config_exits_before_compiling_with_one_line(tmp_path):
 def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, capsys):
   from MaxText import train
   from MaxText.config.errors import MissingFileError
+  from MaxText.training import launch
 
   def failing(error):
     class Trainer:
@@ -130,9 +131,9 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, cap
     return Trainer
 
   argv = ["train.py", "base.yml", "dataset_type=synthetic"]
-  monkeypatch.setattr(train, "Trainer", failing(MissingFileError("dataset_path: no readable files match 'x'")))
+  monkeypatch.setattr(launch, "Trainer", failing(MissingFileError("dataset_path: no readable files match 'x'")))
   assert train.main(argv) == 1
   assert capsys.readouterr().err == "error: dataset_path: no readable files match 'x'\n"
-  monkeypatch.setattr(train, "Trainer", failing(KeyError("a bug")))  # not a UserError: it propagates
+  monkeypatch.setattr(launch, "Trainer", failing(KeyError("a bug")))  # not a UserError: it propagates
   with pytest.raises(KeyError, match="a bug"):
     train.main(argv)

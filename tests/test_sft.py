@@ -99,7 +99,7 @@ def test_unpacked_rows_hold_one_conversation_each(tokenizer_dir, data_file):
 @pytest.mark.parametrize(
   ("extra", "message"),
   [
-    ({"dataset_type": "text"}, "dataset_type: use_sft reads conversations from jsonl or parquet"),
+    ({"dataset_type": "text"}, "dataset_type: use_sft reads conversations from jsonl, parquet or arrow"),
     ({"tokenizer_type": "byte"}, "tokenizer_type: use_sft needs a huggingface tokenizer folder"),
   ],
 )

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import jax
 
-from MaxText import config as config_lib
+from MaxText.config import ConfigError, UserError, load, silence_async_leftovers
 from MaxText.config.loader import CONFIG_DIR, help_text, resolve_yml
 from MaxText.config.platform import default_to_cpu_without_accelerator
 from MaxText.training import evaluation, preflight
@@ -30,7 +30,7 @@ def _with_default_yml(args: Sequence[str], default_yml: str | None) -> list[str]
 
 def _check_teacher(config) -> None:
   if not (config.kd_teacher_parameters_path or config.kd_teachers or config.kd_offline_data_dir):
-    raise config_lib.ConfigError(
+    raise ConfigError(
       "teacher_overrides.load_parameters_path: the teacher's checkpoint is missing (set it, or "
       "kd_teacher_parameters_path; offline_data_dir trains from a cache instead)"
     )
@@ -46,14 +46,14 @@ def main(
 ) -> int:
   """`argv` as sys.argv; `forced` keys are set after the command line's (the entry point's mode)."""
   default_to_cpu_without_accelerator()
-  config_lib.silence_async_leftovers()
+  silence_async_leftovers()
   if "--help" in argv or "-h" in argv:
     print(f"usage: {usage}\n")
     print(help_text())
     return 0
   try:
     args = _with_default_yml(argv[1:], default_yml)
-    config = config_lib.load(args, forced)
+    config = load(args, forced)
     if require_teacher:
       _check_teacher(config)
     if config.eval_only:  # the saved model's own keys (a converted model, a teacher run) describe it
@@ -62,7 +62,7 @@ def main(
     files = preflight.run(config)
     if not config.eval_only:
       preflight.check_run_folder(config)
-  except config_lib.ConfigError as e:
+  except ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2
   maybe_initialize_distributed(config)
@@ -73,7 +73,7 @@ def main(
       evaluation.evaluate_checkpoint(config)
     else:
       Trainer(config, files).run()
-  except config_lib.UserError as e:
+  except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   return 0

@@ -33,7 +33,7 @@ if __package__ in (None, ""):
 from MaxText import config as config_lib  # noqa: E402
 from MaxText.config import storage
 from MaxText.config.loader import parse_overrides  # noqa: E402
-from MaxText.config.paths import check_output_folder, check_scheme  # noqa: E402
+from MaxText.config.paths import check_output_folder, check_reachable, check_scheme  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
 from MaxText.config.views import MODEL_KEYS  # noqa: E402
 from MaxText.data import gguf_tokenizer  # noqa: E402
@@ -171,6 +171,7 @@ def parse_args(argv):
     if getattr(args, flag):
       try:
         check_scheme(f"--{flag}", getattr(args, flag))
+        check_reachable(f"--{flag}", getattr(args, flag))
       except config_lib.ConfigError as e:
         parser.exit(2, f"error: {e}\n")
   if args.to_hf and args.checkpoint is None:

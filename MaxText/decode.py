@@ -39,6 +39,10 @@ def load_config(argv: list[str]):
   first = config_lib.load(argv)
   if not first.load_parameters_path:
     raise config_lib.ConfigError("load_parameters_path: the model to generate with must be given (a checkpoint folder)")
+  if first.decode_input_path and not storage.isfile(first.decode_input_path):
+    raise config_lib.ConfigError(
+      f"decode_input_path: {first.decode_input_path!r} is not a file (expected JSONL of prompts, one per line)"
+    )
   if first.decode_output_path and storage.exists(first.decode_output_path):
     raise config_lib.ConfigError(
       f"decode_output_path: {first.decode_output_path!r} exists; name a new file (nothing was written)"
@@ -114,6 +118,7 @@ def run(config) -> list[dict]:
 
 def main(argv: list[str]) -> int:
   default_to_cpu_without_accelerator()
+  config_lib.silence_async_leftovers()  # a damaged checkpoint's sibling reads, after its one-line error
   try:
     config = load_config(argv[1:])
     preflight.run(config)

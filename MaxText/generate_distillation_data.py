@@ -178,6 +178,7 @@ def _manifest(directory: str, spec: dict) -> dict:
 
 def main(argv: list[str]) -> int:
   default_to_cpu_without_accelerator()
+  config_lib.silence_async_leftovers()  # a damaged checkpoint's sibling reads, after its one-line error
   try:
     config = load_config(argv[1:])
     preflight.run(config)

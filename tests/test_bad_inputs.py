@@ -17,11 +17,12 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, free_port
 
 TRAIN = [sys.executable, os.path.join(REPO, "MaxText", "train.py")]
 SAVE = [sys.executable, os.path.join(REPO, "MaxText", "save_top_k_teacher_logits.py")]
 CONVERT = [sys.executable, "-m", "MaxText.convert_hf_checkpoint"]
+DECODE = [sys.executable, "-m", "MaxText.decode"]
 BASE = ["base.yml", "model_name=tiny", "dtype=float32", "max_target_length=32", "per_device_batch_size=2", "steps=2"]
 SAVE_BASE = [*BASE, "use_kd=true", "kd_offline_top_k=4", "kd_offline_logits_dtype=float32"]
 
@@ -161,6 +162,27 @@ CASES = [
   # gs:// paths are served (tests/test_cloud_storage.py has a missing bucket); other schemes are refused
   ("ftp_output", TRAIN, ["base_output_directory=ftp://bucket/runs"], "base_output_directory: 'ftp://bucket/runs' is a"),
   ("s3_dataset", TRAIN, ["dataset_path=s3://bucket/data.txt"], "dataset_path: 's3://bucket/data.txt'"),
+  # an unreachable bucket (every run here points gs:// at a closed local port): one probe, one line
+  (
+    "gs_output_unreachable",
+    TRAIN,
+    ["base_output_directory=gs://kd-bucket/runs"],
+    "cannot reach the bucket 'gs://kd-bucket'",
+  ),
+  (
+    "gs_dataset_unreachable",
+    TRAIN,
+    ["dataset_path=gs://kd-bucket/data/*.jsonl"],
+    "dataset_path: 'gs://kd-bucket/data/*",
+  ),
+  (
+    "gs_teacher_unreachable",
+    TRAIN,
+    ["use_kd=true", "kd_teacher_parameters_path=gs://kd-bucket/teacher"],
+    "kd_teacher_parameters_path: 'gs://kd-bucket/teacher': cannot reach the bucket",
+  ),
+  ("gs_cache_unreachable", TRAIN, ["use_kd=true", "kd_offline_data_dir=gs://kd-bucket/cache"], "kd_offline_data_dir"),
+  ("gs_convert_unreachable", CONVERT, ["--hf_dir", "gs://kd-bucket/hf", "--output", "{out}/ckpt"], "--hf_dir: 'gs://"),
   ("output_is_a_file", TRAIN, ["base_output_directory={a_file}"], "base_output_directory"),
   ("run_folder_not_ours", TRAIN, ["run_name=foreign"], "holds 'notes.txt', which this job did not write"),
   ("run_folder_of_another_run", TRAIN, ["run_name=other"], "holds another run (emb_dim=64 there, 32 here)"),
@@ -299,6 +321,13 @@ CASES = [
     ["kd_teacher_parameters_path={teacher}", "kd_offline_output_dir={cache}", "kd_offline_top_k=8"],
     "holds a cache made with another 'top_k'",
   ),
+  # decode
+  (
+    "decode_missing_prompts_file",
+    DECODE,
+    ["base.yml", "load_parameters_path={teacher}", "decode_input_path={out}/prompts.jsonl"],
+    "decode_input_path: '",
+  ),
   # convert_hf_checkpoint
   ("convert_missing_dir", CONVERT, ["--hf_dir", "/no/hf", "--output", "{out}/ckpt"], "--hf_dir"),
   ("convert_no_config", CONVERT, ["--hf_dir", "{hf_no_config}", "--output", "{out}/ckpt"], "no config.json"),
@@ -358,6 +387,7 @@ def results(tmp_path_factory):
   inputs = _build_inputs(inputs_root)
   before = _fingerprint(inputs_root)
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there: gs:// is unreachable
 
   def run(case):
     out = str(tmp_path_factory.mktemp(case[0]))

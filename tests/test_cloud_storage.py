@@ -155,6 +155,6 @@ def test_train_resume_kd_and_offline_kd_entirely_on_gs_paths(gcs, tmp_path):
 def test_a_missing_bucket_is_named_before_anything_runs(gcs, tmp_path):
   proc = run_train("gs://no-such-bucket/runs", *TINY, "steps=1", check=False)
   assert proc.returncode != 0
-  assert "base_output_directory: 'gs://no-such-bucket/runs/default_run': the bucket 'gs://no-such-bucket' does not" in (
+  assert "base_output_directory: 'gs://no-such-bucket/runs': the bucket 'gs://no-such-bucket' does not" in (
     proc.stdout + proc.stderr
   )

@@ -147,6 +147,14 @@ def test_unreadable_or_unsupported_gguf_files_are_named_and_nothing_is_written(t
   (tmp_path / "text.gguf").write_text("not a model\n")
   message = _run_converter("--gguf", tmp_path / "text.gguf", "--output", tmp_path / "out")
   assert message.startswith("error: --gguf:") and "is not a readable GGUF file" in message
+  whole = (tmp_path / "k.gguf").read_bytes()
+  (tmp_path / "cut.gguf").write_bytes(whole[: len(whole) - 1000])  # a download stopped short
+  last = reader.tensors[-1]  # the reader lays tensors out in order: the last one ends the file
+  message = _run_converter("--gguf", tmp_path / "cut.gguf", "--output", tmp_path / "out")
+  assert message.startswith("error: --gguf:") and "\n" not in message
+  end = last.data_offset + last.n_bytes
+  assert f"is truncated: tensor {last.name!r} needs bytes {last.data_offset}..{end}, " in message
+  assert message.endswith(f"the file ends at {len(whole) - 1000}")
   message = _run_converter("--gguf", tmp_path / "none.gguf", "--output", tmp_path / "out")
   assert "--gguf: no file at" in message
   assert _run_converter("--gguf", tmp_path / "k.gguf", "--hf_dir", tmp_path, "--output", tmp_path / "out") == "2"

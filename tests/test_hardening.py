@@ -75,6 +75,28 @@ def test_cloud_urls_and_unwritable_output_folders_are_named(tmp_path, monkeypatc
     check_output_folder("kd_offline_output_dir", str(tmp_path), ())
 
 
+def test_a_bucket_whose_client_hangs_is_given_up_on_after_the_probe_time(monkeypatch):
+  import threading
+
+  from MaxText.config import storage
+  from MaxText.config.paths import check_reachable
+
+  released = threading.Event()
+  monkeypatch.setattr(storage, "PROBE_SECONDS", 0.3)
+  monkeypatch.setattr(storage, "_endpoint", lambda url_scheme: ("127.0.0.1", 1))  # not reached: a proxy is set
+  monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+  monkeypatch.setattr(storage, "exists", lambda path: released.wait(30))  # a client stuck in its retries
+  storage.probe_bucket.cache_clear()
+  try:
+    expected = r"^dataset_path: 'gs://slow/d\*.txt': cannot reach the bucket 'gs://slow': no answer within 0.3 s$"
+    with pytest.raises(ConfigError, match=expected):
+      check_reachable("dataset_path", "gs://slow/d*.txt")
+  finally:
+    released.set()
+    storage.probe_bucket.cache_clear()
+  check_reachable("dataset_path", "/local/path/is/never/probed.txt")
+
+
 class _FailingManager:
   directory = "/runs/r/checkpoints"
 
@@ -107,12 +129,22 @@ def test_async_leftovers_of_a_failed_read_are_dropped_and_nothing_else(monkeypat
   errors.silence_async_leftovers()
 
   class Unraisable:
-    def __init__(self, error):
-      self.exc_value = error
+    def __init__(self, error, obj=None):
+      self.exc_value, self.object = error, obj
 
+  def coroutine_from(filename):  # a coroutine whose code lives in `filename`, as Orbax's reads do
+    namespace = {}
+    exec(compile("async def _read_array_index_and_device_put():\n  pass\n", filename, "exec"), namespace)
+    return namespace["_read_array_index_and_device_put"]()
+
+  orbax_read = coroutine_from(os.path.join("site-packages", "orbax", "checkpoint", "serialization.py"))
+  own_read = coroutine_from(os.path.join("MaxText", "data", "reader.py"))
   sys.unraisablehook(Unraisable(RuntimeError("Event loop is closed")))
   sys.unraisablehook(Unraisable(RuntimeError("something else")))
-  assert seen == ["something else"]
+  sys.unraisablehook(Unraisable(Exception("Encountered error while reading array index"), orbax_read))
+  sys.unraisablehook(Unraisable(Exception("a read of ours failed"), own_read))
+  orbax_read.close(), own_read.close()
+  assert seen == ["something else", "a read of ours failed"]
   logged = []
   handler = logging.Handler()
   handler.emit = lambda record: logged.append(record.getMessage())

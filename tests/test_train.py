@@ -94,12 +94,31 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
     check=False,
   )
   assert proc.returncode == 1
-  assert "not finite" in proc.stderr and "last checkpoint saved before this step is intact" in proc.stderr
+  assert "not finite" in proc.stderr and "every checkpoint on disk was saved after a finite step" in proc.stderr
   saved = sorted(int(p) for p in os.listdir(tmp_path / "nan" / "checkpoints") if p.isdigit())
   assert saved and saved[-1] < 6
-  # the newest checkpoint left behind restores and holds finite parameters
+  # the newest checkpoint left behind restores and holds finite parameters, as large as the stop says
   restored = _restore_params(tmp_path / "nan" / "checkpoints" / str(saved[-1]))
   assert all(np.isfinite(np.asarray(x)).all() for x in restored)
+  largest = max(float(np.max(np.abs(np.asarray(x)))) for x in restored)
+  assert f"Checkpoints kept: step {saved[-1]} (loss " in proc.stderr
+  assert f"largest |parameter| {largest:.3g})" in proc.stderr and "holds parameters over 100x" in proc.stderr
+
+
+def test_a_new_run_continues_a_saved_step_with_load_full_state_path_and_a_stop_names_the_step(tmp_path):
+  common = [*TINY, "checkpoint_period=2"]
+  run_train(tmp_path, *common, "run_name=a", "steps=6")
+  run_train(tmp_path, *common, "run_name=b", "steps=6", f"load_full_state_path={tmp_path}/a/checkpoints/4")
+  a, b = train_losses(tmp_path / "a"), train_losses(tmp_path / "b")
+  assert sorted(b) == [5, 6] and all(b[step] == a[step] for step in b)  # parameters, optimizer and data position
+  # run a resumed at a learning rate that blows its parameters up: the stop names a step saved before that
+  proc = run_train(tmp_path, *common, "run_name=a", "steps=12", "learning_rate=1e6", check=False)
+  assert proc.returncode == 1 and "(not finite)" in proc.stderr
+  assert "step 6 (saved before this run resumed)" in proc.stderr
+  assert f"load_full_state_path={tmp_path}/a/checkpoints/6 and a lower learning_rate" in proc.stderr
+  proc = run_train(tmp_path, *common, "run_name=c", f"load_full_state_path={tmp_path}/a", check=False)
+  assert proc.returncode == 2 and "load_full_state_path: " in proc.stderr
+  assert "is not a run's checkpoint step" in proc.stderr
 
 
 def _restore_params(step_dir):

@@ -1,7 +1,8 @@
 """The run's configuration: yml chain + preset + `key=value` -> one validated, frozen Config.
 
-`load` reads and checks keys without touching any user file; the checks that read files (teacher
-folder, offline cache) are the separate pre-flight step in `MaxText.training.preflight`.
+`load` reads and checks keys without touching any user file (for a gs:// or s3:// path it asks once whether
+the bucket answers); the checks that read files (teacher folder, offline cache) are the separate pre-flight
+step in `MaxText.training.preflight`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from MaxText.config.checks import validate_values
 from MaxText.config.errors import ConfigError, UserError, silence_async_leftovers
 from MaxText.config.kd_checks import validate_kd
 from MaxText.config.loader import Config, merged_values
+from MaxText.config.paths import check_buckets
 
 __all__ = ["Config", "ConfigError", "UserError", "silence_async_leftovers", "load", "load_dict"]
 
@@ -22,6 +24,7 @@ def load(argv: Sequence[str], overrides: dict[str, Any] | None = None) -> Any:
   values = merged_values(argv, overrides)
   validate_values(values)
   validate_kd(values)
+  check_buckets(values)  # last: the only check that may wait on the network
   return Config(**values)
 
 

@@ -168,6 +168,9 @@ def _check_relations(v: dict[str, Any]) -> None:
   check_attention_serves(v, "the student", v["dtype"], v["head_dim"])
   _check_decode(v)
   _check_eval_data(v)
+  if v["load_full_state_path"] and (v["load_parameters_path"] or v["eval_only"]):
+    other = "load_parameters_path" if v["load_parameters_path"] else "eval_only"
+    raise ConfigError(f"load_full_state_path: exclusive with {other} (a full state starts a training run)")
   if v["use_sft"] and v["dataset_type"] not in _CONVERSATION_TYPES:
     raise ConfigError(
       f"dataset_type: use_sft reads conversations from jsonl, parquet or arrow, got {v['dataset_type']}"

@@ -7,6 +7,7 @@ derive from the built-in exception a caller would expect (ValueError, FileNotFou
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 
@@ -43,19 +44,30 @@ class _DropUnretrievedTaskErrors(logging.Filter):
     return re.fullmatch(r"\w+ exception was never retrieved", first_line) is None
 
 
+def _is_orbax_coroutine(obj) -> bool:
+  code = getattr(obj, "cr_code", None)  # coroutine objects only
+  return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+
+
 def silence_async_leftovers() -> None:
   """Quiets what Orbax/TensorStore's concurrent reads leave behind once one of them has failed on a
   damaged or foreign checkpoint, and that failure was already reported as the one-line error:
   - 'Event loop is closed' RuntimeErrors of callbacks that finish after their checkpointer closed
     (they arrive through sys.unraisablehook);
   - 'Task (or Future, _GatheringFuture) exception was never retrieved' records of the sibling reads
-    that failed the same way (the asyncio logger).
+    that failed the same way (the asyncio logger);
+  - 'Exception ignored in: <coroutine object _read_array_index_and_device_put>' tracebacks: Orbax's
+    reads of the other arrays of the damaged checkpoint, which fail the same way and are closed unawaited
+    once the first failure ended the restore (they arrive through sys.unraisablehook, the coroutine
+    being the unraisable's object).
   Entry points call it first; everything else still goes to the default hook and logger."""
   default = sys.unraisablehook
 
   def hook(unraisable):
     error = unraisable.exc_value
     if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+      return
+    if _is_orbax_coroutine(unraisable.object):
       return
     default(unraisable)
 

@@ -19,6 +19,7 @@ PATH_KEYS = (
   "eval_dataset_path",
   "tokenizer_path",
   "load_parameters_path",
+  "load_full_state_path",
   "kd_teacher_parameters_path",
   "kd_offline_data_dir",
   "kd_offline_output_dir",
@@ -42,6 +43,22 @@ def check_scheme(key: str, value: str) -> None:
     raise ConfigError(f"{key}: {value!r} is a {url_scheme}:// path; use a local path or one of {known}")
   if importlib.util.find_spec(backend) is None:
     raise ConfigError(f"{key}: {value!r} needs the {backend} package for {url_scheme}:// paths (pip install {backend})")
+
+
+def check_reachable(key: str, value: str) -> None:
+  """A URL's bucket answers (within storage.PROBE_SECONDS): a typo'd bucket, missing credentials and no
+  network all fail here in one line, before any job starts (the clients would retry for minutes)."""
+  if storage.is_remote(value):
+    reason = storage.probe_bucket(storage.bucket_of(value))
+    if reason is not None:
+      raise ConfigError(f"{key}: {value!r}: {reason}")
+
+
+def check_buckets(values: dict) -> None:
+  """check_reachable for every path key (each entry of a comma-separated list)."""
+  for key in PATH_KEYS:
+    for part in str(values.get(key) or "").split(","):
+      check_reachable(key, part.strip())
 
 
 def check_output_folder(key: str, path: str, own_files: tuple[str, ...]) -> None:
@@ -74,20 +91,8 @@ def _check_creatable(key: str, path: str) -> None:
 
 
 def _check_remote_output(key: str, path: str) -> None:
-  """A bucket cannot be probed for write access without writing: check that it exists and that the
+  """A bucket cannot be probed for write access without writing: check that it answers and that the
   path is not an object."""
-  url_scheme, rest = path.split("://", 1)
-  bucket = f"{url_scheme}://{rest.split('/', 1)[0]}"
-  try:
-    found, is_file = storage.exists(bucket), storage.isfile(path)
-  except Exception as e:  # noqa: BLE001 - network, credentials: whatever the client raises, in one line
-    raise ConfigError(f"{key}: {path!r}: cannot reach the bucket {bucket!r} ({_first_line(e)})") from None
-  if not found:
-    raise ConfigError(f"{key}: {path!r}: the bucket {bucket!r} does not exist or cannot be read")
-  if is_file:
+  check_reachable(key, path)
+  if storage.isfile(path):
     raise ConfigError(f"{key}: {path!r} is a file, not a folder")
-
-
-def _first_line(error: Exception) -> str:
-  lines = str(error).strip().splitlines() or [type(error).__name__]
-  return f"{type(error).__name__}: {lines[0][:200]}"

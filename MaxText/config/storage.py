@@ -12,12 +12,17 @@ memory-mapped GGUF files open local files only: `local_copy` and `LocalStaging` 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import glob as local_glob
 import hashlib
+import logging
 import os
 import posixpath
 import re
+import socket
 import tempfile
+import threading
+import urllib.parse
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # URL scheme -> the fsspec package epath needs for it (installed with this project: gcsfs)
@@ -158,6 +163,60 @@ def glob(pattern: str) -> list[str]:
   root = prefix + "/".join(parts[:first_wild])
   rest = "/".join(parts[first_wild:])
   return sorted(str(p) for p in _epath(root).glob(rest) if fnmatch.fnmatchcase(str(p), pattern))
+
+
+# Where each scheme's client connects unless an emulator or endpoint variable says otherwise.
+_ENDPOINTS = {
+  "gs": ("STORAGE_EMULATOR_HOST", "https://storage.googleapis.com"),
+  "s3": ("AWS_ENDPOINT_URL", "https://s3.amazonaws.com"),
+}
+PROBE_SECONDS = 10.0
+
+
+def bucket_of(url: str) -> str:
+  url_scheme, rest = url.split("://", 1)
+  return f"{url_scheme}://{rest.split('/', 1)[0]}"
+
+
+def _endpoint(url_scheme: str) -> tuple[str, int]:
+  variable, default = _ENDPOINTS[url_scheme]
+  parsed = urllib.parse.urlsplit(os.environ.get(variable) or default)
+  return parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
+def _probe(bucket: str) -> str | None:
+  """Why `bucket` cannot be used, or None. The endpoint is connected to first, with a timeout: the
+  clients retry an unreachable host with backoff for a minute or more, logging each try."""
+  if not any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
+    host, port = _endpoint(scheme(bucket))
+    try:
+      socket.create_connection((host, port), timeout=PROBE_SECONDS / 2).close()
+    except OSError as e:
+      return f"cannot reach the bucket {bucket!r}: {host}:{port} does not answer ({e.strerror or e})"
+  quiet = logging.getLogger(BACKENDS[scheme(bucket)])
+  level = quiet.level
+  quiet.setLevel(logging.CRITICAL)  # its retry and credential records: the one line below says what matters
+  try:
+    found = exists(bucket)
+  except Exception as e:  # noqa: BLE001 - network, credentials: whatever the client raises, in one line
+    lines = str(e).strip().splitlines() or [""]
+    return f"cannot reach the bucket {bucket!r} ({type(e).__name__}: {lines[0][:200]})"
+  finally:
+    quiet.setLevel(level)
+  return None if found else f"the bucket {bucket!r} does not exist or cannot be read"
+
+
+@functools.cache
+def probe_bucket(bucket: str) -> str | None:
+  """`_probe` within PROBE_SECONDS (a slow name lookup or a client stuck in its retries counts as no
+  answer), once per bucket and process."""
+  answer: list[str | None] = []
+  worker = threading.Thread(target=lambda: answer.append(_probe(bucket)), daemon=True)
+  worker.start()
+  worker.join(PROBE_SECONDS)
+  if not answer:
+    return f"cannot reach the bucket {bucket!r}: no answer within {PROBE_SECONDS:g} s"
+  return answer[0]
 
 
 def _staging_root() -> str:

@@ -138,7 +138,7 @@ def translate(layer: dict[str, Any], source: str, defaults: dict[str, Any]) -> d
   for key in ("train_data_columns", "eval_data_columns"):
     if key in out:
       out[key] = _one_column(key, out[key])
-  for key in ("load_parameters_path", "kd_teacher_parameters_path"):
+  for key in ("load_parameters_path", "load_full_state_path", "kd_teacher_parameters_path"):
     if isinstance(out.get(key), str):
       out[key] = step_folder(out[key])
   _check_lora(layer.get("lora"), source)

@@ -75,6 +75,32 @@ def _undo_rope_permutation(w: np.ndarray, num_heads: int) -> np.ndarray:
   return w.reshape(num_heads, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+class TruncatedGGUF(Exception):
+  """A tensor's bytes run past the end of the file (an interrupted download or copy)."""
+
+
+def _checked_reader(gguf):
+  """gguf's reader, checking each tensor's byte range against the file's size first: on a truncated file
+  the reader itself fails in numpy ("cannot reshape array of size ..."), which names neither the tensor
+  nor the cause."""
+
+  class CheckedReader(gguf.GGUFReader):
+    def _build_tensors(self, start_offs, fields):
+      for field in fields:
+        _, name, _, dims, raw_type, offset = field.parts
+        block_size, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(int(raw_type[0]))]
+        begin = int(start_offs) + int(offset[0])
+        end = begin + int(np.prod(dims, dtype=np.int64)) * type_size // block_size
+        if end > len(self.data):
+          raise TruncatedGGUF(
+            f"tensor {bytes(name).decode('utf-8', 'replace')!r} needs bytes {begin}..{end}, "
+            f"the file ends at {len(self.data)}"
+          )
+      super()._build_tensors(start_offs, fields)
+
+  return CheckedReader
+
+
 class GGUFFile:
   """Metadata and lazily dequantized tensors of one GGUF file."""
 
@@ -84,7 +110,9 @@ class GGUFFile:
     if not storage.isfile(path):
       raise MissingFileError(f"--gguf: no file at {path!r}")
     try:
-      self._reader = gguf.GGUFReader(storage.local_copy(path), "r")  # memory-mapped: local only
+      self._reader = _checked_reader(gguf)(storage.local_copy(path), "r")  # memory-mapped: local only
+    except TruncatedGGUF as e:
+      raise BadInputError(f"--gguf: {path!r} is truncated: {e}") from None
     except Exception as e:  # noqa: BLE001 - the reader raises ValueError/struct.error/IndexError on foreign bytes
       raise BadInputError(f"--gguf: {path!r} is not a readable GGUF file ({type(e).__name__}: {e})") from None
     self.path = path

@@ -21,6 +21,7 @@ from MaxText.config.teachers import as_plain
 from MaxText.model.params_io import PARAMS, CheckpointError, abstract_with_shardings, first_line
 
 KD_HEAD, TRAIN_STATE, DATA_ITER = "kd_head", "train_state", "data_iter"
+FULL_STATE_ITEMS = (PARAMS, TRAIN_STATE)  # what load_full_state_path needs in a step folder
 RUN_FILES = ("checkpoints", "tensorboard", "metrics.jsonl", "metrics.jsonl.tmp", "config.json")  # a run's own outputs
 
 
@@ -36,16 +37,16 @@ def create_manager(config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
     max_to_keep=config.max_to_keep, create=True, enable_async_checkpointing=config.async_checkpointing
   )
-  return ocp.CheckpointManager(
-    checkpoint_dir(config),
-    options=options,
-    item_handlers={
-      PARAMS: ocp.StandardCheckpointHandler(),
-      KD_HEAD: ocp.StandardCheckpointHandler(),
-      TRAIN_STATE: ocp.StandardCheckpointHandler(),
-      DATA_ITER: grain.checkpoint.CheckpointHandler(),
-    },
-  )
+  return ocp.CheckpointManager(checkpoint_dir(config), options=options, item_handlers=_item_handlers())
+
+
+def _item_handlers() -> dict:
+  return {
+    PARAMS: ocp.StandardCheckpointHandler(),
+    KD_HEAD: ocp.StandardCheckpointHandler(),
+    TRAIN_STATE: ocp.StandardCheckpointHandler(),
+    DATA_ITER: grain.checkpoint.CheckpointHandler(),
+  }
 
 
 def _items(state: dict, data_iterator, saving: bool) -> ocp.args.Composite:
@@ -149,6 +150,23 @@ def restore_latest(manager: ocp.CheckpointManager, layout, data_iterator):
       "was the run's config changed?"
     )
   return None
+
+
+def restore_full_state(path: str, layout, data_iterator) -> tuple[dict, int]:
+  """(state, step) from another run's step folder (load_full_state_path), the data iterator restored in
+  place when the folder holds its position; a folder that does not restore into this run is one line."""
+  folder, step = storage.dirname(path), int(storage.basename(path))
+  has_position = storage.isdir(storage.join(path, DATA_ITER))
+  options = ocp.CheckpointManagerOptions(read_only=True)
+  with ocp.CheckpointManager(folder, options=options, item_handlers=_item_handlers()) as manager:
+    try:
+      state = _restore(manager, step, layout, data_iterator if has_position else None)
+    except Exception as e:  # noqa: BLE001 - damaged files, another model, another optimizer: one line
+      raise CheckpointError(
+        f"load_full_state_path: {path!r} cannot be restored into this run ({first_line(e)}); the model, "
+        "optimizer and feature-KD keys must be those of the run that saved it"
+      ) from None
+  return state, step
 
 
 def save_run_config(config) -> None:

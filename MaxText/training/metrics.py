@@ -80,7 +80,7 @@ class NonFiniteLossError(UserError, FloatingPointError):
   """The loss or the gradient went NaN/Inf, or the gradient vanished: the run stops, keeping its checkpoints."""
 
 
-_KEPT = "stopping; the last checkpoint saved before this step is intact."
+_KEPT = "stopping (every checkpoint on disk was saved after a finite step)."
 
 
 def check_trainable(step: int, host: dict) -> None:
@@ -188,8 +188,8 @@ class MetricLogger:
       self.writer = SummaryWriter(storage.join(run_dir, "tensorboard"))  # tensorboardX writes gs:// itself
       self.jsonl = JsonlRecords(storage.join(run_dir, "metrics.jsonl"), start_step)
 
-  def add_step(self, step: int, device_metrics: dict) -> None:
-    """Adds one step's metrics (fetched from device here); raises on a NaN/Inf loss."""
+  def add_step(self, step: int, device_metrics: dict) -> float:
+    """Adds one step's metrics (fetched from device here) and returns its loss; raises on a NaN/Inf loss."""
     host = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
     check_trainable(step, host)
     for key, value in host.items():
@@ -198,6 +198,7 @@ class MetricLogger:
       else:
         self.last[key] = value
     self.window_steps += 1
+    return host.get("total_loss_sum", host["ce_sum"] + host.get("z_loss_sum", 0.0)) / max(host["tokens"], 1)
 
   def summarize(self) -> dict[str, float]:
     record = token_means(self.window)

@@ -37,6 +37,21 @@ def _check_paths(config) -> None:
       raise ConfigError(f"{key}: {value!r} does not exist")
   if config.load_parameters_path:
     _refuse_upstream_checkpoint("load_parameters_path", config.load_parameters_path)
+  if config.load_full_state_path:
+    _check_full_state(config.load_full_state_path)
+
+
+def _check_full_state(path: str) -> None:
+  """A step folder of a run (`<run>/checkpoints/<step>`): parameters and optimizer state, under an integer name."""
+  _refuse_upstream_checkpoint("load_full_state_path", path)
+  if not storage.isdir(path):
+    raise ConfigError(f"load_full_state_path: {path!r} does not exist or is not a folder")
+  missing = [item for item in checkpointing.FULL_STATE_ITEMS if not storage.isdir(storage.join(path, item))]
+  if missing or not storage.basename(path).isdigit():
+    raise ConfigError(
+      f"load_full_state_path: {path!r} is not a run's checkpoint step folder (<run>/checkpoints/<step>, holding "
+      f"{' and '.join(checkpointing.FULL_STATE_ITEMS)}); for parameters alone use load_parameters_path"
+    )
 
 
 def _refuse_upstream_checkpoint(key: str, path: str) -> None:

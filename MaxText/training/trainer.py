@@ -29,6 +29,7 @@ from MaxText.training import metrics as metrics_lib
 from MaxText.training.evaluation import eval_sums
 from MaxText.training.profiler import StepProfiler
 from MaxText.training.runtime import build_corpus, global_batch_size, to_global
+from MaxText.training.saved_steps import SavedSteps
 from MaxText.training.state import init_state, make_layout, trainables
 from MaxText.training.step import jit_train_step, make_eval_step
 
@@ -87,6 +88,8 @@ class Trainer:
     self.train_iter = self._train_iterator(files.cache)
     self.manager = checkpointing.create_manager(config) if config.enable_checkpointing else None
     self.state, self.start_step = self._initial_state()
+    on_disk = list(self.manager.all_steps()) if self.manager is not None else []
+    self.saved = SavedSteps(checkpointing.checkpoint_dir(config), self.start_step, self.state["params"], on_disk)
     self.train_step = jit_train_step(config, layout, self.source, self.batch_sharding)
     self.on_policy = self._on_policy_steps()
     # eval batches come from the pipeline: a cached teacher does not cover them, so that eval is the student's CE
@@ -149,6 +152,8 @@ class Trainer:
       restored = checkpointing.restore_latest(self.manager, self.layout, self.train_iter)
     if restored is not None:
       return restored
+    if self.config.load_full_state_path:  # a new run continuing another's saved step
+      return checkpointing.restore_full_state(self.config.load_full_state_path, self.layout, self.train_iter)
     params = None
     if self.config.load_parameters_path:  # the decoder only: a feature head always starts fresh
       abstract_params = self.layout.abstract_state["params"]
@@ -183,14 +188,18 @@ class Trainer:
           last = step == config.steps
           must_save = self.manager is not None and (step % config.checkpoint_period == 0 or last)
           if step % config.log_period == 0 or last or must_save:
-            logger.add_step(*pending)  # a checkpoint is written only after its step's loss is known finite
+            loss = logger.add_step(*pending)  # a checkpoint is written only after its step's loss is known finite
             pending = None
             if step % config.log_period == 0 or last:
               logger.write(step)
           if must_save:
             checkpointing.save(self.manager, step, self.state, self.train_iter)
+            self.saved.record(step, loss, self.state["params"])
           if config.eval_interval and (step % config.eval_interval == 0 or last):
             self.evaluate(step, logger)
+    except metrics_lib.NonFiniteLossError as e:
+      on_disk = list(self.manager.all_steps()) if self.manager is not None else []
+      raise metrics_lib.NonFiniteLossError(f"{e} {self.saved.advice(on_disk)}") from None
     finally:
       profiler.stop()
       if self.manager is not None:

@@ -56,6 +56,20 @@ def run_train(out_dir, *overrides, devices=1, check=True, yml="base.yml", timeou
   return proc
 
 
+def kill_and_resume(out_dir, *overrides, kill_after_save: int):
+  """A run killed (SIGKILL) right after a checkpoint save started, then the same command again; returns
+  (losses of an uninterrupted run, losses of the killed-and-resumed one, the rerun's stdout)."""
+  run_train(out_dir, *overrides, "run_name=straight")
+  os.environ["MAXTEXT_FAULT_KILL_AFTER_SAVE"] = str(kill_after_save)
+  try:
+    killed = run_train(out_dir, *overrides, "run_name=killed", check=False)
+  finally:
+    del os.environ["MAXTEXT_FAULT_KILL_AFTER_SAVE"]
+  assert killed.returncode == -9, killed.stderr[-2000:]
+  rerun = run_train(out_dir, *overrides, "run_name=killed")
+  return train_losses(os.path.join(out_dir, "straight")), train_losses(os.path.join(out_dir, "killed")), rerun.stdout
+
+
 def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

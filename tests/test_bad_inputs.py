@@ -224,7 +224,18 @@ CASES = [
     ["use_kd=true", "kd_offline_data_dir={cache}", "kd_temperature=3.0"],
     "kd_temperature: 3.0 is not among the cached temperatures",
   ),
-  ("cache_bit_flipped", TRAIN, ["use_kd=true", "kd_offline_data_dir={cache_flipped}"], "is damaged"),
+  (
+    "cache_bit_flipped",
+    TRAIN,
+    ["use_kd=true", "kd_offline_data_dir={cache_flipped}"],
+    "shard-00000-00000.array_record' is damaged (",  # found by kd_offline_verify before training
+  ),
+  (
+    "cache_bit_flipped_read_in_training",
+    TRAIN,
+    ["use_kd=true", "kd_offline_data_dir={cache_flipped}", "kd_offline_verify=false", "steps=30"],
+    "shard-00000-00000.array_record' is damaged (",
+  ),
   # train.py: data, tokenizers and checkpoints found bad once read
   ("fractional_global_batch", TRAIN, ["per_device_batch_size=0.5"], "per_device_batch_size"),
   ("no_such_data_file", TRAIN, ["dataset_path=/no/such/file.txt"], "dataset_path: no readable files match"),

@@ -176,3 +176,28 @@ def test_without_jax_platforms_set_a_user_error_is_still_one_line(tmp_path):
   proc = subprocess.run([sys.executable, train, *args], env=env, cwd=REPO, capture_output=True, text=True)
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines() == ["error: dataset_path: no readable files match '/no/such/file.txt'"]
+
+
+def test_verification_reads_every_shard_and_names_the_first_damaged_one(tmp_path):
+  from array_record.python.array_record_module import ArrayRecordWriter
+
+  from MaxText.data.array_records import first_damaged
+
+  rng = np.random.default_rng(0)
+  files = []
+  for index in range(3):
+    path = str(tmp_path / f"shard-{index}.array_record")
+    writer = ArrayRecordWriter(path, "group_size:4")
+    for _ in range(40):
+      writer.write(rng.integers(0, 256, 64, dtype=np.uint8).tobytes())  # incompressible: the flip hits a payload
+    writer.close()
+    files.append(path)
+  assert first_damaged(files) is None
+  size = os.path.getsize(files[1])
+  with open(files[1], "r+b") as f:  # one bit in the middle of the second shard
+    f.seek(size // 2)
+    byte = f.read(1)
+    f.seek(size // 2)
+    f.write(bytes([byte[0] ^ 0x01]))
+  index, reason = first_damaged(files)
+  assert index == 1 and "hash mismatch" in reason, reason

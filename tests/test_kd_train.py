@@ -1,11 +1,13 @@
 """Distillation end to end through MaxText/train.py: a trained teacher, self-distillation, alpha = 0, errors."""
 
+import re
+
 import numpy as np
 import pytest
 
 from MaxText import pyconfig
 from MaxText.pyconfig import ConfigError
-from tests.conftest import TINY, read_metrics, run_train, train_losses
+from tests.conftest import TINY, kill_and_resume, read_metrics, run_train, train_losses
 
 TEACHER = ["emb_dim=64", "num_decoder_layers=3", "mlp_dim=128"]
 
@@ -66,6 +68,15 @@ def test_kd_against_a_trained_deeper_wider_teacher_lowers_kl(tmp_path, teacher_d
   assert last["kd/teacher_loss"] < last["kd/hard_loss"]  # the teacher is the better model
   evals = [r for r in read_metrics(tmp_path / "student") if "eval/kd/kl_div_T1" in r]
   assert evals and evals[-1]["eval/kd/teacher_loss"] < evals[-1]["eval/loss"]
+
+
+def test_an_online_kd_run_killed_while_an_async_checkpoint_is_written_resumes_bit_for_bit(tmp_path, teacher_dir):
+  teacher = [f"kd_teacher_parameters_path={teacher_dir}", "kd_teacher_model_name=tiny"]
+  teacher += [f"kd_teacher_overrides={','.join(TEACHER)}", "kd_alpha=0.5", "kd_temperature=2.0"]
+  run = [*TINY, "async_checkpointing=true", "steps=8", "checkpoint_period=2", "use_kd=true", *teacher]
+  straight, resumed, stdout = kill_and_resume(tmp_path, *run, kill_after_save=4)
+  assert int(re.search(r"resumed from checkpoint at step (\d+)", stdout).group(1)) in (2, 4)  # 4 if it landed
+  assert sorted(resumed) == list(range(1, 9)) and resumed == straight
 
 
 def test_self_distillation_with_empty_teacher_path_starts_at_zero_kl(tmp_path):

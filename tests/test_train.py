@@ -2,11 +2,12 @@
 
 import glob
 import os
+import re
 import shutil
 
 import numpy as np
 
-from tests.conftest import TINY, read_metrics, run_train, train_losses
+from tests.conftest import TINY, kill_and_resume, read_metrics, run_train, train_losses
 
 
 def test_two_steps_write_checkpoint_tensorboard_and_jsonl(tmp_path):
@@ -39,6 +40,13 @@ def test_resume_continues_exactly_with_data_order(tmp_path):
   assert sorted(resumed) == [5, 6, 7, 8]
   for step in resumed:
     assert abs(resumed[step] - straight[step]) <= 1e-6 * abs(straight[step]), step
+
+
+def test_a_run_killed_while_an_async_checkpoint_is_written_resumes_bit_for_bit(tmp_path):
+  run = [*TINY, "async_checkpointing=true", "steps=10", "checkpoint_period=2", "learning_rate=3e-3"]
+  straight, resumed, stdout = kill_and_resume(tmp_path, *run, kill_after_save=6)
+  assert int(re.search(r"resumed from checkpoint at step (\d+)", stdout).group(1)) in (4, 6)  # 6 if it landed
+  assert sorted(resumed) == list(range(1, 11)) and resumed == straight
 
 
 def test_eight_device_mesh_matches_one_device(tmp_path):

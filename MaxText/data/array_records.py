@@ -50,3 +50,20 @@ class CheckedRecords:
 
 def open_records(files: list[str], key: str) -> CheckedRecords:
   return CheckedRecords(files, key)
+
+
+def first_damaged(files: list[str], chunk_records: int = 1024) -> tuple[int, str] | None:
+  """(index in `files`, Riegeli's reason) of the first file with a chunk that fails its hash (every record
+  is read once, in C++, a slice at a time), or None when all read back whole."""
+  from array_record.python import array_record_module
+
+  for index, path in enumerate(files):
+    try:
+      reader = array_record_module.ArrayRecordReader(storage.local_copy(path))
+      count = reader.num_records()
+      for begin in range(0, count, chunk_records):
+        reader.read(begin, min(count, begin + chunk_records))
+      reader.close()
+    except RuntimeError as e:  # "Corrupted Riegeli/records file: chunk data hash mismatch ..."
+      return index, str(e).splitlines()[0][:160]
+  return None

@@ -25,7 +25,7 @@ import ml_dtypes
 import numpy as np
 
 from MaxText.config import storage
-from MaxText.config.errors import UserError
+from MaxText.config.errors import BadInputError, UserError
 from MaxText.config.views import kd_vocab
 from MaxText.data import array_records
 
@@ -216,6 +216,26 @@ def open_for_run(config) -> CacheView:
     )
   files = tuple(storage.join(directory, shard["file"]) for shard in manifest["shards"])
   return CacheView(directory, tuple(temperatures), index, layout_of(manifest), files)
+
+
+def verify(cache: CacheView, process_index: int, process_count: int) -> None:
+  """kd_offline_verify: every shard read back whole before training (each process reads its share, and
+  all learn of a damaged one), instead of failing when training first reaches a damaged record, or never
+  when a short run does not. Raises BadInputError naming the shard."""
+  share = cache.shard_files[process_index::process_count]
+  found = array_records.first_damaged(list(share))
+  mine = -1 if found is None else process_index + found[0] * process_count
+  failed_index = mine
+  if process_count > 1:
+    from jax.experimental import multihost_utils
+
+    failed_index = int(max(multihost_utils.process_allgather(np.int64(mine))))
+  if failed_index >= 0:
+    reason = found[1] if failed_index == mine else "found by another process"
+    raise BadInputError(
+      f"kd_offline_data_dir: {cache.shard_files[failed_index]!r} is damaged ({reason}); save the cache again "
+      "(kd_offline_verify read every shard before training)"
+    )
 
 
 def make_iterator(cache: CacheView, shuffle_seed: int, batch_size: int, process_index: int, process_count: int):

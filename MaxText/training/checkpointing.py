@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
+import signal
 import sys
 
 import grain
@@ -64,9 +66,16 @@ def _items(state: dict, data_iterator, saving: bool) -> ocp.args.Composite:
   return ocp.args.Composite(**items)
 
 
+# Fault injection for the kill-and-resume tests: SIGKILL the process right after step N's save started
+# (with async checkpointing, while that save is still being written).
+KILL_AFTER_SAVE = "MAXTEXT_FAULT_KILL_AFTER_SAVE"
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: dict, data_iterator) -> None:
   with _write_errors_as_one_line(manager, step):
     manager.save(step, args=_items(state, data_iterator, saving=True), force=True)
+  if os.environ.get(KILL_AFTER_SAVE) == str(step):
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def wait_until_finished(manager: ocp.CheckpointManager) -> None:

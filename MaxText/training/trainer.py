@@ -143,6 +143,8 @@ class Trainer:
     local_batch = self.batch_size // jax.process_count()
     if cache is not None:  # the cache holds the sequences and the teacher's top-k
       seed, index, count = self.config.data_shuffle_seed, jax.process_index(), jax.process_count()
+      if self.config.kd_offline_verify:
+        teacher_cache.verify(cache, index, count)
       return teacher_cache.make_iterator(cache, seed, local_batch, index, count)
     return input_pipeline.make_iterator(self.config, self.corpus, "train", local_batch)
 

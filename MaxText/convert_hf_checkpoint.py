@@ -12,6 +12,10 @@
   # any checkpoint of a run (run folder, step folder or parameters-only folder) -> a HF folder
   python -m MaxText.convert_hf_checkpoint --to_hf --checkpoint RUN_OR_STEP --output HF_DIR [--dtype bfloat16]
 
+  # ... or a llama.cpp GGUF file (llama.cpp, Ollama, LM Studio): tensors quantized by the gguf package
+  python -m MaxText.convert_hf_checkpoint --to_gguf --checkpoint RUN_OR_STEP --output FILE.gguf \
+      [--gguf_type f32|f16|bf16|q8_0|q4_0]
+
 Both directions go tensor by tensor (import fills the stacked arrays in place, export writes shard by
 shard), so the model is never in memory twice. Only the decoder's parameters are read: the optimizer state
 and a feature-KD head are items of their own in a run's checkpoint.
@@ -33,11 +37,12 @@ if __package__ in (None, ""):
 from MaxText import config as config_lib  # noqa: E402
 from MaxText.config import storage
 from MaxText.config.loader import parse_overrides  # noqa: E402
+from MaxText.config.model_keys import NOT_COMPARED  # noqa: E402
 from MaxText.config.paths import check_output_folder, check_reachable, check_scheme  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
 from MaxText.config.views import MODEL_KEYS  # noqa: E402
 from MaxText.data import gguf_tokenizer  # noqa: E402
-from MaxText.model import gguf_weights, hf_config, hf_export, hf_weights, params_io  # noqa: E402
+from MaxText.model import gguf_export, gguf_weights, hf_config, hf_export, hf_weights, params_io  # noqa: E402
 
 _RUN_KEYS = (*MODEL_KEYS, "tokenizer_type", "tokenizer_path", "max_target_length")
 
@@ -77,7 +82,8 @@ def _import_config(args, hf: dict, source: str):
   hf_keys = hf_config.model_keys_from_hf(hf)
   extra = parse_overrides(args.set)
   if args.model_name:
-    config = config_lib.load_dict({"model_name": args.model_name, **extra})
+    kept = {k: hf_keys[k] for k in NOT_COMPARED if k in hf_keys}  # the file's context length, not the preset's
+    config = config_lib.load_dict({"model_name": args.model_name, **kept, **extra})
     hf_config.check_matches(hf_keys, config, source)
     return config
   return config_lib.load_dict({"model_name": "default", **hf_keys, **extra})
@@ -145,6 +151,18 @@ def checkpoint_to_hf(args) -> str:
   return f"wrote {args.output} from {step_dir} ({shards} safetensors file(s), {args.dtype})"
 
 
+def checkpoint_to_gguf(args) -> str:
+  step_dir = params_io.latest_step_dir(args.checkpoint)
+  config = _run_config(step_dir, args)
+  gguf_export.check_exportable(config, args.gguf_type)  # refuse an inexpressible model before reading anything
+  if storage.exists(args.output):
+    raise ConversionError(f"--output: {args.output!r} exists; name a new file (nothing was written)")
+  check_output_folder("--output", storage.dirname(storage.absolute(args.output)), ("*",))
+  params = jax.tree.map(np.asarray, params_io.read_params_to_host(step_dir))
+  summary = gguf_export.write_gguf(params, config, args.output, args.gguf_type)
+  return f"wrote {args.output} from {step_dir} ({args.gguf_type}: {summary})"
+
+
 def _leaves(tree):
   for value in tree.values():
     yield from (_leaves(value) if isinstance(value, dict) else [value])
@@ -158,6 +176,8 @@ class _OneLineParser(argparse.ArgumentParser):
 def parse_args(argv):
   parser = _OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--to_hf", action="store_true", help="export a checkpoint of a run to a Hugging Face folder")
+  parser.add_argument("--to_gguf", action="store_true", help="export a checkpoint of a run to one GGUF file")
+  parser.add_argument("--gguf_type", default="f16", help=f"with --to_gguf: {' | '.join(gguf_export.GGUF_TYPES)}")
   parser.add_argument("--hf_dir", help="Hugging Face folder to import (without --to_hf)")
   parser.add_argument("--gguf", help="llama.cpp GGUF file to import (instead of --hf_dir)")
   parser.add_argument("--checkpoint", help="run folder, step folder or parameters-only folder (with --to_hf)")
@@ -174,10 +194,15 @@ def parse_args(argv):
         check_reachable(f"--{flag}", getattr(args, flag))
       except config_lib.ConfigError as e:
         parser.exit(2, f"error: {e}\n")
-  if args.to_hf and args.checkpoint is None:
-    parser.error("--checkpoint is required with --to_hf")
-  if not args.to_hf and (args.hf_dir is None) == (args.gguf is None):
-    parser.error("exactly one of --hf_dir and --gguf is required without --to_hf")
+  exporting = args.to_hf or args.to_gguf
+  if args.to_hf and args.to_gguf:
+    parser.error("--to_hf and --to_gguf: give one")
+  if exporting and args.checkpoint is None:
+    parser.error(f"--checkpoint is required with --{'to_hf' if args.to_hf else 'to_gguf'}")
+  if not exporting and (args.hf_dir is None) == (args.gguf is None):
+    parser.error("exactly one of --hf_dir and --gguf is required without --to_hf or --to_gguf")
+  if args.to_gguf and args.gguf_type not in gguf_export.GGUF_TYPES:
+    parser.error(f"--gguf_type: expected one of {', '.join(gguf_export.GGUF_TYPES)}, got {args.gguf_type!r}")
   return args
 
 
@@ -188,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
   try:
     if args.to_hf:
       message = checkpoint_to_hf(args)
+    elif args.to_gguf:
+      message = checkpoint_to_gguf(args)
     else:
       message = gguf_to_checkpoint(args) if args.gguf else hf_to_checkpoint(args)
   except config_lib.UserError as e:

@@ -1,5 +1,6 @@
-"""GGUF import: logits and tokenizer equal transformers' reading of the same file (and, for the real SmolLM2,
-its chat rendering and greedy generation)."""
+"""GGUF in and out: an imported file's logits and tokenizer equal transformers' reading of the same file (and,
+for the real SmolLM2, its chat rendering and greedy generation); K-quant files likewise; a checkpoint exported
+with --to_gguf loads in transformers with our logits and tokenizer and imports back bit for bit."""
 
 import importlib.util
 import os
@@ -32,10 +33,10 @@ def bpe():
   return train_bpe()
 
 
-def _tiny_model(arch: str, vocab_size: int, mlp_dim: int = 128):
+def _tiny_model(arch: str, vocab_size: int, mlp_dim: int = 128, context: int = 128, width: int = 64, layers: int = 2):
   torch.manual_seed({"llama": 0, "qwen2": 1, "qwen3": 2}[arch])
-  sizes = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=mlp_dim, num_hidden_layers=2)
-  sizes.update(num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+  sizes = dict(vocab_size=vocab_size, hidden_size=width, intermediate_size=mlp_dim, num_hidden_layers=layers)
+  sizes.update(num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context)
   if arch == "llama":
     model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**sizes))
   elif arch == "qwen2":
@@ -120,20 +121,20 @@ def test_unreadable_or_unsupported_gguf_files_are_named_and_nothing_is_written(t
   import gguf
 
   tokens, merges = bpe
-  model = _tiny_model("llama", len(tokens), mlp_dim=256)  # ffn_down rows of 256: one Q4_K block each
+  model = _tiny_model("llama", len(tokens), mlp_dim=256)  # ffn_down rows of 256: one Q8_K block each
   write_gguf(tmp_path / "k.gguf", model, "llama", "Q8_0", tokens, merges)
   reader = gguf.GGUFReader(str(tmp_path / "k.gguf"))
-  k_quant = tmp_path / "q4k.gguf"  # the same file with one tensor declared Q4_K (a type left out)
+  k_quant = tmp_path / "q8k.gguf"  # the same file with one tensor declared Q8_K (llama.cpp's intermediate type)
   writer = gguf.GGUFWriter(str(k_quant), "llama")
   for field in reader.fields.values():
     if not field.name.startswith("GGUF.") and field.name != "general.architecture":
       writer.add_key_value(field.name, field.contents(), field.types[0], field.types[-1])
   for t in reader.tensors:
-    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q4_K]
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_K]
     if t.name == "blk.0.ffn_down.weight":
       rows, cols = int(t.shape[1]), int(t.shape[0])
       raw = np.zeros((rows, cols // block * size), np.uint8)
-      writer.add_tensor(t.name, raw, raw_dtype=gguf.GGMLQuantizationType.Q4_K)
+      writer.add_tensor(t.name, raw, raw_dtype=gguf.GGMLQuantizationType.Q8_K)
     else:
       writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
   writer.write_header_to_file()
@@ -141,7 +142,7 @@ def test_unreadable_or_unsupported_gguf_files_are_named_and_nothing_is_written(t
   writer.write_tensors_to_file()
   writer.close()
   message = _run_converter("--gguf", k_quant, "--output", tmp_path / "out")
-  assert "'blk.0.ffn_down.weight' is stored as Q4_K" in message and "\n" not in message
+  assert "'blk.0.ffn_down.weight' is stored as Q8_K" in message and "\n" not in message
   assert not (tmp_path / "out").exists()
 
   (tmp_path / "text.gguf").write_text("not a model\n")
@@ -160,6 +161,133 @@ def test_unreadable_or_unsupported_gguf_files_are_named_and_nothing_is_written(t
   assert _run_converter("--gguf", tmp_path / "k.gguf", "--hf_dir", tmp_path, "--output", tmp_path / "out") == "2"
   assert "error: exactly one of --hf_dir and --gguf is required" in capsys.readouterr().err
   assert not (tmp_path / "out").exists()
+
+
+# byte offsets of the float16 scales in one block of each K type (ggml-common.h); the rest is quants
+K_SCALES = {"Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+
+
+def _random_k_blocks(qtype: str, rows: int, cols: int, rng) -> np.ndarray:
+  """Valid blocks of a K type: random quants and sub-scales, small finite float16 scales."""
+  import gguf
+
+  block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype]]
+  raw = rng.integers(0, 256, (rows, cols // block, size), dtype=np.uint8)
+  for offset in K_SCALES[qtype]:
+    scale = rng.uniform(2e-5, 2e-4, (rows, cols // block)).astype(np.float16)
+    raw[:, :, offset : offset + 2] = scale.view(np.uint8).reshape(rows, cols // block, 2)
+  return raw.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("qtype", list(K_SCALES))
+def test_k_quant_files_read_as_transformers_reads_them(tmp_path, bpe, qtype):
+  """A K-quant tensor is a run of fixed blocks: a file of random valid blocks (every 2-D tensor of a model
+  whose rows are 256 wide) is read by our import and by transformers to the same logits."""
+  import gguf
+
+  tokens, merges = bpe
+  source = _tiny_model("llama", len(tokens), mlp_dim=256, width=256, layers=1)
+  write_gguf(tmp_path / "f32.gguf", source, "llama", "F32", tokens, merges, pre="gpt2")
+  reader, rng = gguf.GGUFReader(str(tmp_path / "f32.gguf")), np.random.default_rng(0)
+  writer = gguf.GGUFWriter(str(tmp_path / "k.gguf"), "llama")
+  for field in reader.fields.values():
+    if not field.name.startswith("GGUF.") and field.name != "general.architecture":
+      writer.add_key_value(field.name, field.contents(), field.types[0], field.types[-1])
+  kind = gguf.GGMLQuantizationType[qtype]
+  for t in reader.tensors:
+    if len(t.shape) == 2:
+      writer.add_tensor(t.name, _random_k_blocks(qtype, int(t.shape[1]), int(t.shape[0]), rng), raw_dtype=kind)
+    else:
+      writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  convert_hf_checkpoint.main(["--gguf", str(tmp_path / "k.gguf"), "--output", str(tmp_path / "ckpt")])
+  reference, _ = _transformers_from_gguf(tmp_path / "k.gguf")
+  ids = HuggingFaceTokenizer(str(tmp_path / "ckpt")).encode(SAMPLE)
+  ours = np.asarray(_load_ours(tmp_path / "ckpt").logits(np.asarray([ids])))[0]
+  want = _logits(reference, ids)
+  assert np.std(want) > 1e-3  # the random blocks make a model with logits that vary
+  assert np.max(np.abs(ours - want)) < TOL
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, bpe):
+  """A llama checkpoint imported from an F32 GGUF (context 512, past the converter's 128-token window), then
+  exported with --to_gguf at each type: (source model, checkpoint, {type: file})."""
+  tokens, merges = bpe
+  root = tmp_path_factory.mktemp("export")
+  source = _tiny_model("llama", len(tokens), context=512)
+  write_gguf(root / "m.gguf", source, "llama", "F32", tokens, merges, pre="gpt2")
+  convert_hf_checkpoint.main(["--gguf", str(root / "m.gguf"), "--output", str(root / "ckpt")])
+  files = {}
+  for kind in ("f32", "f16", "bf16", "q8_0", "q4_0"):
+    files[kind] = root / f"out-{kind}.gguf"
+    args = ["--to_gguf", "--checkpoint", root / "ckpt", "--output", files[kind], "--gguf_type", kind]
+    convert_hf_checkpoint.main([str(a) for a in args])
+  return source, root / "ckpt", files
+
+
+# largest |logit difference| / largest |logit| between transformers' reading of the exported file and our
+# model: f32 and f16 are held to 1e-3 (f32 is exact up to summation order), the quantized types are measured
+RELATIVE_BOUND = {"f32": 1e-5, "f16": 1e-3, "bf16": 1e-2, "q8_0": 2e-2, "q4_0": 2e-1}
+
+
+@pytest.mark.parametrize("kind", list(RELATIVE_BOUND))
+def test_an_exported_gguf_loads_in_transformers_with_our_logits_and_tokenizer(tmp_path, exported, kind):
+  import gguf
+
+  _, ckpt, files = exported
+  reference, reference_tok = _transformers_from_gguf(files[kind])
+  ours_tok = HuggingFaceTokenizer(str(ckpt))
+  for text in (SAMPLE, TEXT[:300], "<|im_start|>user\nhi<|im_end|>"):
+    assert reference_tok.encode(text, add_special_tokens=False) == ours_tok.encode(text)
+  rendered = reference_tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+  saved = transformers.AutoTokenizer.from_pretrained(ckpt)
+  assert rendered == saved.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+  assert reference.config.max_position_embeddings == 512  # the model's own context, not the training window
+  ids = ours_tok.encode(SAMPLE)
+  ours = np.asarray(_load_ours(ckpt).logits(np.asarray([ids])))[0]
+  want = _logits(reference, ids)
+  assert np.max(np.abs(want - ours)) <= RELATIVE_BOUND[kind] * np.max(np.abs(ours))
+  # the quantized file, imported back by us, is transformers' reading of it: the same dequantization
+  convert_hf_checkpoint.main(["--gguf", str(files[kind]), "--output", str(tmp_path / "back")])
+  back = np.asarray(_load_ours(tmp_path / "back").logits(np.asarray([ids])))[0]
+  assert np.max(np.abs(back - want)) < TOL
+  reader = gguf.GGUFReader(str(files[kind]))
+  assert int(reader.fields["llama.context_length"].contents()) == 512
+
+
+def test_an_f32_export_imports_back_bit_for_bit_and_the_hf_export_keeps_the_context(tmp_path, exported):
+  import json
+
+  from MaxText.model import params_io
+
+  _, ckpt, files = exported
+  convert_hf_checkpoint.main(["--gguf", str(files["f32"]), "--output", str(tmp_path / "back")])
+  before, after = params_io.read_params_to_host(str(ckpt)), params_io.read_params_to_host(str(tmp_path / "back"))
+  for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  convert_hf_checkpoint.main(["--to_hf", "--checkpoint", str(ckpt), "--output", str(tmp_path / "hf")])
+  with open(tmp_path / "hf" / "config.json", encoding="utf-8") as f:
+    assert json.load(f)["max_position_embeddings"] == 512
+
+
+def test_what_a_gguf_export_cannot_say_is_refused_before_anything_is_written(tmp_path, exported, capsys):
+  _, ckpt, files = exported
+  out = tmp_path / "x.gguf"
+  base = ["--to_gguf", "--checkpoint", ckpt, "--output", out]
+  message = _run_converter(*base, "--set", "rope_scaling_factor=8.0")
+  assert "Llama-3 RoPE scaling (rope_scaling_factor=8.0) is not written here" in message
+  message = _run_converter(*base, "--set", "tokenizer_type=byte")
+  assert "tokenizer_type=byte: a GGUF file carries a byte-level BPE tokenizer" in message
+  message = _run_converter("--to_gguf", "--checkpoint", ckpt, "--output", files["f32"])
+  assert "exists; name a new file" in message
+  assert _run_converter(*base, "--gguf_type", "q4_k_m") == "2"
+  assert "--gguf_type: expected one of f32, f16, bf16, q8_0, q4_0, got 'q4_k_m'" in capsys.readouterr().err
+  assert _run_converter(*base, "--to_hf") == "2"
+  assert not out.exists()
 
 
 def _smollm2_file() -> str | None:

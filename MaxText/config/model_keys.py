@@ -21,4 +21,8 @@ MODEL_KEYS = (
   "init_std",
   "weight_dtype",
   "scan_layers",
+  "max_position_embeddings",
 )
+# Model keys that do not change the maths (the parameter layout or the context length a model was released
+# for): never compared between a checkpoint and the run that reads it.
+NOT_COMPARED = ("scan_layers", "max_position_embeddings")

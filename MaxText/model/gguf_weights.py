@@ -28,7 +28,7 @@ ARCHITECTURES = {
 }
 
 # Tensor types dequantized here; each is checked against transformers' own dequantization in the tests.
-SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
+SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
 _GLOBAL_NAMES = {
   "token_embd.weight": "model.embed_tokens.weight",

@@ -12,6 +12,7 @@ from typing import Any
 
 from MaxText.config import storage
 from MaxText.config.errors import MissingFileError, UserError
+from MaxText.config.model_keys import NOT_COMPARED
 
 # architecture -> (model_type, q/k/v biases, q/k-norm)
 ARCHITECTURES = {
@@ -95,6 +96,7 @@ def model_keys_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
   keys["logits_via_embedding"] = bool(hf.get("tie_word_embeddings", False))
   keys["use_qk_norm"] = qk_norm
   keys["use_qkv_bias"] = qkv_bias
+  keys["max_position_embeddings"] = int(hf.get("max_position_embeddings") or 0)
   keys.update(_rope(hf))
   return keys
 
@@ -102,6 +104,8 @@ def model_keys_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
 def check_matches(hf_keys: dict[str, Any], config, source: str) -> None:
   """Raises naming the key when a chosen preset disagrees with what the HF config.json says."""
   for key, value in hf_keys.items():
+    if key in NOT_COMPARED:  # the file's value is kept (see the converter's _import_config)
+      continue
     ours = getattr(config, key)
     if ours != value and not (isinstance(value, float) and abs(ours - value) <= 1e-9 * max(abs(value), 1.0)):
       raise HFConfigError(f"--model_name: {key}={ours!r} but {source} has {value!r}")
@@ -117,11 +121,21 @@ def architecture_of(config) -> str:
   return "Qwen3ForCausalLM" if config.use_qk_norm else "LlamaForCausalLM"
 
 
+def context_length(config) -> int:
+  """The context length an export states: the model's own (kept from its import or preset), else for a
+  model made here the longest it could have been trained for: its window, or what its RoPE scaling spans."""
+  if config.max_position_embeddings:
+    return config.max_position_embeddings
+  if config.rope_scaling_factor:
+    return max(config.max_target_length, int(config.rope_original_max_position * config.rope_scaling_factor))
+  return config.max_target_length
+
+
 def hf_config_from(config, dtype: str, bos_id: int | None, eos_id: int | None, pad_id: int | None) -> dict:
   """A config.json that transformers loads without custom code (legacy rope fields, read by old and new)."""
   arch = architecture_of(config)
   model_type = ARCHITECTURES[arch][0]
-  max_positions = config.max_target_length
+  max_positions = context_length(config)
   rope_scaling = None
   if config.rope_scaling_factor:
     rope_scaling = {
@@ -131,7 +145,6 @@ def hf_config_from(config, dtype: str, bos_id: int | None, eos_id: int | None, p
       "high_freq_factor": config.rope_high_freq_factor,
       "original_max_position_embeddings": config.rope_original_max_position,
     }
-    max_positions = max(max_positions, int(config.rope_original_max_position * config.rope_scaling_factor))
   hf = {"architectures": [arch], "model_type": model_type}
   hf.update({field: getattr(config, ours) for field, ours in _PLAIN_FIELDS.items()})
   hf.update(

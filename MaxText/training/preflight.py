@@ -16,6 +16,7 @@ import os
 
 from MaxText.config import storage
 from MaxText.config.errors import ConfigError
+from MaxText.config.model_keys import NOT_COMPARED
 from MaxText.config.paths import check_output_folder
 from MaxText.config.views import MODEL_KEYS, teacher_model_values, teacher_specs
 from MaxText.data import teacher_cache
@@ -84,7 +85,7 @@ def _check_teacher_folder(path: str, teacher: dict, key: str, overrides_key: str
   if saved is None:
     return
   for name in MODEL_KEYS:
-    if name in saved[1] and name != "scan_layers" and saved[1][name] != teacher[name]:
+    if name in saved[1] and name not in NOT_COMPARED and saved[1][name] != teacher[name]:
       raise ConfigError(
         f"{overrides_key}: teacher {name}={teacher[name]!r} but the checkpoint at {storage.absolute(path)!r} "
         f"was trained with {name}={saved[1][name]!r} (set {fix})"
@@ -166,7 +167,7 @@ def check_run_folder(config) -> None:
   except (OSError, json.JSONDecodeError) as e:
     raise ConfigError(f"run_name: {saved_path!r} cannot be read ({e}); use another run_name") from None
   for key in MODEL_KEYS:
-    if key in saved and saved[key] != getattr(config, key):
+    if key in saved and key not in NOT_COMPARED and saved[key] != getattr(config, key):
       raise ConfigError(
         f"run_name: {folder!r} holds another run ({key}={saved[key]!r} there, {getattr(config, key)!r} here); "
         "use another run_name or base_output_directory"

@@ -9,6 +9,7 @@ import numpy as np
 from MaxText.config import load, storage
 from MaxText.config.errors import ConfigError
 from MaxText.config.loader import parse_overrides
+from MaxText.config.model_keys import NOT_COMPARED
 from MaxText.config.views import MODEL_KEYS
 from MaxText.data import input_pipeline
 from MaxText.data.tokenizer import build_tokenizer, check_fits_model
@@ -75,7 +76,7 @@ def with_saved_model_keys(argv: list[str], first, forced: dict | None = None):
   for key in (*MODEL_KEYS, *_TOKENIZER_KEYS):
     if key not in keys or key == "scan_layers":
       continue
-    if key in explicit and key in MODEL_KEYS and explicit[key] != keys[key]:
+    if key in explicit and key in MODEL_KEYS and key not in NOT_COMPARED and explicit[key] != keys[key]:
       raise ConfigError(f"{key}: {explicit[key]!r} given, but {source} says {keys[key]!r}")
     if key not in explicit:
       filled[key] = keys[key]

@@ -38,7 +38,7 @@ _ONE_OF = {
   "kd_temperature_schedule": ("constant", "linear", "cosine"),
   "kd_beta_schedule": ("constant", "linear", "cosine"),
   "kd_feature_loss_type": ("cosine", "l2"),
-  "kd_teacher_dtype": ("", "bfloat16", "float32", "float16"),
+  "kd_teacher_dtype": ("", "bfloat16", "float32", "float16", "int8"),
   "kd_ensemble": ("probs", "logprobs"),
   "kd_offline_normalization": ("other_bucket", "renormalize_both", "student_full"),
   "kd_offline_logits_dtype": ("bfloat16", "float32"),

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from MaxText.config.errors import ConfigError
 
-_DTYPES = ("", "bfloat16", "float32", "float16")
+_DTYPES = ("", "bfloat16", "float32", "float16", "int8")
 
 
 class TeacherSpec(NamedTuple):

@@ -84,6 +84,16 @@ def kd_vocab(config) -> int:
   return config.kd_vocab_size or config.vocab_size
 
 
+def compute_dtype(teacher_dtype: str) -> str:
+  """A teacher's compute dtype: an int8 teacher (weights held int8) computes in bfloat16."""
+  return "bfloat16" if teacher_dtype == "int8" else teacher_dtype
+
+
+def teacher_is_int8(config, spec: TeacherSpec | None = None) -> bool:
+  """Whether a teacher's matmul weights are held as int8 (`kd_teacher_dtype` or the member's `dtype`)."""
+  return (spec.dtype if spec is not None else config.kd_teacher_dtype) == "int8"
+
+
 def teacher_config(config, spec: TeacherSpec | None = None) -> Any:
   """A teacher's Config: the student's run keys with the teacher's own model keys.
 
@@ -98,7 +108,7 @@ def teacher_config(config, spec: TeacherSpec | None = None) -> Any:
   values.update(
     model_name=spec.model_name or config.model_name,
     remat_policy="none",
-    dtype=spec.dtype or config.dtype,
+    dtype=compute_dtype(spec.dtype or config.dtype),
     kd_beta=0.0,  # the teacher is not trained: no feature term of its own
     kd_beta_end=-1.0,
   )

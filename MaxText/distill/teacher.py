@@ -2,28 +2,52 @@
 
 from __future__ import annotations
 
+import functools
+
+import jax
+import jax.numpy as jnp
+
 from MaxText.config.teachers import TeacherSpec, normalized_weights
-from MaxText.config.views import kd_vocab, teacher_config
+from MaxText.config.views import kd_vocab, teacher_config, teacher_is_int8
 from MaxText.data.teacher_cache import CacheView
 from MaxText.distill.cached_source import CachedTopKTeacher
 from MaxText.distill.ensemble import EnsembleTeacher
 from MaxText.distill.sources import LiveTeacher, Pruning, TeacherSource
 from MaxText.losses.divergence_family import Divergence
-from MaxText.model import decoder
+from MaxText.model import decoder, int8_weights
 from MaxText.model.params_io import load_params
 from MaxText.parallel.sharding import logical_shardings
 
 
-def live_teacher(config, mesh, spec: TeacherSpec | None = None) -> tuple[LiveTeacher, object]:
-  """A teacher source and its abstract parameters (shapes, dtypes, shardings on the student's mesh).
-
-  `spec` None: the single kd_teacher_* teacher (or the student itself when self-distilling)."""
+def _float_layout(config, mesh, spec: TeacherSpec | None):
+  """(teacher Config, graphdef, abstract parameters, their shardings) as the checkpoint holds them."""
   model_config = teacher_config(config, spec)
   graphdef, abstract_params, logical_axes = decoder.split_params(decoder.abstract_model(model_config))
-  shardings = logical_shardings(logical_axes, abstract_params, mesh)
+  return model_config, graphdef, abstract_params, logical_shardings(logical_axes, abstract_params, mesh)
+
+
+def live_teacher(config, mesh, spec: TeacherSpec | None = None) -> tuple[LiveTeacher, object]:
+  """A teacher source and its abstract parameters (shapes, dtypes, shardings on the student's mesh): an
+  int8 teacher's matmul weights are Int8Weights (model/int8_weights.py).
+
+  `spec` None: the single kd_teacher_* teacher (or the student itself when self-distilling)."""
+  model_config, graphdef, abstract_params, shardings = _float_layout(config, mesh, spec)
+  if teacher_is_int8(config, spec):
+    abstract_params, shardings = int8_weights.abstract_params(abstract_params), int8_weights.shardings(shardings)
   vocab = kd_vocab(config) if kd_vocab(config) < model_config.vocab_size else None
   kind = Divergence.from_config(config)
   return LiveTeacher(model_config, graphdef, shardings, Pruning.from_config(config), kind, vocab), abstract_params
+
+
+def _as_held(config, mesh, spec: TeacherSpec | None, read) -> object:
+  """A teacher's parameters as the step holds them: `read(abstract, shardings)` reads them as saved; an int8
+  teacher is read in bfloat16 (half the peak of float32) and quantized on the devices, in its shardings."""
+  _, _, abstract_params, shardings = _float_layout(config, mesh, spec)
+  if not teacher_is_int8(config, spec):
+    return read(abstract_params, shardings)
+  as_bf16 = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), abstract_params)
+  quantize = jax.jit(int8_weights.quantize_params, out_shardings=int8_weights.shardings(shardings), donate_argnums=0)
+  return quantize(read(as_bf16, shardings))
 
 
 def abstract_teacher(config, mesh) -> tuple[LiveTeacher | EnsembleTeacher, object]:
@@ -45,18 +69,19 @@ def abstract_teacher(config, mesh) -> tuple[LiveTeacher | EnsembleTeacher, objec
 
 def load_live_teacher(config, mesh) -> tuple[LiveTeacher | EnsembleTeacher, object]:
   """The frozen teacher(s) and parameters, sharded on the student's mesh (parameters only, read-only)."""
-  source, abstract_params = abstract_teacher(config, mesh)
-  shardings = source.param_shardings
+  source, _ = abstract_teacher(config, mesh)
   if config.kd_teachers:
-    paths = [spec.parameters_path for spec in config.kd_teachers]
-    return source, tuple(load_params(*args) for args in zip(paths, abstract_params, shardings, strict=True))
+    members = [
+      _as_held(config, mesh, spec, functools.partial(load_params, spec.parameters_path)) for spec in config.kd_teachers
+    ]
+    return source, tuple(members)
   if config.kd_teacher_parameters_path:
-    params = load_params(config.kd_teacher_parameters_path, abstract_params, shardings)
+    read = functools.partial(load_params, config.kd_teacher_parameters_path)
   elif config.load_parameters_path:  # self-distillation from the loaded starting point
-    params = load_params(config.load_parameters_path, abstract_params, shardings)
+    read = functools.partial(load_params, config.load_parameters_path)
   else:  # self-distillation: the student's initial parameters are a pure function of the seed, so a resumed run
-    params = decoder.init_params(config, shardings)  # rebuilds exactly the same teacher
-  return source, params
+    read = lambda abstract, shardings: decoder.init_params(config, shardings)  # rebuilds exactly the same teacher
+  return source, _as_held(config, mesh, None, read)
 
 
 def cached_teacher(config, lse_index: int | None) -> CachedTopKTeacher:

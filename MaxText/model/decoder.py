@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from MaxText.config.views import model_config
-from MaxText.model import layers
+from MaxText.model import int8_weights, layers
 from MaxText.parallel.sharding import constrain
 
 _REMAT_POLICIES = {
@@ -92,7 +92,7 @@ class Decoder(nnx.Module):
       positions_BxL = jnp.broadcast_to(jnp.arange(tokens_BxL.shape[1]), tokens_BxL.shape)
     if segment_ids_BxL is None:
       segment_ids_BxL = jnp.ones_like(tokens_BxL)
-    x = jnp.take(self.token_embedder[...], tokens_BxL, axis=0).astype(dtype)
+    x = int8_weights.embed(self.token_embedder[...], tokens_BxL, dtype)  # a plain table, or an int8 teacher's
     x = constrain(x, ("batch", "activation_length", "activation_embed"))
     inv_freq = layers.rope_inverse_frequencies(config)
 
@@ -149,4 +149,6 @@ def run_on_batch(model: Decoder, batch: dict, return_features: bool = False) -> 
 
 
 def parameter_count(params) -> int:
-  return sum(x.size for x in jax.tree.leaves(params))
+  """Parameters (an int8 teacher's scales are not counted: each Int8Weight is its values)."""
+  leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, int8_weights.Int8Weight))
+  return sum(x.values.size if isinstance(x, int8_weights.Int8Weight) else x.size for x in leaves)

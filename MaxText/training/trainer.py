@@ -21,7 +21,7 @@ from MaxText.distill import on_policy
 from MaxText.distill.objective import make_loss_fn
 from MaxText.distill.teacher import build_teacher
 from MaxText.losses.divergence_family import Divergence
-from MaxText.model import decoder
+from MaxText.model import decoder, int8_weights
 from MaxText.model.params_io import load_params
 from MaxText.parallel import sharding
 from MaxText.training import checkpointing, preflight
@@ -52,8 +52,9 @@ def describe_teacher(config, teacher_params) -> str:
       "SELF-DISTILLATION - kd_teacher_parameters_path is empty, so the student's own initial "
       "parameters, frozen, act as the teacher"
     )
-  count = decoder.parameter_count(teacher_params)
-  return f"teacher {config.kd_teacher_parameters_path} ({count:,} parameters, frozen)"
+  count, held = decoder.parameter_count(teacher_params), int8_weights.nbytes(teacher_params) / 2**20
+  int8 = ", int8 matmul weights" if config.kd_teacher_dtype == "int8" else ""
+  return f"teacher {config.kd_teacher_parameters_path} ({count:,} parameters, {held:,.1f} MiB{int8}, frozen)"
 
 
 def print_summary(config, mesh, params, teacher_params, start_step: int) -> None:

@@ -5,7 +5,8 @@ prints per-chip memory from XLA's memory analysis.
 
 Rows: llama3.1-8b CE at 1 and 4 sequences of 8192 per chip; the seed's llama3.2-1b student distilled
 from a llama3.1-8b teacher (online, and offline from a top-64 cache); llama3.1-70b -> llama3.1-8b on
-the smallest v5p slice where it fits; and the splash and flash attention kernels alone per layer at 8192
+the smallest v5p slice where it fits; the online rows again with the teacher's matmul weights in int8
+(`kd_teacher_dtype=int8`); and the splash and flash attention kernels alone per layer at 8192
 tokens. All: fsdp over every chip, remat full, bf16 compute, float32 master weights, teachers stored in
 bf16, attention `autoselect` (splash on TPU) unless --attention names another kernel.
 """
@@ -50,6 +51,10 @@ RUNS = {
   "8b CE, 1 x 8192": ("v5p-16", {"model_name": "llama3.1-8b", "per_device_batch_size": 1}),
   "8b CE, 4 x 8192": ("v5p-16", {"model_name": "llama3.1-8b", "per_device_batch_size": 4}),
   "1b <- 8b online KD, 4 x 8192": ("v5p-16", {"model_name": "llama3.2-1b", "per_device_batch_size": 4, **TEACHER_8B}),
+  "1b <- 8b online KD, int8 teacher, 4 x 8192": (
+    "v5p-16",
+    {"model_name": "llama3.2-1b", "per_device_batch_size": 4, **TEACHER_8B, "kd_teacher_dtype": "int8"},
+  ),
   "1b offline KD (top-64), 4 x 8192": (
     "v5p-16",
     {
@@ -134,14 +139,13 @@ def main() -> None:
   for name, (topology, keys) in RUNS.items():
     if args.only in name:
       _row(name, topology, keys, extra)
-  if args.only in "70b -> 8b online KD":
+  for teacher_dtype in ("bfloat16", "int8"):
+    name = f"70b -> 8b online KD, {teacher_dtype} teacher, 1 x 8192"
+    if args.only not in name:
+      continue
+    keys = {"model_name": "llama3.1-8b", "per_device_batch_size": 1, **TEACHER_70B, "kd_teacher_dtype": teacher_dtype}
     for topology in SLICES_70B:
-      if _row(
-        "70b -> 8b online KD, 1 x 8192",
-        topology,
-        {"model_name": "llama3.1-8b", "per_device_batch_size": 1, **TEACHER_70B},
-        extra,
-      ):
+      if _row(name, topology, keys, extra):
         break
   if args.only in "attention":
     for kernel in ("splash", "splash, heads-first inputs", "flash"):

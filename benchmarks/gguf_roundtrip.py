@@ -12,7 +12,6 @@ bit for bit. Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -40,12 +39,13 @@ NEW_TOKENS = 24
 
 
 def load_ours(ckpt: str):
-  with open(os.path.join(ckpt, params_io.MODEL_CONFIG_FILE), encoding="utf-8") as f:
-    keys = {k: v for k, v in json.load(f).items() if k in pyconfig.MODEL_KEYS}
-  config = pyconfig.from_dict({**keys, "dtype": "float32"})
+  """(our model in float32, the folder of its tokenizer) from the keys saved beside the checkpoint."""
+  _, saved = params_io.saved_model_keys(ckpt)
+  config = pyconfig.from_dict({**{k: v for k, v in saved.items() if k in pyconfig.MODEL_KEYS}, "dtype": "float32"})
   graphdef, abstract, _ = split_params(abstract_model(config))
   shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), abstract)
-  return bind(graphdef, params_io.load_params(ckpt, abstract, shardings))
+  tokenizer = saved["tokenizer_path"]
+  return bind(graphdef, params_io.load_params(ckpt, abstract, shardings)), tokenizer
 
 
 def greedy_ours(model, prompts: list[list[int]]) -> list[list[int]]:
@@ -72,7 +72,7 @@ def greedy_transformers(model, prompts: list[list[int]]) -> list[list[int]]:
   return answers
 
 
-def measure(ckpt: str, path: str, ours, ours_tok, prompts, our_answers) -> dict:
+def measure(tokenizer_dir: str, path: str, ours, ours_tok, prompts, our_answers) -> dict:
   import torch
   import transformers
 
@@ -80,7 +80,7 @@ def measure(ckpt: str, path: str, ours, ours_tok, prompts, our_answers) -> dict:
   tok = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
   model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
   same_ids = all(tok.encode(t, add_special_tokens=False) == ours_tok.encode(t) for t in TEXTS)
-  template, specials = chat.read_chat_template(ckpt)
+  template, specials = chat.read_chat_template(tokenizer_dir)
   messages = [{"role": "user", "content": QUESTIONS[0]}]
   rendered = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
   same_template = rendered == chat.render(template, specials, messages, True)
@@ -112,8 +112,9 @@ def main() -> None:
   parser.add_argument("--types", default="f32,f16,q8_0,q4_0")
   args = parser.parse_args()
   os.makedirs(args.out)
-  ours, ours_tok = load_ours(args.checkpoint), HuggingFaceTokenizer(args.checkpoint)
-  template, specials = chat.read_chat_template(args.checkpoint)
+  ours, tokenizer_dir = load_ours(args.checkpoint)
+  ours_tok = HuggingFaceTokenizer(tokenizer_dir)
+  template, specials = chat.read_chat_template(tokenizer_dir)
   conversations = [[{"role": "user", "content": q}] for q in QUESTIONS]
   prompts = [ours_tok.encode(chat.render(template, specials, c, True)) for c in conversations]
   our_answers = greedy_ours(ours, prompts)
@@ -123,7 +124,7 @@ def main() -> None:
   for kind in args.types.split(","):
     path = os.path.join(args.out, f"model-{kind}.gguf")
     convert_hf_checkpoint.main(["--to_gguf", "--checkpoint", args.checkpoint, "--output", path, "--gguf_type", kind])
-    rows.append((kind, measure(args.checkpoint, path, ours, ours_tok, prompts, our_answers)))
+    rows.append((kind, measure(tokenizer_dir, path, ours, ours_tok, prompts, our_answers)))
   back = os.path.join(args.out, "imported-f32")
   convert_hf_checkpoint.main(["--gguf", os.path.join(args.out, "model-f32.gguf"), "--output", back])
   before, after = params_io.read_params_to_host(args.checkpoint), params_io.read_params_to_host(back)

@@ -141,7 +141,7 @@ def _check_teacher(v: dict[str, Any]) -> None:
     _check_teacher_vocab(v, teacher["vocab_size"], where)
     if teacher["num_query_heads"] % teacher["num_kv_heads"]:
       raise ConfigError(f"{where}: teacher num_query_heads must be a multiple of its num_kv_heads")
-    check_attention_serves(v, f"{where}'s teacher", compute_dtype(spec.dtype or v["dtype"]), teacher["head_dim"])
+    check_attention_serves(v, f"{where}'s teacher", compute_dtype(spec.dtype, v["dtype"]), teacher["head_dim"])
 
 
 def _check_teacher_vocab(v: dict[str, Any], teacher_vocab: int, where: str) -> None:

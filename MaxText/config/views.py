@@ -84,9 +84,10 @@ def kd_vocab(config) -> int:
   return config.kd_vocab_size or config.vocab_size
 
 
-def compute_dtype(teacher_dtype: str) -> str:
-  """A teacher's compute dtype: an int8 teacher (weights held int8) computes in bfloat16."""
-  return "bfloat16" if teacher_dtype == "int8" else teacher_dtype
+def compute_dtype(teacher_dtype: str, run_dtype: str) -> str:
+  """A teacher's compute dtype: its own, else the run's; an int8 teacher (weights held int8) computes in
+  the run's dtype."""
+  return run_dtype if teacher_dtype in ("", "int8") else teacher_dtype
 
 
 def teacher_is_int8(config, spec: TeacherSpec | None = None) -> bool:
@@ -108,7 +109,7 @@ def teacher_config(config, spec: TeacherSpec | None = None) -> Any:
   values.update(
     model_name=spec.model_name or config.model_name,
     remat_policy="none",
-    dtype=compute_dtype(spec.dtype or config.dtype),
+    dtype=compute_dtype(spec.dtype, config.dtype),
     kd_beta=0.0,  # the teacher is not trained: no feature term of its own
     kd_beta_end=-1.0,
   )

@@ -117,6 +117,25 @@ def _run_converter(*args) -> str:
   return str(failure.value)
 
 
+def _rewrite(source, path, replace) -> None:
+  """A copy of the GGUF file `source` (metadata and tensors) where replace(tensor) -> (raw data, type) swaps a
+  tensor's bytes and type (None keeps it): tensors of types the gguf package cannot quantize to."""
+  import gguf
+
+  reader = gguf.GGUFReader(str(source))
+  writer = gguf.GGUFWriter(str(path), "llama")
+  for field in reader.fields.values():
+    if not field.name.startswith("GGUF.") and field.name != "general.architecture":
+      writer.add_key_value(field.name, field.contents(), field.types[0], field.types[-1])
+  for t in reader.tensors:
+    data, kind = replace(t) or (np.asarray(t.data), t.tensor_type)
+    writer.add_tensor(t.name, data, raw_dtype=kind)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+
+
 def test_unreadable_or_unsupported_gguf_files_are_named_and_nothing_is_written(tmp_path, bpe, capsys):
   import gguf
 
@@ -125,22 +144,10 @@ def test_unreadable_or_unsupported_gguf_files_are_named_and_nothing_is_written(t
   write_gguf(tmp_path / "k.gguf", model, "llama", "Q8_0", tokens, merges)
   reader = gguf.GGUFReader(str(tmp_path / "k.gguf"))
   k_quant = tmp_path / "q8k.gguf"  # the same file with one tensor declared Q8_K (llama.cpp's intermediate type)
-  writer = gguf.GGUFWriter(str(k_quant), "llama")
-  for field in reader.fields.values():
-    if not field.name.startswith("GGUF.") and field.name != "general.architecture":
-      writer.add_key_value(field.name, field.contents(), field.types[0], field.types[-1])
-  for t in reader.tensors:
-    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_K]
-    if t.name == "blk.0.ffn_down.weight":
-      rows, cols = int(t.shape[1]), int(t.shape[0])
-      raw = np.zeros((rows, cols // block * size), np.uint8)
-      writer.add_tensor(t.name, raw, raw_dtype=gguf.GGMLQuantizationType.Q8_K)
-    else:
-      writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
-  writer.write_header_to_file()
-  writer.write_kv_data_to_file()
-  writer.write_tensors_to_file()
-  writer.close()
+  q8_k = gguf.GGMLQuantizationType.Q8_K
+  block, size = gguf.GGML_QUANT_SIZES[q8_k]
+  zeros = lambda t: (np.zeros((int(t.shape[1]), int(t.shape[0]) // block * size), np.uint8), q8_k)
+  _rewrite(tmp_path / "k.gguf", k_quant, lambda t: zeros(t) if t.name == "blk.0.ffn_down.weight" else None)
   message = _run_converter("--gguf", k_quant, "--output", tmp_path / "out")
   assert "'blk.0.ffn_down.weight' is stored as Q8_K" in message and "\n" not in message
   assert not (tmp_path / "out").exists()
@@ -188,21 +195,9 @@ def test_k_quant_files_read_as_transformers_reads_them(tmp_path, bpe, qtype):
   tokens, merges = bpe
   source = _tiny_model("llama", len(tokens), mlp_dim=256, width=256, layers=1)
   write_gguf(tmp_path / "f32.gguf", source, "llama", "F32", tokens, merges, pre="gpt2")
-  reader, rng = gguf.GGUFReader(str(tmp_path / "f32.gguf")), np.random.default_rng(0)
-  writer = gguf.GGUFWriter(str(tmp_path / "k.gguf"), "llama")
-  for field in reader.fields.values():
-    if not field.name.startswith("GGUF.") and field.name != "general.architecture":
-      writer.add_key_value(field.name, field.contents(), field.types[0], field.types[-1])
-  kind = gguf.GGMLQuantizationType[qtype]
-  for t in reader.tensors:
-    if len(t.shape) == 2:
-      writer.add_tensor(t.name, _random_k_blocks(qtype, int(t.shape[1]), int(t.shape[0]), rng), raw_dtype=kind)
-    else:
-      writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
-  writer.write_header_to_file()
-  writer.write_kv_data_to_file()
-  writer.write_tensors_to_file()
-  writer.close()
+  rng, kind = np.random.default_rng(0), gguf.GGMLQuantizationType[qtype]
+  blocks = lambda t: (_random_k_blocks(qtype, int(t.shape[1]), int(t.shape[0]), rng), kind)
+  _rewrite(tmp_path / "f32.gguf", tmp_path / "k.gguf", lambda t: blocks(t) if len(t.shape) == 2 else None)
   convert_hf_checkpoint.main(["--gguf", str(tmp_path / "k.gguf"), "--output", str(tmp_path / "ckpt")])
   reference, _ = _transformers_from_gguf(tmp_path / "k.gguf")
   ids = HuggingFaceTokenizer(str(tmp_path / "ckpt")).encode(SAMPLE)

@@ -205,7 +205,7 @@ def test_kd_teachers_reads_a_yml_list_and_the_command_line_flow_form(tmp_path):
     (["kd_teachers=[{weight: 1}]"], r"kd_teachers\[0\]\.parameters_path: every ensemble teacher needs"),
     (["kd_teachers=[{parameters_path: a, weight: 0}]"], r"kd_teachers\[0\]\.weight: expected a number > 0, got 0"),
     (["kd_teachers=[{parameters_path: a, wieght: 2}]"], r"kd_teachers\[0\]: unknown field 'wieght'"),
-    (["kd_teachers=[{parameters_path: a, dtype: int8}]"], r"kd_teachers\[0\]\.dtype: expected one of"),
+    (["kd_teachers=[{parameters_path: a, dtype: int4}]"], r"kd_teachers\[0\]\.dtype: expected one of"),
     (["kd_teachers=[{parameters_path: a}, {parameters_path: b, name: teacher0}]"], "the name 'teacher0' is used twice"),
     (["kd_teachers=ckpt/a"], "kd_teachers: expected a list of teachers"),
     (["kd_teachers=[{parameters_path: a}]", "kd_teacher_parameters_path=b"], "kd_teacher_parameters_path: cannot be"),

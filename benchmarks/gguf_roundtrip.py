@@ -4,9 +4,10 @@
 
 For each type: the file's size; the tokenizer transformers builds from the file against ours (ids on sample
 texts, the chat template's rendering); the logits of transformers' model against ours (largest difference
-relative to the largest logit, and top-1 agreement over every position); greedy answers to three chat
-prompts (token for token at f32); and, for f32, the file imported back with `--gguf`: the same parameters
-bit for bit. Prints a Markdown table.
+relative to the largest logit, and top-1 agreement over every position), and against ours on the file's
+own weights (the file imported back with `--gguf`: what the export wrote, without the type's rounding);
+greedy answers to three chat prompts (token for token at f32); and, for f32, the file imported back with
+`--gguf`: the same parameters bit for bit. Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -84,13 +85,19 @@ def measure(tokenizer_dir: str, path: str, ours, ours_tok, prompts, our_answers)
   messages = [{"role": "user", "content": QUESTIONS[0]}]
   rendered = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
   same_template = rendered == chat.render(template, specials, messages, True)
-  errors, agree, total = [], 0, 0
+  # the file's own weights, imported back by this project: what the export wrote, without the type's rounding
+  imported = path.removesuffix(".gguf") + "-imported"
+  convert_hf_checkpoint.main(["--gguf", path, "--output", imported])
+  as_written = load_ours(imported)[0]
+  errors, file_errors, agree, total = [], [], 0, 0
   for text in TEXTS:
     ids = ours_tok.encode(text)
     mine = np.asarray(ours.logits(np.asarray([ids])))[0]
     with torch.no_grad():
       theirs = model(torch.tensor([ids])).logits.numpy()[0]
     errors.append(float(np.max(np.abs(mine - theirs)) / np.max(np.abs(mine))))
+    written = np.asarray(as_written.logits(np.asarray([ids])))[0]
+    file_errors.append(float(np.max(np.abs(written - theirs)) / np.max(np.abs(written))))
     agree += int(np.sum(mine.argmax(-1) == theirs.argmax(-1)))
     total += len(ids)
   answers = greedy_transformers(model, prompts)
@@ -100,6 +107,7 @@ def measure(tokenizer_dir: str, path: str, ours, ours_tok, prompts, our_answers)
     "ids": same_ids,
     "template": same_template,
     "rel_err": max(errors),
+    "file_err": max(file_errors),
     "top1": agree / total,
     "greedy": f"{same_answers}/{len(prompts)}",
   }
@@ -130,12 +138,12 @@ def main() -> None:
   before, after = params_io.read_params_to_host(args.checkpoint), params_io.read_params_to_host(back)
   pairs = zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True)
   bitwise = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in pairs)
-  print("\n| type | file MB | tokenizer ids | chat template | logits: max rel. diff. | top-1 agree | greedy = ours |")
-  print("|---|---|---|---|---|---|---|")
+  print("\n| type | file MB | tokenizer ids | chat template | logits vs ours | vs ours on the file | top-1 | greedy |")
+  print("|---|---|---|---|---|---|---|---|")
   for kind, m in rows:
     print(
       f"| {kind} | {m['MB']:.1f} | {'same' if m['ids'] else 'DIFFER'} | {'same' if m['template'] else 'DIFFERS'} | "
-      f"{m['rel_err']:.2e} | {m['top1']:.4f} | {m['greedy']} |"
+      f"{m['rel_err']:.2e} | {m['file_err']:.2e} | {m['top1']:.4f} | {m['greedy']} |"
     )
   print(f"\nf32 file imported back with --gguf: parameters {'bit for bit equal' if bitwise else 'DIFFER'}")
 

@@ -95,6 +95,12 @@ def test_a_bucket_whose_client_hangs_is_given_up_on_after_the_probe_time(monkeyp
     released.set()
     storage.probe_bucket.cache_clear()
   check_reachable("dataset_path", "/local/path/is/never/probed.txt")
+  monkeypatch.undo()
+  for emulator, endpoint in (("localhost:9023", ("localhost", 9023)), ("http://127.0.0.1:4443", ("127.0.0.1", 4443))):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+    assert storage._endpoint("gs") == endpoint
+  monkeypatch.delenv("STORAGE_EMULATOR_HOST")
+  assert storage._endpoint("gs") == ("storage.googleapis.com", 443)
 
 
 class _FailingManager:

@@ -180,7 +180,10 @@ def bucket_of(url: str) -> str:
 
 def _endpoint(url_scheme: str) -> tuple[str, int]:
   variable, default = _ENDPOINTS[url_scheme]
-  parsed = urllib.parse.urlsplit(os.environ.get(variable) or default)
+  url = os.environ.get(variable) or default
+  if "://" not in url:  # gcsfs takes an emulator host without a scheme as http://
+    url = f"http://{url}"
+  parsed = urllib.parse.urlsplit(url)
   return parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
 
 

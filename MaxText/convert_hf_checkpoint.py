@@ -28,7 +28,6 @@ import json
 import os
 import sys
 
-import jax
 import numpy as np
 
 if __package__ in (None, ""):
@@ -40,9 +39,13 @@ from MaxText.config.loader import parse_overrides  # noqa: E402
 from MaxText.config.model_keys import NOT_COMPARED  # noqa: E402
 from MaxText.config.paths import check_output_folder, check_reachable, check_scheme  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
+from MaxText.config.saved_files import MODEL_CONFIG_FILE, saved_model_keys  # noqa: E402
 from MaxText.config.views import MODEL_KEYS  # noqa: E402
 from MaxText.data import gguf_tokenizer  # noqa: E402
-from MaxText.model import gguf_export, gguf_weights, hf_config, hf_export, hf_weights, params_io  # noqa: E402
+from MaxText.model import gguf_export, gguf_weights, hf_config, hf_export, hf_weights  # noqa: E402
+
+# JAX and Orbax (model/params_io.py) are imported by the functions that read or write a checkpoint, so a bad
+# flag or a file the converter cannot read is reported without them.
 
 _RUN_KEYS = (*MODEL_KEYS, "tokenizer_type", "tokenizer_path", "max_target_length")
 
@@ -97,11 +100,15 @@ def _saved_model_keys(config, tokenizer_dir: str) -> dict:
 
 
 def _write_checkpoint(args, config, tensors, tokenizer_dir: str) -> str:
+  import jax
+
+  from MaxText.model import params_io
+
   dtype, progress = hf_export.DTYPES[args.dtype], _progress("converting", "parameter")
   # Placed as JAX arrays one by one: Orbax then writes them without another full host copy.
   params = hf_weights.hf_to_params(tensors, config, dtype, progress, place=jax.device_put)
   params_io.save_params(args.output, params)
-  with storage.open_file(storage.join(args.output, params_io.MODEL_CONFIG_FILE), "w", encoding="utf-8") as f:
+  with storage.open_file(storage.join(args.output, MODEL_CONFIG_FILE), "w", encoding="utf-8") as f:
     json.dump(_saved_model_keys(config, tokenizer_dir), f, indent=1)
   count = sum(x.size for x in _leaves(params))
   return f"wrote {args.output} ({count:,} parameters, {args.dtype})"
@@ -132,7 +139,7 @@ def _run_config(step_dir: str, args):
   extra = parse_overrides(args.set)
   if args.model_name:
     return config_lib.load_dict({"model_name": args.model_name, **extra})
-  saved = params_io.saved_model_keys(step_dir)
+  saved = saved_model_keys(step_dir)
   if saved is None:
     raise ConversionError(f"--checkpoint: no config.json of a run found for {step_dir!r}; pass --model_name")
   keys = {k: saved[1][k] for k in _RUN_KEYS if k in saved[1]}
@@ -140,6 +147,10 @@ def _run_config(step_dir: str, args):
 
 
 def checkpoint_to_hf(args) -> str:
+  import jax
+
+  from MaxText.model import params_io
+
   step_dir = params_io.latest_step_dir(args.checkpoint)
   config = _run_config(step_dir, args)
   hf_config.architecture_of(config)  # refuse an inexpressible model before reading anything
@@ -152,6 +163,10 @@ def checkpoint_to_hf(args) -> str:
 
 
 def checkpoint_to_gguf(args) -> str:
+  import jax
+
+  from MaxText.model import params_io
+
   step_dir = params_io.latest_step_dir(args.checkpoint)
   config = _run_config(step_dir, args)
   gguf_export.check_exportable(config, args.gguf_type)  # refuse an inexpressible model before reading anything

@@ -17,22 +17,16 @@ import json
 import os
 import sys
 
-import jax
-
 if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# Only the config's modules here: the generation stack is imported once the config and files are good.
 from MaxText import config as config_lib  # noqa: E402
-from MaxText.config import storage
+from MaxText.config import storage  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
+from MaxText.config.saved_files import with_saved_model_keys  # noqa: E402
 from MaxText.data import chat  # noqa: E402
-from MaxText.data.tokenizer import build_tokenizer, check_fits_model  # noqa: E402
-from MaxText.inference import runner  # noqa: E402
-from MaxText.model import decoder  # noqa: E402
-from MaxText.model.params_io import load_params  # noqa: E402
-from MaxText.parallel import sharding  # noqa: E402
 from MaxText.training import preflight  # noqa: E402
-from MaxText.training.runtime import global_batch_size, with_saved_model_keys  # noqa: E402
 
 
 def load_config(argv: list[str]):
@@ -78,6 +72,8 @@ def read_prompts(config) -> list[dict]:
 
 def encode_prompts(config, tokenizer, prompts: list[dict]) -> list[list[int]]:
   """Token ids of each prompt: chat-rendered messages as they are, plain text after the BOS token."""
+  from MaxText.inference import runner
+
   template = runner.template_of(config, prompts)
   encoded = []
   for index, record in enumerate(prompts):
@@ -93,6 +89,15 @@ def encode_prompts(config, tokenizer, prompts: list[dict]) -> list[list[int]]:
 
 def run(config) -> list[dict]:
   """Generates for every prompt; returns (and writes, with decode_output_path) one record per prompt."""
+  import jax
+
+  from MaxText.data.tokenizer import build_tokenizer, check_fits_model
+  from MaxText.inference import runner
+  from MaxText.model import decoder
+  from MaxText.model.params_io import load_params
+  from MaxText.parallel import sharding
+  from MaxText.training.runtime import global_batch_size
+
   tokenizer = build_tokenizer(config.tokenizer_type, config.tokenizer_path)
   check_fits_model(tokenizer, config.vocab_size)
   prompts = read_prompts(config)

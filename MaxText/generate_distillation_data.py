@@ -23,25 +23,17 @@ import json
 import os
 import sys
 
-import jax
-
 if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# Only the config's modules here: the functions that run the job import the JAX stack, once the config and
+# its files are known to be good (a config error returns without it).
 from MaxText import config as config_lib  # noqa: E402
-from MaxText.config import storage
+from MaxText.config import storage  # noqa: E402
 from MaxText.config.paths import check_output_folder  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
-from MaxText.data import chat, sft  # noqa: E402
-from MaxText.data.input_pipeline import expand_paths  # noqa: E402
-from MaxText.data.tokenizer import build_tokenizer, check_fits_model  # noqa: E402
-from MaxText.inference import runner  # noqa: E402
-from MaxText.inference.sampling import Sampling  # noqa: E402
-from MaxText.model import decoder  # noqa: E402
-from MaxText.model.params_io import load_params  # noqa: E402
-from MaxText.parallel import sharding  # noqa: E402
+from MaxText.config.saved_files import with_saved_model_keys  # noqa: E402
 from MaxText.training import preflight  # noqa: E402
-from MaxText.training.runtime import global_batch_size, maybe_initialize_distributed, with_saved_model_keys  # noqa: E402
 
 OUTPUT_FILES = ("part-*.parquet", "progress-*.json", "manifest.json", "*.tmp")
 
@@ -68,6 +60,11 @@ def prompt_of(conversation: list[dict]) -> list[dict]:
 
 def job_spec(config) -> dict:
   """What fixes the output; a resumed job must match it."""
+  import jax
+
+  from MaxText.data.input_pipeline import expand_paths
+  from MaxText.inference.sampling import Sampling
+
   return {
     "teacher": storage.absolute(config.load_parameters_path),
     "dataset": [storage.absolute(p) for p in expand_paths(config.dataset_path)],
@@ -80,6 +77,8 @@ def job_spec(config) -> dict:
 
 
 def _progress(directory: str, spec: dict) -> dict:
+  import jax
+
   path = storage.join(directory, f"progress-{jax.process_index()}.json")
   if not storage.isfile(path):
     return {"spec": spec, "shards": []}
@@ -112,6 +111,10 @@ def _write_shard(path: str, records: list[dict]) -> None:
 
 def answer(config, generator, tokenizer, template, prompts: list[tuple[int, list[dict]]], key):
   """Conversation records for (prompt index, prompt) pairs: `samples_per_prompt` answers each."""
+  import jax
+
+  from MaxText.inference import runner
+
   encoded = [(i, p, runner.encode_prompt(config, tokenizer, template, {"messages": p})) for i, p in prompts]
   kept = [(i, p, ids) for i, p, ids in encoded if len(ids) <= config.max_prefill_predict_length]
   jobs = [(i, p, ids, s) for i, p, ids in kept for s in range(config.generation_samples_per_prompt)]
@@ -127,6 +130,17 @@ def answer(config, generator, tokenizer, template, prompts: list[tuple[int, list
 
 
 def run(config) -> dict:
+  import jax
+
+  from MaxText.data import chat, sft
+  from MaxText.data.input_pipeline import expand_paths
+  from MaxText.data.tokenizer import build_tokenizer, check_fits_model
+  from MaxText.inference import runner
+  from MaxText.model import decoder
+  from MaxText.model.params_io import load_params
+  from MaxText.parallel import sharding
+  from MaxText.training.runtime import global_batch_size
+
   directory = config.generation_output_dir
   storage.makedirs(directory)
   tokenizer = build_tokenizer(config.tokenizer_type, config.tokenizer_path)
@@ -162,6 +176,8 @@ def run(config) -> dict:
 
 
 def _manifest(directory: str, spec: dict) -> dict:
+  import jax
+
   shards = []
   for process in range(jax.process_count()):
     with storage.open_file(storage.join(directory, f"progress-{process}.json"), encoding="utf-8") as f:
@@ -182,6 +198,8 @@ def main(argv: list[str]) -> int:
   try:
     config = load_config(argv[1:])
     preflight.run(config)
+    from MaxText.training.runtime import maybe_initialize_distributed
+
     maybe_initialize_distributed(config)
     manifest = run(config)
   except config_lib.UserError as e:

@@ -19,19 +19,14 @@ import os
 import sys
 import time
 
-import jax
-import numpy as np
-
 if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# Only the config's modules here: the functions that run the job import the rest, once the config is good.
 from MaxText import config as config_lib  # noqa: E402
 from MaxText.config import storage  # noqa: E402
 from MaxText.config.paths import check_output_folder  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
-from MaxText.data import input_pipeline, teacher_cache  # noqa: E402
-from MaxText.data.tokenizer import build_tokenizer, encode_documents  # noqa: E402
-from MaxText.training.runtime import maybe_initialize_distributed  # noqa: E402
 
 OUTPUT_FILES = ("part-*.array_record", "shards-*.json", "manifest.json", "*.tmp")
 _BATCH = 512  # documents tokenized per call (a Hugging Face tokenizer encodes a batch in parallel)
@@ -51,7 +46,8 @@ def load_config(argv: list[str]):
   return config
 
 
-def _write_shard(path: str, token_arrays: list[np.ndarray]) -> int:
+def _write_shard(path: str, token_arrays: list) -> int:
+  import numpy as np
   from array_record.python.array_record_module import ArrayRecordWriter
 
   staging = storage.LocalStaging(path)  # ArrayRecord writes local files; a bucket gets the finished shard
@@ -65,6 +61,11 @@ def _write_shard(path: str, token_arrays: list[np.ndarray]) -> int:
 
 def tokenize_share(config) -> list[dict]:
   """This process's documents, tokenized into shards; the shards' records."""
+  import jax
+
+  from MaxText.data import input_pipeline
+  from MaxText.data.tokenizer import build_tokenizer, encode_documents
+
   tokenizer = build_tokenizer(config.tokenizer_type, config.tokenizer_path)
   docs = input_pipeline.open_documents(config, jax.process_index(), jax.process_count())
   stride, offset = docs.host_stride
@@ -88,6 +89,10 @@ def _shards_file(out: str, process: int) -> str:
 
 
 def pretokenize(config) -> dict | None:
+  import jax
+
+  from MaxText.data import teacher_cache
+
   storage.makedirs(config.pretokenize_output_dir)
   started = time.perf_counter()
   out = config.pretokenize_output_dir
@@ -124,6 +129,8 @@ def main(argv: list[str]) -> int:
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2
+  from MaxText.training.runtime import maybe_initialize_distributed
+
   maybe_initialize_distributed(config)
   try:
     pretokenize(config)

@@ -19,22 +19,19 @@ import json
 import os
 import sys
 
-import jax
-import numpy as np
-
 if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# Only the config's modules here: the functions that run the job import the JAX stack, once the config and
+# its files are known to be good (a config error returns without it).
 from MaxText import config as config_lib  # noqa: E402
-from MaxText.config import storage
+from MaxText.config import storage  # noqa: E402
+from MaxText.config.checks import check_prune_targets  # noqa: E402
 from MaxText.config.paths import check_output_folder  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
+from MaxText.config.saved_files import MODEL_CONFIG_FILE, with_saved_model_keys  # noqa: E402
 from MaxText.config.views import MODEL_KEYS  # noqa: E402
-from MaxText.data import input_pipeline  # noqa: E402
-from MaxText.distill import pruning  # noqa: E402
-from MaxText.model import params_io  # noqa: E402
 from MaxText.training import preflight  # noqa: E402
-from MaxText.training.runtime import build_corpus, global_batch_size, with_saved_model_keys  # noqa: E402
 
 REPORT_FILE = "prune_report.json"
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -53,11 +50,19 @@ def load_config(argv: list[str]):
 
 def calibration_batches(config) -> list[dict]:
   """The first `prune_calibration_batches` batches of the run's training stream, as device arrays."""
+  import jax
+
+  from MaxText.data import input_pipeline
+  from MaxText.training.runtime import build_corpus, global_batch_size
+
   it = input_pipeline.make_iterator(config, build_corpus(config), "train", global_batch_size(config))
   return [jax.tree.map(jax.numpy.asarray, next(it)) for _ in range(config.prune_calibration_batches)]
 
 
 def _count(params) -> int:
+  import jax
+  import numpy as np
+
   return int(sum(np.size(x) for x in jax.tree.leaves(params)))
 
 
@@ -72,13 +77,18 @@ def _write_model_config(config, pruned_keys: dict, out_dir: str) -> None:
     keys.update(tokenizer_type="huggingface", tokenizer_path=storage.absolute(out_dir))
   elif config.tokenizer_type != "byte":
     keys.update(tokenizer_type=config.tokenizer_type, tokenizer_path=storage.absolute(config.tokenizer_path))
-  with storage.open_file(storage.join(out_dir, params_io.MODEL_CONFIG_FILE), "w", encoding="utf-8") as f:
+  with storage.open_file(storage.join(out_dir, MODEL_CONFIG_FILE), "w", encoding="utf-8") as f:
     json.dump(keys, f, indent=1)
 
 
 def prune(config) -> dict:
   """Runs the whole job; returns the report it writes."""
-  pruning.check_targets(config)
+  import numpy as np
+
+  from MaxText.distill import pruning
+  from MaxText.model import params_io
+
+  check_prune_targets(config)
   out_dir = config.prune_output_dir
   check_output_folder("prune_output_dir", out_dir, ())  # absent or empty: nothing of a user's is overwritten
   params = params_io.read_params_to_host(config.load_parameters_path)
@@ -108,7 +118,7 @@ def main(argv: list[str]) -> int:
   config_lib.silence_async_leftovers()
   try:
     config = load_config(argv[1:])
-    pruning.check_targets(config)
+    check_prune_targets(config)
     preflight.run(config)
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)

@@ -16,30 +16,26 @@ import functools
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
-
 if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# Only the config's modules here: the JAX stack is imported by the functions that run the job, once the
+# config and its files are known to be good (a config error returns without it).
 from MaxText import config as config_lib  # noqa: E402
-from MaxText.config import storage
+from MaxText.config import storage  # noqa: E402
 from MaxText.config.paths import check_output_folder  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
-from MaxText.data import input_pipeline, teacher_cache  # noqa: E402
-from MaxText.data import teacher_cache_writer as writer_lib  # noqa: E402
-from MaxText.distill.teacher import load_live_teacher  # noqa: E402
-from MaxText.losses.chunking import chunked_map  # noqa: E402
-from MaxText.losses.targets import cache_fields  # noqa: E402
-from MaxText.model.params_io import params_fingerprint  # noqa: E402
-from MaxText.parallel import sharding  # noqa: E402
 from MaxText.training import preflight  # noqa: E402
-from MaxText.training.runtime import build_corpus, global_batch_size, maybe_initialize_distributed, to_global  # noqa: E402
 
 
 def teacher_cache_step(source, params, batch, top_k: int, temperatures: tuple, value_dtype, chunk_size: int):
   """[B, L, k] values and ids and [B, n_T, L] log-sum-exps of the teacher source's logits (one teacher, or an
   ensemble's combined logits) over the kd_vocab_size ids, projected chunk by chunk (no full logits)."""
+  import jax.numpy as jnp
+
+  from MaxText.losses.chunking import chunked_map
+  from MaxText.losses.targets import cache_fields
+
   inputs = source.inputs(params, batch, False)
   batch_size, length = batch["targets"].shape
   per_token = {**inputs.per_token, "targets": batch["targets"].reshape(-1)}
@@ -55,6 +51,8 @@ def teacher_cache_step(source, params, batch, top_k: int, temperatures: tuple, v
 
 
 def _progress_bar(total: int, done: int):
+  import jax
+
   try:
     from tqdm import tqdm
   except ImportError:
@@ -65,6 +63,15 @@ def _progress_bar(total: int, done: int):
 
 def save(config) -> dict:
   """Runs the whole job; returns the manifest."""
+  import jax
+
+  from MaxText.data import input_pipeline, teacher_cache
+  from MaxText.data import teacher_cache_writer as writer_lib
+  from MaxText.distill.teacher import load_live_teacher
+  from MaxText.model.params_io import params_fingerprint
+  from MaxText.parallel import sharding
+  from MaxText.training.runtime import build_corpus, global_batch_size, to_global
+
   directory = config.kd_offline_output_dir
   check_output_folder("kd_offline_output_dir", directory, teacher_cache.CACHE_FILES)  # never a user's folder
   storage.makedirs(directory)
@@ -133,6 +140,10 @@ def main(argv: list[str]) -> int:
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2
+  import jax
+
+  from MaxText.training.runtime import maybe_initialize_distributed
+
   maybe_initialize_distributed(config)
   try:
     manifest = save(config)

@@ -17,21 +17,26 @@ if __package__ in (None, ""):
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the host compiles; it does not run a TPU of its own
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # libtpu's one-process lock is for running, not compiling
 
-import jax  # noqa: E402
-
 from MaxText import config as config_lib  # noqa: E402
-from MaxText.training import aot  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
   config_lib.silence_async_leftovers()
-  # a persistent compilation cache (JAX_COMPILATION_CACHE_DIR) would store the TPU executable, and the
-  # next run could not load it back on this TPU-less host (a warning, then a second compile): keep none
-  jax.config.update("jax_enable_compilation_cache", False)
   try:
     config = config_lib.load(argv[1:])
     if not config.compile_topology:
       raise config_lib.ConfigError("compile_topology: the TPU slice to compile for must be given (e.g. v5p-16)")
+  except config_lib.ConfigError as e:
+    print(f"config error: {e}", file=sys.stderr)
+    return 2
+  import jax  # the compile stack, once the config is known to be good
+
+  from MaxText.training import aot
+
+  # a persistent compilation cache (JAX_COMPILATION_CACHE_DIR) would store the TPU executable, and the
+  # next run could not load it back on this TPU-less host (a warning, then a second compile): keep none
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
     topology = aot.parse_topology(config.compile_topology, config.compile_topology_num_slices)
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)

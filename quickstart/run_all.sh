@@ -41,7 +41,7 @@ if [ "$TOY" = 1 ]; then  # two plays (one held out for eval), short sequences, t
 fi
 TEACHER_CKPT="$OUT/quickstart_teacher/checkpoints/$STEPS"
 STUDENTS=(ce_only alpha_02 alpha_04 alpha_06 alpha_08 alpha_1 hard_alpha_1)
-if [ "${#CHOSEN[@]}" -gt 0 ]; then  # a partial study: its figure and table go to OUT, not over the README's
+if [ "${#CHOSEN[@]}" -gt 0 ]; then  # a partial study: its figure and table go to OUT, not over the published ones
   STUDENTS=("${CHOSEN[@]}")
   FIGURE="$OUT/example_training.png"
   TABLE="$OUT/results.md"

@@ -15,6 +15,26 @@ import pytest
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
+# The jobs the suite starts (train.py and the other entry points, as subprocesses) compile tiny programs,
+# so compiling is most of their time, and LLVM's optimisation passes are most of that: they compile for the
+# CPU with those passes off (a tiny KD run: the same losses to the printed digit; 19 s -> 9 s on 2 cores).
+# The test processes themselves compile as XLA does by default: their numeric checks compare programs of
+# different shapes at float32 round-off (one failed by 2% of its bound with the passes off). XLA reads
+# XLA_FLAGS once, when a process's backend starts: this process starts its own without the flag, then puts
+# it in the environment every job it starts inherits. What users run is compiled as XLA does by default.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+_OWN_FLAGS = os.environ.get("XLA_FLAGS", "").replace(FAST_COMPILE, "").strip()
+os.environ["XLA_FLAGS"] = _OWN_FLAGS
+import jax  # noqa: E402
+
+jax.devices()  # this process's backend, with XLA's default compile
+os.environ["XLA_FLAGS"] = f"{_OWN_FLAGS} {FAST_COMPILE}".strip()
+
+
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS of a job the suite starts: `devices` CPU devices, LLVM's optimisation passes off."""
+  return f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"
+
 
 def pytest_configure(config):
   """One persistent compilation cache for the run's subprocesses, none for the test processes themselves.
@@ -48,7 +68,7 @@ TINY = [
 
 
 def run_train(out_dir, *overrides, devices=1, check=True, yml="base.yml", timeout=300):
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(devices), "JAX_PLATFORMS": "cpu"}
   cmd = [sys.executable, TRAIN, yml, f"base_output_directory={out_dir}", *overrides]
   proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
   if check and proc.returncode != 0:
@@ -78,7 +98,7 @@ def free_port() -> int:
 
 def run_processes(commands, devices_each: int, timeout=300) -> list[str]:
   """Runs the commands side by side (the processes of one jax.distributed job); their outputs."""
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_each}", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(devices_each), "JAX_PLATFORMS": "cpu"}
   procs = [
     subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for cmd in commands

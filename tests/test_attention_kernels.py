@@ -19,7 +19,7 @@ from MaxText.model import attention, cudnn_attention
 from MaxText.model.splash_attention import splash_attention
 from MaxText.parallel import sharding
 from MaxText.pyconfig import ConfigError
-from tests.conftest import REPO
+from tests.conftest import REPO, xla_flags
 from tests.test_attention import TOL, _model_loss_and_grads, _problem, _value_and_grads
 
 
@@ -82,7 +82,7 @@ print("sharded splash equals dot_product")
 
 
 def test_splash_per_shard_on_a_data_fsdp_tensor_mesh_equals_dot_product():
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(8), "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, "-c", SHARDED], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0 and "sharded splash equals dot_product" in proc.stdout, proc.stderr[-3000:]
 

@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, xla_flags
 
 TRAIN = [sys.executable, os.path.join(REPO, "MaxText", "train.py")]
 SAVE = [sys.executable, os.path.join(REPO, "MaxText", "save_top_k_teacher_logits.py")]
@@ -397,7 +397,7 @@ def results(tmp_path_factory):
   inputs_root = str(tmp_path_factory.mktemp("inputs"))
   inputs = _build_inputs(inputs_root)
   before = _fingerprint(inputs_root)
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(1)}
   env["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there: gs:// is unreachable
 
   def run(case):

@@ -15,7 +15,7 @@ from MaxText.distill.kd_loss import KDOptions, kd_chunk_sums
 from MaxText.distill.sources import LiveTeacher, Pruning
 from MaxText.losses.chunking import chunked_loss, chunked_sums
 from MaxText.losses.cross_entropy import ce_chunk_sums
-from tests.conftest import REPO
+from tests.conftest import REPO, xla_flags
 
 
 def _inputs(n=50, d=8, v=40, seed=0):
@@ -107,6 +107,6 @@ print("sharded chunked_loss equals autodiff")
 
 
 def test_chunks_count_tokens_per_device_and_equal_autodiff_on_a_data_fsdp_tensor_mesh():
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(8), "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, "-c", SHARDED], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0 and "sharded chunked_loss equals autodiff" in proc.stdout, proc.stderr[-3000:]

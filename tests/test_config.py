@@ -1,6 +1,7 @@
 """Config loading: every shipped yml parses, precedence, and one-line errors naming the key."""
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -118,10 +119,51 @@ def test_bad_config_exits_before_compiling_with_one_line(tmp_path):
   assert proc.stderr.strip() == "config error: steps: expected an integer, got 'abc'"
 
 
+STACK = ("jax", "flax", "orbax", "grain", "optax", "numpy", "fsspec")
+# Each entry point's main over a bad key and a missing file, in one fresh interpreter: after each, what of
+# the training stack had been imported (the config and the pre-flight checks need none of it).
+_ENTRY_POINTS_PROBE = """
+import json, sys
+from MaxText import (decode, generate_distillation_data, pretokenize, prune_student, save_top_k_teacher_logits,
+                     sft_trainer, train, train_compile, train_distill)
+stack = %r
+jobs = (train, sft_trainer, train_distill, decode, save_top_k_teacher_logits, generate_distillation_data,
+        prune_student, pretokenize, train_compile)
+results = []
+for job in jobs:
+  for bad in ("no_such_key=1", "tokenizer_path=/no/such/tokenizer"):
+    code = job.main([job.__name__, "base.yml", bad])
+    results.append([job.__name__, bad, code, [m for m in stack if m in sys.modules]])
+from MaxText import convert_hf_checkpoint  # flags, not keys: a flag error
+try:
+  convert_hf_checkpoint.main(["--to_hf", "--output", "/tmp/x"])
+except SystemExit as e:
+  results.append(["convert_hf_checkpoint", "--to_hf", e.code, [m for m in stack[:4] if m in sys.modules]])
+print(json.dumps(results))
+"""
+
+
+def test_a_config_error_ends_the_run_before_the_training_stack_is_imported():
+  """Every entry point, in one fresh interpreter: after each bad key or missing file, nothing of the training
+  stack has been imported (the config and the pre-flight checks need none of it; the converter, which
+  reads and writes arrays, may have NumPy)."""
+  repo = os.path.dirname(os.path.dirname(pyconfig.__file__))
+  probe = _ENTRY_POINTS_PROBE % (STACK,)
+  proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=repo, check=True)
+  results = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert len(results) == 19
+  for name, bad, code, imported in results:
+    assert code in (1, 2), (name, bad, code)
+    assert imported == [], f"{name} {bad}: {imported} imported before the error"
+  lines = proc.stderr.strip().splitlines()  # one line per run, naming what is wrong
+  assert len(lines) == 19 and all(line.startswith(("config error: ", "error: ")) for line in lines), lines
+  assert sum("no_such_key" in line for line in lines) == 9
+
+
 def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, capsys):
   from MaxText import train
   from MaxText.config.errors import MissingFileError
-  from MaxText.training import launch
+  from MaxText.training import trainer  # launch imports its Trainer once the config is good
 
   def failing(error):
     class Trainer:
@@ -131,9 +173,9 @@ def test_a_user_error_is_one_line_and_a_bug_keeps_its_traceback(monkeypatch, cap
     return Trainer
 
   argv = ["train.py", "base.yml", "dataset_type=synthetic"]
-  monkeypatch.setattr(launch, "Trainer", failing(MissingFileError("dataset_path: no readable files match 'x'")))
+  monkeypatch.setattr(trainer, "Trainer", failing(MissingFileError("dataset_path: no readable files match 'x'")))
   assert train.main(argv) == 1
   assert capsys.readouterr().err == "error: dataset_path: no readable files match 'x'\n"
-  monkeypatch.setattr(launch, "Trainer", failing(KeyError("a bug")))  # not a UserError: it propagates
+  monkeypatch.setattr(trainer, "Trainer", failing(KeyError("a bug")))  # not a UserError: it propagates
   with pytest.raises(KeyError, match="a bug"):
     train.main(argv)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from MaxText import pyconfig
-from tests.conftest import REPO
+from tests.conftest import REPO, xla_flags
 
 STUDENTS = ("ce_only", "alpha_02", "alpha_04", "alpha_06", "alpha_08", "alpha_1", "hard_alpha_1")
 
@@ -15,7 +15,7 @@ def _run_toy_study(out_dir):
   env = {
     **os.environ,
     "PY": sys.executable,
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+    "XLA_FLAGS": xla_flags(1),
     "JAX_PLATFORMS": "cpu",
   }
   return subprocess.run(

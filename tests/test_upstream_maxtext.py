@@ -15,7 +15,7 @@ from MaxText import config as config_lib
 from MaxText import pyconfig
 from MaxText.training import launch
 from tests.chat_files import chat_tokenizer_folder
-from tests.conftest import REPO, TINY, read_metrics, run_train, train_losses
+from tests.conftest import REPO, TINY, read_metrics, run_train, train_losses, xla_flags
 
 # The guide's "Starter configurations", written as it writes them (model names, depths and paths changed).
 RECOVERY = """
@@ -73,7 +73,7 @@ def _guide_yml(folder, starter: str, teacher_step) -> str:
 
 
 def _run_module(module: str, *args, check=True):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run(
     [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, timeout=300, cwd=REPO
   )

@@ -245,3 +245,22 @@ def validate_values(values: dict[str, Any]) -> None:
   for key in PATH_KEYS:
     for part in values[key].split(","):  # dataset_path may list several
       check_scheme(key, part)
+
+
+def check_prune_targets(config) -> None:
+  """Refuses, by key, a target the model cannot be pruned to (prune_student.py, before anything is read)."""
+  current = {
+    "prune_num_layers": config.num_decoder_layers,
+    "prune_mlp_dim": config.mlp_dim,
+    "prune_num_query_heads": config.num_query_heads,
+    "prune_emb_dim": config.emb_dim,
+  }
+  for key, size in current.items():
+    if getattr(config, key) > size:
+      raise ConfigError(f"{key}: {getattr(config, key)} is more than the model has ({size})")
+  per_group = config.num_query_heads // config.num_kv_heads
+  if config.prune_num_query_heads % per_group:
+    raise ConfigError(
+      f"prune_num_query_heads: {config.prune_num_query_heads} is not a whole number of KV groups "
+      f"({per_group} query heads each)"
+    )

@@ -29,16 +29,17 @@ _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 BACKENDS = {"gs": "gcsfs", "s3": "s3fs"}
 
 
-def _fresh_listings() -> None:
+@functools.cache
+def fresh_listings() -> None:
   """fsspec caches folder listings per process; Orbax and tensorstore write objects behind its back, so a
-  cached listing would hide a new checkpoint step. Listings are read fresh instead (they are few)."""
+  cached listing would hide a new checkpoint step. Listings are read fresh instead (they are few).
+
+  Called before this module's first URL and by the modules that bring Orbax in (fsspec's import takes
+  longer than reading a config: a job whose paths are all local, or whose config is wrong, never pays it)."""
   import fsspec
 
   for url_scheme in BACKENDS:
     fsspec.config.conf.setdefault(url_scheme, {}).setdefault("use_listings_cache", False)
-
-
-_fresh_listings()
 
 
 def scheme(path: str) -> str | None:
@@ -53,6 +54,7 @@ def is_remote(path: str) -> bool:
 def _epath(path: str):
   from etils import epath
 
+  fresh_listings()
   return epath.Path(path)
 
 

@@ -14,6 +14,8 @@ import grain
 from MaxText.config import storage
 from MaxText.config.errors import BadInputError
 
+storage.fresh_listings()  # before Orbax / Grain open any URL themselves
+
 
 class CheckedRecords:
   """A random-access source over ArrayRecord files (what grain.MapDataset.source takes)."""

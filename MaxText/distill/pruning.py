@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from MaxText.config.errors import ConfigError
 from MaxText.model import decoder, layers
 
 
@@ -42,25 +41,6 @@ class Plan:
   neurons: np.ndarray  # [n', f'] kept MLP neurons of each kept layer
   channels: np.ndarray  # [d'] kept residual channels
   heads_per_group: int
-
-
-def check_targets(config) -> None:
-  """Refuses, by key, a target the model cannot be pruned to (before anything is read or compiled)."""
-  current = {
-    "prune_num_layers": config.num_decoder_layers,
-    "prune_mlp_dim": config.mlp_dim,
-    "prune_num_query_heads": config.num_query_heads,
-    "prune_emb_dim": config.emb_dim,
-  }
-  for key, size in current.items():
-    if getattr(config, key) > size:
-      raise ConfigError(f"{key}: {getattr(config, key)} is more than the model has ({size})")
-  per_group = config.num_query_heads // config.num_kv_heads
-  if config.prune_num_query_heads % per_group:
-    raise ConfigError(
-      f"prune_num_query_heads: {config.prune_num_query_heads} is not a whole number of KV groups "
-      f"({per_group} query heads each)"
-    )
 
 
 def _token_weights(batch) -> jax.Array:

@@ -16,9 +16,9 @@ import orbax.checkpoint as ocp
 
 from MaxText.config import storage
 from MaxText.config.errors import UserError
+from MaxText.config.saved_files import MODEL_CONFIG_FILE, PARAMS, saved_model_keys  # noqa: F401 - re-exported
 
-PARAMS = "params"
-MODEL_CONFIG_FILE = "model_config.json"  # model keys of a converted checkpoint (read by KD and --to_hf)
+storage.fresh_listings()  # before Orbax / Grain open any URL themselves
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -106,18 +106,3 @@ def params_fingerprint(params) -> str:
     ]
   )
   return hashlib.sha256(text.encode()).hexdigest()
-
-
-def saved_model_keys(checkpoint_path: str) -> tuple[str, dict] | None:
-  """(file, keys) saved beside a checkpoint: a run's config.json two levels up from its step folder,
-  or a converted checkpoint's model_config.json inside it; None when there is neither."""
-  path = storage.absolute(checkpoint_path)
-  candidates = [
-    storage.join(path, MODEL_CONFIG_FILE),
-    storage.join(storage.dirname(storage.dirname(path)), "config.json"),
-  ]
-  found = next((c for c in candidates if storage.isfile(c)), None)
-  if found is None:
-    return None
-  with storage.open_file(found, encoding="utf-8") as f:
-    return found, json.load(f)

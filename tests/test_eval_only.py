@@ -11,7 +11,7 @@ import pytest
 from chat_files import chat_tokenizer_folder
 from conftest import REPO, TINY, read_metrics, run_train
 
-EVAL_LINE = re.compile(r"eval_only (\S+): loss ([0-9.]+) \| perplexity ([0-9.]+) \((\d+) tokens in (\d+) batches\)")
+EVAL_LINE = re.compile(r"eval_only (\S+): loss ([0-9.]+) \| perplexity ([0-9.]+) \((\d+) tokens in (\d+) batches; ")
 
 
 def _convert(*args):
@@ -61,10 +61,10 @@ def test_eval_only_reproduces_the_runs_eval_from_its_checkpoint_and_from_a_conve
   assert abs(loss - want["eval/loss"]) <= 1e-5 * want["eval/loss"]
 
 
-def test_eval_only_needs_a_model_and_refuses_kd(tmp_path):
+def test_eval_only_needs_a_model_and_a_teacher_for_kd(tmp_path):
   for extra, message in (
     ([], "load_parameters_path: eval_only scores a saved model"),
-    (["load_parameters_path=/tmp", "use_kd=true"], "use_kd: eval_only scores one model"),
+    (["load_parameters_path=/tmp", "use_kd=true"], "kd_teacher_parameters_path: eval_only with use_kd reports"),
   ):
     proc = run_train(tmp_path, *TINY, "eval_only=true", *extra, check=False)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-1000:]

@@ -213,3 +213,39 @@ def test_packing_puts_at_most_max_segments_per_seq_documents_in_a_row(tmp_path):
     batches, _ = _batches(config, 4)
     most[cap] = max(int(b["inputs_segmentation"].max()) for b in batches)
   assert most[3] == 3 and most[64] > 3  # a 16-token row holds 4 such documents unless capped
+
+
+def _eval_set(tmp_path, **overrides):
+  from MaxText.data import eval_set
+
+  config = _config(
+    dataset_type="text",
+    dataset_path=str(tmp_path / "train.txt"),
+    eval_dataset_path=str(tmp_path / "eval.txt"),
+    add_bos=False,
+    add_eos=False,
+    **overrides,
+  )
+  return eval_set.build(config, input_pipeline.Corpus(config, ByteTokenizer()), 2)
+
+
+def test_eval_windows_spread_over_the_eval_set_or_cover_it_whole(tmp_path):
+  # one 800-byte eval document whose k-th 16-byte run is the letter 65 + k: 50 windows (16 targets each, 15 in
+  # the last; 799 in all), the first input byte of window k is 65 + k + 3 (byte ids shift by 3); 2 batches of
+  # 2 rows score 4 of them.
+  (tmp_path / "train.txt").write_text("t" * 100)
+  (tmp_path / "eval.txt").write_text("".join(chr(65 + k) * 16 for k in range(50)))
+  window_of = lambda chosen: [int(row[0]) - 68 for b in chosen.batches for row in b["inputs"]]
+  start = _eval_set(tmp_path, eval_steps=2, eval_sampling="start")
+  assert window_of(start) == [0, 1, 2, 3]
+  spread = _eval_set(tmp_path, eval_steps=2)
+  chosen = window_of(spread)
+  assert chosen == window_of(_eval_set(tmp_path, eval_steps=2))  # the same windows every time
+  assert max(chosen) > 3 and len(set(chosen)) == 4  # drawn across the document, none twice
+  scored = sum(15 if k == 49 else 16 for k in chosen)
+  assert (spread.scored_tokens, spread.total_tokens) == (scored, 799)
+  assert spread.coverage() == f"; {100 * scored / 799:.1f}% of the eval set's 799 target tokens"
+  whole = _eval_set(tmp_path, eval_steps=-1)
+  assert whole.scored_tokens == whole.total_tokens == 799 and len(whole.batches) == 25  # 50 rows, 2 per batch
+  targets = np.concatenate([b["targets"][b["targets_segmentation"] > 0] for b in whole.batches])
+  assert sorted(targets.tolist()) == sorted(65 + i // 16 + 3 for i in range(1, 800))  # every target once

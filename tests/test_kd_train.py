@@ -68,6 +68,29 @@ def test_kd_against_a_trained_deeper_wider_teacher_lowers_kl(tmp_path, teacher_d
   assert last["kd/teacher_loss"] < last["kd/hard_loss"]  # the teacher is the better model
   evals = [r for r in read_metrics(tmp_path / "student") if "eval/kd/kl_div_T1" in r]
   assert evals and evals[-1]["eval/kd/teacher_loss"] < evals[-1]["eval/loss"]
+  assert "fidelity: KL(teacher||student)" in proc.stdout
+
+  # eval_only with the teacher reports the same fidelity as the run's own eval at its last step; the teacher
+  # scored against itself has KL 0 and top-1 agreement 1
+  teacher = [f"kd_teacher_parameters_path={teacher_dir}", "kd_teacher_model_name=tiny"]
+  teacher.append(f"kd_teacher_overrides={','.join(TEACHER)}")
+  student = tmp_path / "student" / "checkpoints" / "30"
+  scored = _eval_only_fidelity(tmp_path, f"load_parameters_path={student}", *teacher)
+  for key, value in scored.items():
+    assert value == pytest.approx(evals[-1][f"eval/kd/{key}"], abs=1e-4), key  # printed to 4 decimals
+  itself = _eval_only_fidelity(tmp_path, f"load_parameters_path={teacher_dir}", *teacher)
+  assert itself["kl_div_T1"] < 1e-4 and itself["top1_agreement"] == 1.0
+
+
+FIDELITY = re.compile(
+  r"fidelity: KL\(teacher\|\|student\) ([0-9.]+) top-1 agreement ([0-9.]+) teacher p\(student top-1\) ([0-9.]+)"
+)
+
+
+def _eval_only_fidelity(tmp_path, *overrides) -> dict:
+  proc = run_train(tmp_path / "never-written", *TINY, "eval_only=true", "use_kd=true", "eval_steps=2", *overrides)
+  kl, top1, prob = map(float, FIDELITY.search(proc.stdout).groups())
+  return {"kl_div_T1": kl, "top1_agreement": top1, "teacher_prob_of_student_top1": prob}
 
 
 def test_an_online_kd_run_killed_while_an_async_checkpoint_is_written_resumes_bit_for_bit(tmp_path, teacher_dir):

@@ -43,12 +43,14 @@ _ONE_OF = {
   "kd_offline_normalization": ("other_bucket", "renormalize_both", "student_full"),
   "kd_offline_logits_dtype": ("bfloat16", "float32"),
   "prune_layer_metric": ("cosine", "loss"),
+  "eval_sampling": ("spread", "start"),
   "decode_sampling_strategy": ("greedy", "weighted", "topk", "nucleus"),
   "kd_divergence": ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl"),
   "kd_on_policy_divergence": ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl"),
 }
 
 _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
+  ("eval_steps", lambda v: v == -1 or v >= 1, "a positive integer, or -1 (the whole eval set)"),
   *[
     (k, _positive, "a positive integer")
     for k in (
@@ -65,7 +67,6 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "mlp_sequence_chunks",
       "log_period",
       "loss_chunk_size",
-      "eval_steps",
       "checkpoint_period",
       "max_to_keep",
       "gradient_accumulation_steps",

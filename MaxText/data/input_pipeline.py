@@ -252,7 +252,6 @@ def _grain_flags_parsed() -> None:
 
 def make_iterator(config, corpus: Corpus | None, split: str, batch_size: int):
   """A checkpointable iterator of per-process batches (dicts of [batch_size, max_target_length] int32)."""
-  length = config.max_target_length
   if config.dataset_type == "synthetic":
     offset = 0 if split == "train" else 1 << 39
     ds = _synthetic_sequences(config)[offset + jax.process_index() :: jax.process_count()]
@@ -262,6 +261,12 @@ def make_iterator(config, corpus: Corpus | None, split: str, batch_size: int):
   is_sft = corpus is not None and corpus.sft
   if not is_sft:
     it_ds = it_ds.map(_example)
+  return iter(batched(config, it_ds, batch_size, is_sft))
+
+
+def batched(config, it_ds: grain.IterDataset, batch_size: int, is_sft: bool, drop_remainder: bool = True):
+  """Examples -> packed (or padded) rows -> batches of `batch_size` rows under MaxText's names."""
+  length = config.max_target_length
   if config.packing:
     lengths = {"inputs": length, "targets": length, **({"targets_mask": length} if is_sft else {})}
     it_ds = grain.experimental.FirstFitPackIterDataset(
@@ -274,4 +279,4 @@ def make_iterator(config, corpus: Corpus | None, split: str, batch_size: int):
     )
   else:
     it_ds = it_ds.map(lambda ex: _pad_example(ex, length))
-  return iter(it_ds.batch(batch_size, drop_remainder=True).map(_to_maxtext_names))
+  return it_ds.batch(batch_size, drop_remainder=drop_remainder).map(_to_maxtext_names)

@@ -91,8 +91,10 @@ class HuggingFaceTokenizer:
         return token_id
     return None
 
-  def encode(self, text: str) -> list[int]:
-    return self._tok.encode(text, add_special_tokens=False).ids
+  def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    """`add_special_tokens`: what tokenizer.json's post-processor adds (a BOS for Llama-3-style files;
+    nothing for many others), as transformers' tokenizers add by default."""
+    return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
   def encode_batch(self, texts: list[str]) -> list[list[int]]:
     return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]

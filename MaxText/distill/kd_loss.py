@@ -23,7 +23,9 @@ from MaxText.losses.cross_entropy import cross_entropy_with_logits, project_logi
 from MaxText.losses.divergences import kd_divergence
 
 DIAGNOSED_TOKENS = "kd/diagnosed_tokens"  # tokens the diagnostics below were computed on (0 on skipped steps)
-_DIAGNOSTICS = ("kl_div_T1", "top1_agreement", "teacher_loss")  # also kd/<ensemble member>/<one of these>
+# also kd/<ensemble member>/<one of these>; teacher_prob_of_student_top1: the teacher's probability (T = 1)
+# of the student's argmax token (1 when they agree and the teacher is sure; a soft top-1 agreement)
+_DIAGNOSTICS = ("kl_div_T1", "top1_agreement", "teacher_prob_of_student_top1", "teacher_loss")
 
 
 def is_diagnostic(name: str) -> bool:
@@ -86,11 +88,20 @@ def kd_chunk_sums(xs: dict, shared: dict, options: KDOptions, source: TeacherSou
 
 
 def _diagnostic_sums(teacher, frozen_student, kl_t1_N, weights) -> dict:
-  """KL@T1 (unpruned teacher), top-1 agreement and the teacher's own terms, summed with the token weights."""
+  """Fidelity to the teacher: KL@T1 (unpruned teacher), top-1 agreement, the teacher's probability of the
+  student's top-1 token, and the teacher's own terms, summed with the token weights."""
+  target = teacher.target_t1()
   if kl_t1_N is None:
-    kl_t1_N = kd_divergence(frozen_student, teacher.target_t1(), 1.0)
-  agree_N = (jnp.argmax(frozen_student, axis=-1) == teacher.top1_N).astype(jnp.float32)
-  per_token = {**teacher.own_terms(frozen_student), "kl_div_T1": kl_t1_N, "top1_agreement": agree_N}
+    kl_t1_N = kd_divergence(frozen_student, target, 1.0)
+  student_top1_N = jnp.argmax(frozen_student, axis=-1)
+  agree_N = (student_top1_N == teacher.top1_N).astype(jnp.float32)
+  prob_N = jnp.take_along_axis(target.target_NxV, student_top1_N[:, None], axis=-1)[:, 0]
+  per_token = {
+    **teacher.own_terms(frozen_student),
+    "kl_div_T1": kl_t1_N,
+    "top1_agreement": agree_N,
+    "teacher_prob_of_student_top1": prob_N,
+  }
   sums = {f"kd/{name}_sum": jnp.sum(x * weights) for name, x in per_token.items()}
   return sums | {DIAGNOSED_TOKENS: jnp.sum(weights)}
 

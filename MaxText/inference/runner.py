@@ -42,11 +42,17 @@ def template_of(config, records: list[dict]):
 
 
 class BatchGenerator:
-  """Generates for lists of prompts (token ids) in batches of `rows`, right-padded, one compile per prompt length."""
+  """Generates for lists of prompts (token ids) in batches of `rows`, right-padded, one compile per padded
+  width: the longest prompt's length, or `width_of` it (a bucketing that bounds the number of compiles).
+  `new_tokens` overrides decode_max_new_tokens."""
 
-  def __init__(self, config, graphdef, params, rows: int, stops: tuple[int, ...], pad_id: int):
+  def __init__(
+    self, config, graphdef, params, rows: int, stops: tuple[int, ...], pad_id: int, new_tokens=None, width_of=None
+  ):
     self.rows, self.stops, self.pad_id = rows, stops, pad_id
-    sampling, new_tokens = Sampling.from_config(config), config.decode_max_new_tokens
+    self.width_of = width_of or (lambda longest: longest)
+    sampling = Sampling.from_config(config)
+    new_tokens = config.decode_max_new_tokens if new_tokens is None else new_tokens
 
     def generate_batch(params, tokens, lengths, key):
       return generate(decoder.bind(graphdef, params), tokens, lengths, key, sampling, new_tokens, stops, pad_id)
@@ -57,7 +63,7 @@ class BatchGenerator:
     """(generated ids, whether a stop token ended them) per prompt; at most `rows` prompts."""
     assert 0 < len(prompts) <= self.rows
     filled = prompts + [prompts[0]] * (self.rows - len(prompts))  # spare rows repeat the first prompt
-    tokens = np.full((self.rows, max(map(len, filled))), self.pad_id, np.int32)
+    tokens = np.full((self.rows, self.width_of(max(map(len, filled)))), self.pad_id, np.int32)
     for row, ids in enumerate(filled):
       tokens[row, : len(ids)] = ids
     lengths = jnp.asarray([len(ids) for ids in filled], jnp.int32)

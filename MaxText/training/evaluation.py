@@ -1,56 +1,78 @@
 """Eval passes: the trainer's periodic eval and `eval_only=true`, which scores one saved model (a run's
 step folder, a converted Hugging Face / GGUF model, a pruned student, a teacher) on the eval split and
-trains nothing.
+trains nothing. With a teacher (use_kd and a live teacher or ensemble), both also report the student's
+fidelity to it: KL(teacher || student) at T = 1, top-1 agreement and the teacher's probability of the
+student's top-1 token, token-weighted.
 
-Both read the same eval stream from its start (the held-out documents or eval_dataset_path), `eval_steps`
-global batches of it, so an eval-only pass over a run's checkpoint reproduces that run's eval at the
-checkpoint's step.
+Both score the same batches (data/eval_set.py: `eval_steps` batches drawn across the eval split with a fixed
+seed, or all of it with eval_steps=-1), so an eval-only pass over a run's checkpoint reproduces that run's
+eval at the checkpoint's step.
 """
 
 from __future__ import annotations
 
 import jax
 
-from MaxText.data import input_pipeline
+from MaxText.config.errors import ConfigError
+from MaxText.data import eval_set
 from MaxText.distill.objective import make_loss_fn
+from MaxText.distill.teacher import build_teacher
 from MaxText.model.params_io import load_params
 from MaxText.parallel import sharding
-from MaxText.training.metrics import eval_record
+from MaxText.training.metrics import eval_record, fidelity_text
 from MaxText.training.runtime import build_corpus, global_batch_size, to_global
 from MaxText.training.state import make_layout
 
 
-def eval_sums(config, corpus, eval_step, trainables, teacher, batch_sharding, step) -> dict:
-  """Token-weighted sums of the eval step over `eval_steps` batches of the eval split."""
-  local_batch = global_batch_size(config) // jax.process_count()
-  batches = input_pipeline.make_iterator(config, corpus, "eval", local_batch)
+def build_eval_set(config, corpus) -> eval_set.EvalSet:
+  return eval_set.build(config, corpus, global_batch_size(config) // jax.process_count())
+
+
+def eval_sums(chosen: eval_set.EvalSet, eval_step, trainables, teacher, batch_sharding, step) -> dict:
+  """Token-weighted sums of the eval step over the chosen eval batches."""
   total = None
-  for _ in range(config.eval_steps):
-    sums = eval_step(trainables, teacher, to_global(next(batches), batch_sharding), step)
+  for batch in chosen.batches:
+    sums = eval_step(trainables, teacher, to_global(batch, batch_sharding), step)
     host = {k: float(v) for k, v in jax.device_get(sums).items()}
     total = host if total is None else {k: total[k] + host[k] for k in total}
   return total
 
 
+def _teacher_of(config, mesh):
+  """(source, teacher state) of eval_only's fidelity: a live teacher or ensemble; a cache covers no eval batch."""
+  if not config.use_kd:
+    return None, None
+  if config.kd_offline_data_dir:
+    raise ConfigError(
+      "kd_offline_data_dir: a teacher cache covers training batches only; eval_only's fidelity needs a live "
+      "teacher (kd_teacher_parameters_path or kd_teachers)"
+    )
+  return build_teacher(config, mesh, None)
+
+
 def evaluate_checkpoint(config) -> dict[str, float]:
-  """eval_only: the model in load_parameters_path on the eval split; prints and returns its record."""
+  """eval_only: the model in load_parameters_path on the eval split (and its fidelity to the teacher, with
+  use_kd); prints and returns its record."""
   mesh = sharding.create_mesh(config)
   corpus = build_corpus(config)
   layout = make_layout(config, mesh, None)  # abstract: no optimizer state is allocated
   params = load_params(config.load_parameters_path, layout.abstract_state["params"], layout.param_shardings)
+  source, teacher = _teacher_of(config, mesh)
   batch_sharding = sharding.batch_sharding(mesh)
-  loss_fn = make_loss_fn(config, layout.graphdef, None, None)
+  loss_fn = make_loss_fn(config, layout.graphdef, source, None)
+  teacher_shardings = source.param_shardings if source is not None else None
   step_fn = jax.jit(
-    lambda trainables, batch: loss_fn(trainables, batch, 0, None)[1],
-    in_shardings=({"params": layout.param_shardings}, batch_sharding),
+    lambda trainables, teacher, batch: loss_fn(trainables, batch, 0, teacher)[1],
+    in_shardings=({"params": layout.param_shardings}, teacher_shardings, batch_sharding),
   )
+  chosen = build_eval_set(config, corpus)
   with jax.set_mesh(mesh):
-    sums = eval_sums(config, corpus, lambda t, _, b, __: step_fn(t, b), {"params": params}, None, batch_sharding, 0)
+    sums = eval_sums(chosen, lambda t, tt, b, _: step_fn(t, tt, b), {"params": params}, teacher, batch_sharding, 0)
   record = eval_record(sums)
   if jax.process_index() == 0:
     print(
-      f"eval_only {config.load_parameters_path}: loss {record['loss']:.6f} | perplexity {record['perplexity']:.4f} "
-      f"({int(sums['tokens'])} tokens in {config.eval_steps} batches)",
+      f"eval_only {config.load_parameters_path}: loss {record['loss']:.6f} | perplexity {record['perplexity']:.4f}"
+      f"{fidelity_text(record)} ({int(sums['tokens'])} tokens in {len(chosen.batches)} batches{chosen.coverage()})",
       flush=True,
     )
   return record

@@ -40,9 +40,10 @@ def _check_teacher(config) -> None:
 def _check_eval_only(config) -> None:
   if not config.load_parameters_path:
     raise ConfigError("load_parameters_path: eval_only scores a saved model; name its checkpoint folder")
-  if config.use_kd:
+  if config.use_kd and not (config.kd_teacher_parameters_path or config.kd_teachers):
     raise ConfigError(
-      "use_kd: eval_only scores one model; to score a teacher, give its checkpoint as load_parameters_path"
+      "kd_teacher_parameters_path: eval_only with use_kd reports fidelity to a teacher; name its checkpoint "
+      "(or kd_teachers)"
     )
 
 

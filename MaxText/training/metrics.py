@@ -143,6 +143,16 @@ def eval_record(sums: dict) -> dict[str, float]:
   return record
 
 
+def fidelity_text(record: dict) -> str:
+  """The student's agreement with its teacher on an eval pass, for the console ("" without a teacher)."""
+  if "kd/kl_div_T1" not in record:
+    return ""
+  return (
+    f" | fidelity: KL(teacher||student) {record['kd/kl_div_T1']:.4f} top-1 agreement "
+    f"{record['kd/top1_agreement']:.4f} teacher p(student top-1) {record['kd/teacher_prob_of_student_top1']:.4f}"
+  )
+
+
 class JsonlRecords:
   """metrics.jsonl, one record per line: appended to a local file; an object in a bucket cannot be
   appended to, so there the whole (small) file is uploaded again after each record."""
@@ -232,13 +242,13 @@ class MetricLogger:
     self.window_start = time.perf_counter()
     return record
 
-  def write_eval(self, step: int, sums: dict) -> dict[str, float]:
+  def write_eval(self, step: int, sums: dict, scored: str = "") -> dict[str, float]:
     record = eval_record(sums)
     self._emit(step, record, prefix="eval/")
     if self.is_primary:
       print(
-        f"eval at step {step}: loss {record['loss']:.4f} | perplexity {record['perplexity']:.2f} "
-        f"({int(sums['tokens'])} tokens)",
+        f"eval at step {step}: loss {record['loss']:.4f} | perplexity {record['perplexity']:.2f}"
+        f"{fidelity_text(record)} ({int(sums['tokens'])} tokens{scored})",
         flush=True,
       )
     return record

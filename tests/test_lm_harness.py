@@ -206,3 +206,24 @@ def test_real_smollm2_gives_hf_metrics(tmp_path):
     os.chdir(cwd)
   _assert_same_results(got, want)
   assert want["results"]["facts_choice"]["acc,none"] >= 0.5  # a real model: the facts are mostly known
+
+
+def test_a_training_run_scores_eval_tasks_as_the_adapter_scores_its_checkpoint(tmp_path):
+  from conftest import TINY, read_metrics, run_train
+
+  tasks_dir = ["eval_tasks=facts_choice", f"eval_tasks_path={EVALS}", "eval_tasks_limit=4"]
+  proc = run_train(tmp_path, *TINY, "run_name=run", "steps=2", "eval_interval=2", "eval_steps=1", *tasks_dir)
+  assert "eval tasks at step 2: facts_choice/acc" in proc.stdout
+  logged = next(r for r in read_metrics(tmp_path / "run") if "eval/tasks/facts_choice/acc" in r)
+  ours = MaxTextLM(
+    load_parameters_path=str(tmp_path / "run" / "checkpoints" / "2"), batch_size=4, max_length=32, dtype="float32"
+  )
+  cwd = os.getcwd()
+  os.chdir(REPO)
+  try:
+    manager = TaskManager(include_path=EVALS)
+    want = lm_eval.simple_evaluate(model=ours, tasks=["facts_choice"], task_manager=manager, limit=4)["results"]
+  finally:
+    os.chdir(cwd)
+  assert logged["eval/tasks/facts_choice/acc"] == pytest.approx(want["facts_choice"]["acc,none"])
+  assert logged["eval/tasks/facts_choice/acc_norm"] == pytest.approx(want["facts_choice"]["acc_norm,none"])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -99,6 +101,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "gradient_clipping_threshold",
       "z_loss_multiplier",
       "eval_interval",
+      "eval_tasks_limit",
       "rope_scaling_factor",
       "adam_eps",
       "grain_worker_count",
@@ -157,7 +160,22 @@ def _check_eval_data(v: dict[str, Any]) -> None:
     )
 
 
+def _check_eval_tasks(v: dict[str, Any]) -> None:
+  if not v["eval_tasks"]:
+    return
+  if not v["eval_interval"] or v["eval_only"]:
+    raise ConfigError(
+      "eval_tasks: scored at a training run's eval steps (set eval_interval); for a saved model run "
+      "python -m MaxText.run_lm_eval"
+    )
+  if importlib.util.find_spec("lm_eval") is None:
+    raise ConfigError("eval_tasks: lm-evaluation-harness is not installed (pip install -e '.[eval]')")
+  if v["eval_tasks_path"] and not os.path.isdir(v["eval_tasks_path"]):
+    raise ConfigError(f"eval_tasks_path: {v['eval_tasks_path']!r} is not a folder of lm-eval task YAMLs")
+
+
 def _check_relations(v: dict[str, Any]) -> None:
+  _check_eval_tasks(v)
   if v["num_query_heads"] % v["num_kv_heads"]:
     raise ConfigError(f"num_query_heads: {v['num_query_heads']} must be a multiple of num_kv_heads={v['num_kv_heads']}")
   if v["rope_scaling_factor"] and v["rope_high_freq_factor"] <= v["rope_low_freq_factor"]:

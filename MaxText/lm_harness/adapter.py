@@ -107,6 +107,12 @@ class MaxTextLM(TemplateLM):
     self.scorer = SequenceScorer(graphdef, params, sharding.batch_sharding(mesh), self.rows, self._max_length)
     self._generators: dict[int, BatchGenerator] = {}
 
+  def use_params(self, params) -> None:
+    """Scores the given parameters from now on (a training run's current state, at each eval step)."""
+    self.params = self.scorer.params = params
+    for generator in self._generators.values():
+      generator.params = params
+
   # -- what lm-eval asks of a model ---------------------------------------------------------------
   @property
   def eot_token_id(self) -> int:
@@ -175,7 +181,7 @@ class MaxTextLM(TemplateLM):
     return totals
 
   def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-    eos = self._token_text(self.tok.eos_id) if self.tok.eos_id is not None else None
+    eos = (self._token_text(self.tok.eos_id) or None) if self.tok.eos_id is not None else None
     results: list[str | None] = [None] * len(requests)
     groups: dict[str, list[int]] = {}
     for index, request in enumerate(requests):

@@ -253,6 +253,14 @@ class MetricLogger:
       )
     return record
 
+  def write_tasks(self, step: int, scores: dict[str, float]) -> dict[str, float]:
+    """lm-eval task metrics of an eval step (eval_tasks), logged as eval/tasks/<task>/<metric>."""
+    self._emit(step, scores, prefix="eval/")
+    if self.is_primary:
+      shown = " | ".join(f"{name[len('tasks/') :]} {value:.4f}" for name, value in scores.items())
+      print(f"eval tasks at step {step}: {shown}", flush=True)
+    return scores
+
   def _emit(self, step: int, record: dict, prefix: str) -> None:
     if not self.is_primary:
       return

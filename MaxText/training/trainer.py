@@ -26,6 +26,7 @@ from MaxText.model.params_io import load_params
 from MaxText.parallel import sharding
 from MaxText.training import checkpointing, preflight
 from MaxText.training import metrics as metrics_lib
+from MaxText.lm_harness.in_training import TaskScorer
 from MaxText.training.evaluation import build_eval_set, eval_sums
 from MaxText.training.profiler import StepProfiler
 from MaxText.training.runtime import build_corpus, global_batch_size, to_global
@@ -101,6 +102,7 @@ class Trainer:
     eval_loss_fn = make_loss_fn(config, layout.graphdef, eval_source, eval_alignment)
     trainable_shardings = trainables(layout.state_shardings)
     self.eval_set = None
+    self.task_scorer = TaskScorer(config, self.mesh, layout.graphdef, self.batch_size) if config.eval_tasks else None
     self.eval_step = jax.jit(
       make_eval_step(eval_loss_fn),
       in_shardings=(trainable_shardings, teacher_shardings, self.batch_sharding, None),
@@ -171,6 +173,9 @@ class Trainer:
       self.eval_set = build_eval_set(self.config, self.corpus)
     sums = eval_sums(self.eval_set, self.eval_step, *args)
     record = logger.write_eval(step, sums, self.eval_set.coverage())
+    if self.task_scorer is not None:
+      with jax.set_mesh(self.mesh):
+        record.update(logger.write_tasks(step, self.task_scorer(self.state["params"])))
     logger.window_start += time.perf_counter() - started  # eval time is not training throughput
     return record
 

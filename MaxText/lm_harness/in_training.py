@@ -42,7 +42,10 @@ class TaskScorer:
       logging.getLogger("lm_eval").setLevel(logging.WARNING)
     self.lm.use_params(params)
     results = lm_eval.simple_evaluate(
-      model=self.lm, tasks=task_names(config), task_manager=self.manager, limit=config.eval_tasks_limit or None,
+      model=self.lm,
+      tasks=task_names(config),
+      task_manager=self.manager,
+      limit=config.eval_tasks_limit or None,
       verbosity="WARNING",
     )
     return flat_metrics(results["results"])

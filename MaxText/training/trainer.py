@@ -20,13 +20,13 @@ from MaxText.data.tokenizer import build_tokenizer
 from MaxText.distill import on_policy
 from MaxText.distill.objective import make_loss_fn
 from MaxText.distill.teacher import build_teacher
+from MaxText.lm_harness.in_training import TaskScorer
 from MaxText.losses.divergence_family import Divergence
 from MaxText.model import decoder, int8_weights
 from MaxText.model.params_io import load_params
 from MaxText.parallel import sharding
 from MaxText.training import checkpointing, preflight
 from MaxText.training import metrics as metrics_lib
-from MaxText.lm_harness.in_training import TaskScorer
 from MaxText.training.evaluation import build_eval_set, eval_sums
 from MaxText.training.profiler import StepProfiler
 from MaxText.training.runtime import build_corpus, global_batch_size, to_global

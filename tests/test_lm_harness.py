@@ -19,6 +19,7 @@ from conftest import REPO  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
+from test_hf_parity import COMMON  # noqa: E402 - the same tiny Llama sizes
 
 from MaxText import convert_hf_checkpoint  # noqa: E402
 from MaxText.lm_harness import tasks  # noqa: E402
@@ -39,19 +40,7 @@ def models(tmp_path_factory):
   """A tiny random Llama saved by transformers (with a trained BPE tokenizer) and our import of it."""
   root = tmp_path_factory.mktemp("lm_harness")
   torch.manual_seed(0)
-  config = transformers.LlamaConfig(
-    vocab_size=320,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=8,
-    max_position_embeddings=256,
-    bos_token_id=1,
-    eos_token_id=2,
-    tie_word_embeddings=False,
-  )
+  config = transformers.LlamaConfig(**COMMON, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
   model = transformers.LlamaForCausalLM(config).eval()
   with torch.no_grad():  # sharper than transformers' 0.02-std start, so greedy choices are not near-ties
     for param in model.parameters():

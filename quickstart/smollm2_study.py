@@ -11,7 +11,10 @@
 4. train the pruned student at equal steps, tokens, seed and data order with CE only and with KD
    from the live teacher (one run per setting in KD_RUNS);
 5. measure held-out loss per domain of the teacher, the pruned student before training and every
-   trained student (each saved step, for the figure); write OUT/results.json, OUT/results.md and a figure;
+   trained student (each saved step, for the figure); their LAMBADA-style cloze accuracy on each held-out
+   domain through lm-evaluation-harness (tasks built from the held-out text, OUT/evals) and its retention
+   (student / teacher); each student's fidelity to the teacher on the held-out batches (KL(teacher ||
+   student) at T = 1, top-1 agreement); write OUT/results.json, OUT/results.md and a figure;
 6. export the best student and the teacher with --to_hf, load both in transformers and answer a few
    chat prompts with each (greedy).
 Every stage is skipped when its output exists, so a rerun resumes. `--gguf`, `--prune` and the size
@@ -193,6 +196,76 @@ class Evaluator:
     totals = [self._sums(params, b) for b in batches]
     return float(sum(t[0] for t in totals) / sum(t[1] for t in totals))
 
+  def fidelity(self, teacher_eval: Evaluator, teacher_ckpt: str, student_ckpts: dict, batches: list[dict]) -> dict:
+    """{student: {"kl": KL(teacher || student) at T = 1, "top1": top-1 agreement}}, token-weighted over
+    `batches` (the teacher's logits computed once per batch, compared with every student's)."""
+    import jax
+    import jax.numpy as jnp
+
+    from MaxText.model import decoder, params_io
+
+    def logits_of(graphdef, params, batch):
+      model = decoder.bind(graphdef, params)
+      return model.logits(batch["inputs"], batch["inputs_position"], batch["inputs_segmentation"])
+
+    @jax.jit
+    def sums(student_params, teacher_logits, batch):
+      student_logits = logits_of(self.graphdef, student_params, batch)
+      t_logp, s_logp = jax.nn.log_softmax(teacher_logits), jax.nn.log_softmax(student_logits)
+      kl = jnp.sum(jnp.exp(t_logp) * (t_logp - s_logp), axis=-1)
+      agree = (jnp.argmax(teacher_logits, -1) == jnp.argmax(student_logits, -1)).astype(jnp.float32)
+      weight = (batch["targets_segmentation"] != 0).astype(jnp.float32)
+      return jnp.sum(kl * weight), jnp.sum(agree * weight), jnp.sum(weight)
+
+    teacher_logits = jax.jit(lambda p, b: logits_of(teacher_eval.graphdef, p, b))
+    teacher_params = params_io.load_params(teacher_ckpt, teacher_eval.abstract, teacher_eval.shardings)
+    students = {n: params_io.load_params(c, self.abstract, self.shardings) for n, c in student_ckpts.items()}
+    totals = {name: [0.0, 0.0, 0.0] for name in students}
+    for batch in batches:
+      reference = teacher_logits(teacher_params, batch)
+      for name, params in students.items():
+        totals[name] = [a + float(b) for a, b in zip(totals[name], sums(params, reference, batch), strict=True)]
+    return {name: {"kl": kl / n, "top1": top1 / n} for name, (kl, top1, n) in totals.items()}
+
+
+def cloze_tasks(args) -> str:
+  """OUT/evals: one LAMBADA-style cloze task per held-out domain (args.cloze passages, seed 0); its folder."""
+  from MaxText.lm_harness import tasks
+
+  folder = os.path.join(args.out, "evals")
+  for domain in DOMAINS:
+    data = os.path.join(folder, f"cloze_{domain}.jsonl")
+    if os.path.isfile(data):
+      continue
+    heldout = args.folders[f"heldout_{domain}"]
+    records = []
+    for name in sorted(os.listdir(heldout)):
+      with open(os.path.join(heldout, name), encoding="utf-8") as f:
+        records += tasks.cloze_passages(f.read(), require_in_context=not args.cloze_anywhere)
+    if not records:
+      sys.exit(f"error: no cloze passage in {heldout} (try --cloze_anywhere)")
+    os.makedirs(folder, exist_ok=True)
+    with open(data, "w", encoding="utf-8") as f:
+      f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in tasks.sample(records, args.cloze, seed=0))
+    tasks.write_task("cloze", f"cloze_{domain}", data, folder)
+  return folder
+
+
+def task_accuracy(args, ckpt: str, task_dir: str) -> dict:
+  """{domain: {"acc", "perplexity"}} of the cloze tasks through lm-evaluation-harness (the maxtext model)."""
+  import lm_eval
+  from lm_eval.tasks import TaskManager
+
+  from MaxText.lm_harness.adapter import MaxTextLM
+
+  model = MaxTextLM(load_parameters_path=ckpt, batch_size=args.batch, max_length=args.length)
+  names = [f"cloze_{d}" for d in DOMAINS]
+  results = lm_eval.simple_evaluate(
+    model=model, tasks=names, task_manager=TaskManager(include_path=task_dir), verbosity="WARNING"
+  )["results"]
+  return {d: {"acc": results[f"cloze_{d}"]["acc,none"], "perplexity": results[f"cloze_{d}"]["perplexity,none"]}
+          for d in DOMAINS}  # fmt: skip
+
 
 def tokens_per_s(run_dir: str) -> float:
   with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
@@ -245,6 +318,29 @@ def results_table(results: dict) -> str:
   return "\n".join(rows) + "\n"
 
 
+def task_table(results: dict) -> str:
+  """Cloze accuracy per held-out domain, its retention (the model's mean accuracy / the teacher's), and
+  each student's fidelity to the teacher on the held-out batches (mean of the two domains)."""
+  rows = [
+    "| model | cloze acc: Shakespeare | package docs | retention | cloze word perplexity: Shakespeare | "
+    "package docs | KL(teacher \\|\\| student), T = 1 | top-1 agreement |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  teacher_acc = _mean_acc(results["models"]["teacher"])
+  for name, r in results["models"].items():
+    accuracy = " | ".join(f"{r['cloze'][d]['acc']:.3f}" for d in DOMAINS)
+    perplexity = " | ".join(f"{r['cloze'][d]['perplexity']:.1f}" for d in DOMAINS)
+    retention = f"{_mean_acc(r) / teacher_acc:.2f}" if teacher_acc else "-"
+    fid = r.get("fidelity")
+    fidelity = f"{fid['kl']:.4f} | {fid['top1']:.3f}" if fid else "- | -"
+    rows.append(f"| {name} | {accuracy} | {retention} | {perplexity} | {fidelity} |")
+  return "\n".join(rows) + "\n"
+
+
+def _mean_acc(model: dict) -> float:
+  return sum(model["cloze"][d]["acc"] for d in DOMAINS) / len(DOMAINS)
+
+
 def figure(args, results: dict) -> None:
   import matplotlib
 
@@ -277,6 +373,8 @@ def parse_args():
   p.add_argument("--lr", type=float, default=3e-4)
   p.add_argument("--eval_batches", type=int, default=8)
   p.add_argument("--new_tokens", type=int, default=40)
+  p.add_argument("--cloze", type=int, default=200, help="cloze passages per held-out domain (seeded sample)")
+  p.add_argument("--cloze_anywhere", action="store_true", help="cloze words need not occur earlier (tiny corpora)")
   p.add_argument("--kd", nargs="*", default=["kd_a0.5_T1", "kd_a1_T1"], choices=list(KD_RUNS), help="KD runs beside CE")
   p.add_argument("--max_docs", type=int, default=0, help="documents per domain (0 = all; the tests use a few)")
   p.add_argument("--figure", default="", help="default: OUT/smollm2_study.png")
@@ -293,10 +391,17 @@ def non_embedding(ckpt: str) -> int:
   return k["num_decoder_layers"] * (attention + 3 * k["emb_dim"] * k["mlp_dim"] + 2 * k["emb_dim"]) + k["emb_dim"]
 
 
-def evaluate(args, teacher: str, pruned: str, runs: dict) -> tuple[dict, dict]:
-  """({model: {domain: loss, mean}}, {run: [{step, domain losses}, ...]}) on the held-out folders."""
+def evaluate(args, teacher: str, pruned: str, runs: dict) -> tuple[dict, dict, dict]:
+  """({model: {domain: loss, mean}}, {run: [{step, domain losses}, ...]}, {run: fidelity}) on the held-out
+  folders."""
   student_eval, teacher_eval = Evaluator(args, pruned), Evaluator(args, teacher)
   batches = {d: student_eval.batches(args.folders[f"heldout_{d}"]) for d in DOMAINS}
+  finals = {name: final_checkpoint(run_dir) for name, run_dir in runs.items()}
+  per_domain_fidelity = {d: student_eval.fidelity(teacher_eval, teacher, finals, batches[d]) for d in DOMAINS}
+  fidelity = {
+    name: {k: sum(per_domain_fidelity[d][name][k] for d in DOMAINS) / len(DOMAINS) for k in ("kl", "top1")}
+    for name in runs
+  }
   per_domain = lambda ev, ckpt: _with_mean({d: ev.loss(ckpt, batches[d]) for d in DOMAINS})
   losses = {"teacher": per_domain(teacher_eval, teacher), "pruned, before training": per_domain(student_eval, pruned)}
   curves = {}
@@ -305,7 +410,13 @@ def evaluate(args, teacher: str, pruned: str, runs: dict) -> tuple[dict, dict]:
     step_dirs = {step: os.path.join(run_dir, "checkpoints", str(step)) for step in steps}
     curves[name] = [{"step": step, **per_domain(student_eval, step_dirs[step])} for step in steps]
     losses[name] = {d: curves[name][-1][d] for d in (*DOMAINS, "mean")}
-  return losses, curves
+  return losses, curves, fidelity
+
+
+def final_checkpoint(run_dir: str) -> str:
+  from MaxText.model import params_io
+
+  return params_io.latest_step_dir(run_dir)
 
 
 def _with_mean(losses: dict) -> dict:
@@ -330,7 +441,11 @@ def main() -> None:
     timings["prune"] = run(cmd, args.log)
   runs = {"ce": train_student(args, "ce", [], timings)}
   runs.update({name: train_student(args, name, KD_RUNS[name], timings) for name in args.kd})
-  losses, curves = evaluate(args, teacher, pruned, runs)
+  losses, curves, fidelity = evaluate(args, teacher, pruned, runs)
+  task_dir = cloze_tasks(args)
+  checkpoints = {"teacher": teacher, "pruned, before training": pruned}
+  checkpoints.update({name: final_checkpoint(run_dir) for name, run_dir in runs.items()})
+  cloze = {name: task_accuracy(args, ckpt, task_dir) for name, ckpt in checkpoints.items()}
   gap = losses["pruned, before training"]["mean"] - losses["teacher"]["mean"]
   models = {}
   for name, loss in losses.items():
@@ -341,6 +456,8 @@ def main() -> None:
       "gap_closed": (losses["pruned, before training"]["mean"] - loss["mean"]) / gap if trained else None,
       "tokens_per_s": tokens_per_s(runs[name]) if trained else None,
       "wall_s": timings.get(name),
+      "cloze": cloze[name],
+      "fidelity": fidelity.get(name),
     }
   results = {"steps": args.steps, "tokens_per_step": args.batch * args.length, "models": models, "curves": curves}
   best = min(args.kd, key=lambda n: losses[n]["mean"])
@@ -353,9 +470,10 @@ def main() -> None:
   with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=1)
   with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
-    f.write(results_table(results))
+    f.write(results_table(results) + "\n" + task_table(results))
   figure(args, results)
   print(results_table(results))
+  print(task_table(results))
   print(json.dumps(results["chat"], indent=1))
 
 

@@ -127,6 +127,10 @@ def test_cloze_passages_of_a_known_text():
   assert tasks.cloze_passages(STORY, min_words=10, max_words=12, require_in_context=False)[-1]["text"].endswith(
     "rang the bell"
   )  # the 13-word "keeper" passage is over max_words
+  # a blank line ends a sentence too (markdown headings and list items carry no full stop)
+  assert tasks.sentences("# Install\n\npip install it\n  now. Then run\n\n- a list item") == [
+    "# Install", "pip install it now.", "Then run", "- a list item"
+  ]  # fmt: skip
   chosen = tasks.sample(anywhere, 2, seed=0)
   assert chosen == tasks.sample(anywhere, 2, seed=0) and len(chosen) == 2
   assert [anywhere.index(r) for r in chosen] == sorted(anywhere.index(r) for r in chosen)  # original order

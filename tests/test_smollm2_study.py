@@ -32,7 +32,7 @@ def test_study_chain_on_a_tiny_gguf_exports_students_transformers_reproduces(tmp
   out = tmp_path / "study"
   cmd = [sys.executable, "quickstart/smollm2_study.py", "--out", str(out), "--gguf", str(tmp_path / "tiny.gguf")]
   cmd += ["--prune", "prune_num_layers=2", "prune_mlp_dim=64", "--steps", "3", "--batch", "2", "--length", "32"]
-  cmd += ["--eval_batches", "2", "--new_tokens", "4", "--max_docs", "3"]
+  cmd += ["--eval_batches", "2", "--new_tokens", "4", "--max_docs", "3", "--cloze", "4", "--cloze_anywhere"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + (out / "log.txt").read_text()[-3000:]
 
@@ -52,6 +52,17 @@ def test_study_chain_on_a_tiny_gguf_exports_students_transformers_reproduces(tmp
   train = set(os.listdir(data / "train"))
   assert train and not train & (set(os.listdir(data / "heldout_shakespeare")) | set(os.listdir(data / "heldout_docs")))
   assert len(results["chat"]["teacher"]) == 3 and (out / "smollm2_study.png").is_file()
+  # task accuracy through lm-eval (4 cloze passages per held-out domain) and fidelity of each student
+  for domain in ("shakespeare", "docs"):
+    assert len((out / "evals" / f"cloze_{domain}.jsonl").read_text().splitlines()) == 4
+  for name, model in models.items():
+    assert all(
+      0.0 <= model["cloze"][d]["acc"] <= 1.0 and model["cloze"][d]["perplexity"] > 1 for d in ("shakespeare", "docs")
+    )
+    fidelity = model["fidelity"]
+    assert (fidelity is None) == (name in ("teacher", "pruned, before training"))
+    assert fidelity is None or (fidelity["kl"] > 0 and 0.0 <= fidelity["top1"] <= 1.0)
+  assert "retention" in (out / "results.md").read_text()
 
   # the exported student is the trained one: transformers gives our logits on the run's tokenizer's ids
   best = next(k for k in results["chat"] if k.startswith("student"))[len("student (") : -1]

@@ -20,15 +20,20 @@ import re
 import numpy as np
 
 FORMATS = ("cloze", "choice", "exact")
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
 _WORD = re.compile(r"^[A-Za-z][A-Za-z'-]*[A-Za-z]$")
 _EDGE_PUNCTUATION = "\"'()[]{},.;:!?-_*`"
 
 
 def sentences(text: str) -> list[str]:
-  """The text's sentences, whitespace collapsed (a break after . ! or ?, closing quotes kept before it)."""
-  flat = " ".join(text.split())
-  return [s for s in _SENTENCE_BREAK.split(flat) if s]
+  """The text's sentences, whitespace collapsed: a break after . ! or ? (closing quotes kept before it) and
+  at every blank line (a paragraph, heading or list item of markdown ends there with or without a stop)."""
+  found = []
+  for paragraph in _PARAGRAPH_BREAK.split(text):
+    flat = " ".join(paragraph.split())
+    found += [s for s in _SENTENCE_BREAK.split(flat) if s]
+  return found
 
 
 def _bare(word: str) -> str:

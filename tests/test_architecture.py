@@ -8,10 +8,20 @@ import sys
 from tests.conftest import REPO
 
 PACKAGE = os.path.join(REPO, "MaxText")
-# config -> parallel -> data -> model -> losses | inference -> distill -> training -> jobs: a package may
-# import its own modules and those of lower rank (losses and inference share one and ignore each other),
-# never a higher one.
-RANKS = {"config": 0, "parallel": 1, "data": 2, "model": 3, "losses": 4, "inference": 4, "distill": 5, "training": 6}
+# config -> parallel -> data -> model -> losses | inference -> distill -> lm_harness -> training -> jobs: a
+# package may import its own modules and those of lower rank (losses and inference share one and ignore each
+# other), never a higher one.
+RANKS = {
+  "config": 0,
+  "parallel": 1,
+  "data": 2,
+  "model": 3,
+  "losses": 4,
+  "inference": 4,
+  "distill": 5,
+  "lm_harness": 6,
+  "training": 7,
+}
 ENTRY_POINTS = {
   "sft_trainer",
   "train_distill",

@@ -18,6 +18,7 @@ from MaxText.distill.sources import LiveTeacher, Pruning
 from MaxText.losses import targets
 from MaxText.losses.divergence_family import Divergence, divergence
 from tests.conftest import TINY, read_metrics, run_train, train_losses
+from tests.test_kd_train import _eval_only_fidelity
 
 PRUNINGS = [Pruning(), Pruning(top_k=6), Pruning(top_p=0.8, use_other_bucket=True), Pruning(top_p=0.7)]
 MODES = ("probs", "logprobs")
@@ -281,6 +282,11 @@ def test_train_with_one_listed_teacher_equals_the_single_teacher_run_and_logs_ea
       assert np.isfinite(last_train[f"kd/{name}/{term}"]) and np.isfinite(last_eval[f"eval/kd/{name}/{term}"])
   # the two members are different models: their losses differ, and the ensemble's is neither
   assert last_train["kd/narrow/teacher_loss"] != last_train["kd/wide/teacher_loss"]
+  # eval_only with the ensemble as the teacher reports the run's own eval fidelity at its last step
+  student = f"load_parameters_path={tmp_path / 'pair' / 'checkpoints' / '3'}"
+  scored = _eval_only_fidelity(tmp_path, student, _pair(narrow, wide), "kd_ensemble=logprobs", "eval_steps=1")
+  for key, value in scored.items():
+    assert value == pytest.approx(last_eval[f"eval/kd/{key}"], abs=1e-4), key  # printed to 4 decimals
   with open(tmp_path / "pair" / "config.json", encoding="utf-8") as f:
     saved = json.load(f)["kd_teachers"]
   assert [entry["name"] for entry in saved] == ["narrow", "wide"] and saved[1][

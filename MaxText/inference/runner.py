@@ -44,14 +44,23 @@ def template_of(config, records: list[dict]):
 class BatchGenerator:
   """Generates for lists of prompts (token ids) in batches of `rows`, right-padded, one compile per padded
   width: the longest prompt's length, or `width_of` it (a bucketing that bounds the number of compiles).
-  `new_tokens` overrides decode_max_new_tokens."""
+  `new_tokens` overrides decode_max_new_tokens and `sampling` the decode_sampling_* rules."""
 
   def __init__(
-    self, config, graphdef, params, rows: int, stops: tuple[int, ...], pad_id: int, new_tokens=None, width_of=None
+    self,
+    config,
+    graphdef,
+    params,
+    rows: int,
+    stops: tuple[int, ...],
+    pad_id: int,
+    new_tokens=None,
+    width_of=None,
+    sampling: Sampling | None = None,
   ):
     self.rows, self.stops, self.pad_id = rows, stops, pad_id
     self.width_of = width_of or (lambda longest: longest)
-    sampling = Sampling.from_config(config)
+    sampling = sampling or Sampling.from_config(config)
     new_tokens = config.decode_max_new_tokens if new_tokens is None else new_tokens
 
     def generate_batch(params, tokens, lengths, key):

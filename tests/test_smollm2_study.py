@@ -101,13 +101,16 @@ def test_main_job_chain_on_a_tiny_gguf_exports_every_student_transformers_reprod
   teacher = out / "teacher"
   overrides = ",".join(k for k in study.model_keys(str(teacher)) if not k.startswith(("init_std", "weight_dtype")))
   check = [sys.executable, "MaxText/train.py", "base.yml", "eval_only=true", f"load_parameters_path={step_dir}"]
+  check += study.model_keys(str(out / "pruned_thin"))
   check += [f"base_output_directory={tmp_path / 'unused'}", "tokenizer_type=huggingface", f"tokenizer_path={teacher}"]
   check += ["dtype=float32", "use_sft=true", "dataset_type=parquet", "eval_fraction=1.0", "eval_steps=-1"]
   check += [f"dataset_path={out / 'conversations'}/heldout-*.parquet", "per_device_batch_size=2"]
   check += ["max_target_length=64"]
   check += ["use_kd=true", "kd_alpha=0", f"kd_teacher_parameters_path={teacher}", f"kd_teacher_overrides={overrides}"]
   proc = subprocess.run(check, cwd=REPO, capture_output=True, text=True, timeout=300)
-  loss, kl, top1 = map(float, EVAL_ONLY.search(proc.stdout).groups())
+  scores = EVAL_ONLY.search(proc.stdout)
+  assert scores, proc.stdout[-2000:] + proc.stderr[-2000:]
+  loss, kl, top1 = map(float, scores.groups())
   conv = models["thin_kd"]["conversations"]
   assert conv["loss"] == pytest.approx(loss, abs=2e-6) and conv["kl"] == pytest.approx(kl, abs=1e-4)
   assert conv["top1"] == pytest.approx(top1, abs=1e-4)  # printed to 4 decimals

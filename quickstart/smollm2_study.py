@@ -413,7 +413,7 @@ def figure(args, results: dict) -> None:
 
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   models = results["models"]
-  for ax, key, label in zip(axes, ("loss", "top1"), ("assistant-token loss", "top-1 agreement with the teacher"),
+  for ax, key, label in zip(axes, ("loss", "top1"), ("assistant-token loss", "top-1 agreement"),
                             strict=True):  # fmt: skip
     for name, curve in results["curves"].items():
       start = models[f"pruned {results['runs'][name]['amount']}, before training"]["conversations"][key]
@@ -422,7 +422,7 @@ def figure(args, results: dict) -> None:
       ax.plot(*zip(*points, strict=True), style, marker="o", label=name)
     if key == "loss":
       ax.axhline(models["teacher"]["conversations"]["loss"], color="k", linestyle=":", label="teacher")
-    ax.set(xlabel="step", title=f"held-out teacher conversations: {label}")
+    ax.set(xlabel="step", title=f"held-out conversations: {label}")
   axes[0].legend()
   fig.suptitle("SmolLM2-135M-Instruct -> pruned students: CE on its conversations vs + word-level KD")
   fig.tight_layout()

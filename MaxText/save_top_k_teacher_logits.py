@@ -36,7 +36,7 @@ def teacher_cache_step(source, params, batch, top_k: int, temperatures: tuple, v
   from MaxText.losses.chunking import chunked_map
   from MaxText.losses.targets import cache_fields
 
-  inputs = source.inputs(params, batch, False)
+  inputs = source.inputs(params, batch, None)
   batch_size, length = batch["targets"].shape
   per_token = {**inputs.per_token, "targets": batch["targets"].reshape(-1)}
 

@@ -113,7 +113,7 @@ def test_projection_learns_a_known_linear_map():
   teacher = jnp.einsum("nbld,de->nble", student, true_map)
   weights = jnp.ones(4 * 16)
   alignment = pyconfig.feature_alignment(config)
-  loss = lambda p: feature_head.feature_loss_sum(alignment, student, teacher, p, weights) / weights.sum()
+  loss = lambda p: feature_head.feature_loss_sum(alignment, student, teacher, p, weights, None) / weights.sum()
   projection = jnp.zeros((1, 32, 48))
   tx = optax.adam(0.05)
   opt = tx.init(projection)
@@ -136,8 +136,8 @@ def test_scan_on_and_off_give_the_same_feature_loss():
   for scan in (True, False):
     variant = dataclasses.replace(config, scan_layers=scan)
     model = model_lib.bind(nnx.graphdef(model_lib.abstract_model(variant)), params)
-    feats = model(tokens, return_features=True).features
-    losses.append(feature_head.feature_loss_sum(alignment, feats, feats * 0.5 + 1.0, projection, weights))
+    feats = model(tokens, features="attention_output").features
+    losses.append(feature_head.feature_loss_sum(alignment, feats, feats * 0.5 + 1.0, projection, weights, None))
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
 
 

@@ -1,9 +1,12 @@
 """The quickstart study end to end at a toy size, and the real-hardware recipes' configs."""
 
 import glob
+import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from MaxText import pyconfig
 from tests.conftest import REPO, xla_flags
@@ -67,3 +70,20 @@ def test_study_and_recipe_configs_parse_against_the_real_keys(tmp_path):
         4096,
         32,
       )
+
+
+@pytest.mark.slow
+def test_progressive_chain_at_toy_size_prunes_each_stage_from_the_last_and_resumes(tmp_path):
+  env = {**os.environ, "XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"}
+  cmd = [sys.executable, "quickstart/progressive.py", "--toy", "--steps", "2", "--stage_steps", "2"]
+  cmd += ["--out", str(tmp_path)]
+  proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  rows = [line.split(" | ") for line in (tmp_path / "progressive.md").read_text().splitlines()[2:]]
+  assert [r[0].strip("| ") for r in rows] == ["teacher", "stage1", "stage2", "one_shot"]
+  sizes = [int(r[3].replace(",", "")) for r in rows]
+  assert sizes[0] > sizes[1] > sizes[2] == sizes[3]  # each stage smaller; one shot lands on the last shape
+  report = json.loads((tmp_path / "pruned_stage2" / "model_config.json").read_text())
+  assert report["num_decoder_layers"] == 4 and report["emb_dim"] == 128  # stage2 pruned stage1's 4 layers
+  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0 and "== train" not in again.stdout and "== prune" not in again.stdout

@@ -40,6 +40,7 @@ _ONE_OF = {
   "kd_temperature_schedule": ("constant", "linear", "cosine"),
   "kd_beta_schedule": ("constant", "linear", "cosine"),
   "kd_feature_loss_type": ("cosine", "l2"),
+  "kd_feature_source": ("attention_output", "residual", "attention_relations"),
   "kd_teacher_dtype": ("", "bfloat16", "float32", "float16", "int8"),
   "kd_ensemble": ("probs", "logprobs"),
   "kd_offline_normalization": ("other_bucket", "renormalize_both", "student_full"),
@@ -47,8 +48,8 @@ _ONE_OF = {
   "prune_layer_metric": ("cosine", "loss"),
   "eval_sampling": ("spread", "start"),
   "decode_sampling_strategy": ("greedy", "weighted", "topk", "nucleus"),
-  "kd_divergence": ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl"),
-  "kd_on_policy_divergence": ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl"),
+  "kd_divergence": ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl", "mse"),
+  "kd_on_policy_divergence": ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl", "mse"),
 }
 
 _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
@@ -169,6 +170,31 @@ def _check_eval_data(v: dict[str, Any]) -> None:
     )
 
 
+_MIXTURE_CONFLICTS = {
+  "dataset_path": "the mixture names every source's files",
+  "eval_dataset_path": "each source holds out eval_fraction of its documents, scored per source",
+  "kd_offline_data_dir": "a teacher cache records one data set's batches",
+  "kd_offline_output_dir": "a teacher cache records one data set's batches",
+}
+
+
+def _check_mixture(v: dict[str, Any]) -> None:
+  """dataset_mixture: each source's type fits the run (conversations with use_sft), nothing it replaces is set."""
+  for key, why in _MIXTURE_CONFLICTS.items():
+    if v[key]:
+      raise ConfigError(f"{key}: cannot be used with dataset_mixture ({why})")
+  if v["dataset_type"] == "synthetic":
+    raise ConfigError("dataset_type: synthetic data cannot be mixed (dataset_mixture names real data sets)")
+  allowed = _CONVERSATION_TYPES if v["use_sft"] else ("text", *_CONVERSATION_TYPES, "arrayrecord")
+  for index, spec in enumerate(v["dataset_mixture"]):
+    kind = spec.type or v["dataset_type"]
+    if kind not in allowed:
+      reads = "conversations from jsonl, parquet or arrow (use_sft)" if v["use_sft"] else ", ".join(allowed)
+      raise ConfigError(f"dataset_mixture[{index}].type: {kind!r}; this run reads {reads}")
+    for part in spec.path.split(","):
+      check_scheme(f"dataset_mixture[{index}].path", part)
+
+
 def _check_eval_tasks(v: dict[str, Any]) -> None:
   if not v["eval_tasks"]:
     return
@@ -189,7 +215,9 @@ def _check_relations(v: dict[str, Any]) -> None:
     raise ConfigError(f"num_query_heads: {v['num_query_heads']} must be a multiple of num_kv_heads={v['num_kv_heads']}")
   if v["rope_scaling_factor"] and v["rope_high_freq_factor"] <= v["rope_low_freq_factor"]:
     raise ConfigError("rope_high_freq_factor: must be larger than rope_low_freq_factor when RoPE scaling is on")
-  if v["dataset_type"] in (*_CONVERSATION_TYPES, "arrayrecord") and not v["dataset_path"]:
+  if v["dataset_mixture"]:
+    _check_mixture(v)
+  elif v["dataset_type"] in (*_CONVERSATION_TYPES, "arrayrecord") and not v["dataset_path"]:
     raise ConfigError(f"dataset_path: required for dataset_type={v['dataset_type']}")
   if v["tokenizer_type"] != "byte" and not v["tokenizer_path"]:
     raise ConfigError(f"tokenizer_path: required for tokenizer_type={v['tokenizer_type']}")
@@ -199,7 +227,7 @@ def _check_relations(v: dict[str, Any]) -> None:
   if v["load_full_state_path"] and (v["load_parameters_path"] or v["eval_only"]):
     other = "load_parameters_path" if v["load_parameters_path"] else "eval_only"
     raise ConfigError(f"load_full_state_path: exclusive with {other} (a full state starts a training run)")
-  if v["use_sft"] and v["dataset_type"] not in _CONVERSATION_TYPES:
+  if v["use_sft"] and v["dataset_type"] not in _CONVERSATION_TYPES and not v["dataset_mixture"]:
     raise ConfigError(
       f"dataset_type: use_sft reads conversations from jsonl, parquet or arrow, got {v['dataset_type']}"
     )

@@ -11,6 +11,8 @@ from MaxText.config.loader import defaults
 from MaxText.config.views import (
   compute_dtype,
   feature_layer_pairs,
+  relation_heads,
+  relation_widths,
   teacher_model_values,
   teacher_specs,
   teacher_width,
@@ -26,7 +28,16 @@ _HARD_LABEL_NO_OPS = (
   "kd_temperature_end",
   "kd_temperature_schedule",
 )
-_FEATURE_KEYS = ("kd_feature_loss_type", "kd_layer_indices", "kd_teacher_layer_indices", "kd_feature_projection")
+_FEATURE_KEYS = (
+  "kd_feature_source",
+  "kd_feature_loss_type",
+  "kd_layer_indices",
+  "kd_teacher_layer_indices",
+  "kd_feature_projection",
+  "kd_relation_heads",
+  "kd_relation_query_chunk",
+)
+_RELATION_KEYS = ("kd_relation_heads", "kd_relation_query_chunk")
 _OFFLINE_CONFLICTS = {
   "kd_teacher_parameters_path": "the cache replaces the teacher",
   "kd_teachers": "the cache replaces the teachers (save_top_k_teacher_logits.py caches an ensemble as one cache)",
@@ -103,11 +114,27 @@ def _check_divergence(v: dict[str, Any]) -> None:
     raise ConfigError(f"kd_jsd_beta: has no effect with kd_divergence={name} (it is jsd's beta)")
   if not any(n.startswith("skew_") for n in used) and _changed(v, ["kd_skew_alpha"]):
     raise ConfigError(f"kd_skew_alpha: has no effect with kd_divergence={name} (it is the skew KLs' alpha)")
+  if "mse" in used:
+    _check_mse(v, name)
   if name != "forward_kl" and v["kd_offline_data_dir"] and v["kd_offline_normalization"] == "student_full":
     raise ConfigError(
       f"kd_offline_normalization: student_full is the cross-entropy form of forward KL; with kd_divergence={name} "
       "use other_bucket or renormalize_both"
     )
+
+
+def _check_mse(v: dict[str, Any], name: str) -> None:
+  """mse compares one live teacher's full logit vector (losses/logit_mse.py)."""
+  if v["kd_offline_data_dir"]:
+    raise ConfigError("kd_divergence: mse needs the teacher's full logits; a cache holds its top-k only")
+  if v["kd_teachers"]:
+    raise ConfigError("kd_divergence: mse compares one teacher's logits; an ensemble's target is a distribution")
+  if v["kd_use_other_bucket"]:
+    raise ConfigError("kd_use_other_bucket: mse compares logits, which have no OTHER bucket (prune without it)")
+  if name == "mse":
+    changed = _changed(v, ["kd_temperature", "kd_temperature_end", "kd_temperature_schedule"])
+    if changed:
+      raise ConfigError(f"{changed[0]}: has no effect with kd_divergence=mse (T^2 x MSE(s / T, t / T) = MSE(s, t))")
 
 
 _SINGLE_TEACHER_KEYS = (
@@ -170,12 +197,34 @@ def _check_features(v: dict[str, Any]) -> None:
       raise ConfigError(f"{stray[0]}: has no effect with kd_beta=0 (feature distillation is off)")
     return
   feature_layer_pairs(v)
+  if v["kd_feature_source"] == "attention_relations":
+    return _check_relations(v)
+  stray = _changed(v, _RELATION_KEYS)
+  if stray:
+    raise ConfigError(f"{stray[0]}: has no effect with kd_feature_source={v['kd_feature_source']}")
   width = teacher_width(v)
   if not v["kd_feature_projection"] and width != v["emb_dim"]:
     raise ConfigError(
       f"kd_feature_projection: student width {v['emb_dim']} differs from teacher width "
       f"{width}; features can only be compared through a projection (set it true)"
     )
+
+
+def _check_relations(v: dict[str, Any]) -> None:
+  """Attention relations (losses/attention_relations.py): KL, no projection, widths the heads divide."""
+  stray = _changed(v, ["kd_feature_loss_type", "kd_feature_projection"])
+  if stray:
+    raise ConfigError(f"{stray[0]}: has no effect with kd_feature_source=attention_relations (a KL, width-free)")
+  heads = relation_heads(v)
+  for what, width in relation_widths(v).items():
+    if width % heads:
+      raise ConfigError(
+        f"kd_relation_heads: {heads} relation heads do not divide the {what} width {width} "
+        "(choose a common divisor of all four widths)"
+      )
+  chunk, length = v["kd_relation_query_chunk"], v["max_target_length"]
+  if chunk < 0 or (chunk and length % chunk and chunk < length):
+    raise ConfigError(f"kd_relation_query_chunk: expected 0 or a divisor of max_target_length ({length}), got {chunk}")
 
 
 def _check_offline_save_keys(v: dict[str, Any]) -> None:

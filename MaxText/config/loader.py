@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from MaxText.config import upstream
+from MaxText.config import mixture, upstream
 from MaxText.config.errors import ConfigError
 from MaxText.config.model_keys import MODEL_KEYS
 from MaxText.config.teachers import parse_teachers
@@ -29,7 +29,7 @@ MODELS_DIR = os.path.join(CONFIG_DIR, "models")
 # Keys that only steer loading and never reach the Config.
 _META_KEYS = ("base_config",)
 # Keys whose value is a list (`[]` in base.yml): each has its parser, which returns a hashable tuple.
-_LIST_PARSERS = {"kd_teachers": parse_teachers}
+_LIST_PARSERS = {"kd_teachers": parse_teachers, "dataset_mixture": mixture.parse_mixture}
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -218,7 +218,7 @@ def merged_values(argv: Sequence[str], overrides: dict[str, Any] | None = None) 
   preset = load_model_preset(staged["model_name"])
   values = merge_layers([(yml_path, from_yml), (f"model preset {staged['model_name']}", preset), *top])
   upstream.check_teacher_given(teacher_block, values)
-  return upstream.resolve(values)
+  return mixture.resolve(upstream.resolve(values))
 
 
 def non_default_keys(config: Any) -> dict[str, Any]:

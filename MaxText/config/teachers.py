@@ -14,9 +14,9 @@ weights are normalised to sum to 1) and a `name` for its metrics (default teache
 
 from __future__ import annotations
 
-import re
 from typing import Any, NamedTuple
 
+from MaxText.config.entries import check_fields, check_name, parse_entries, positive_weight
 from MaxText.config.errors import ConfigError
 
 _DTYPES = ("", "bfloat16", "float32", "float16", "int8")
@@ -43,39 +43,23 @@ def _overrides_text(where: str, value: Any) -> str:
 
 def _entry(index: int, raw: Any) -> TeacherSpec:
   where = f"kd_teachers[{index}]"
-  if not isinstance(raw, dict):
-    raise ConfigError(f"{where}: expected a mapping like {{parameters_path: CKPT, weight: 1.0}}, got {raw!r}")
-  unknown = sorted(set(raw) - set(TeacherSpec._fields))
-  if unknown:
-    raise ConfigError(f"{where}: unknown field {unknown[0]!r} (fields: {', '.join(TeacherSpec._fields)})")
+  check_fields(where, raw, TeacherSpec._fields, "{parameters_path: CKPT, weight: 1.0}")
   path = raw.get("parameters_path")
   if not isinstance(path, str) or not path:
     raise ConfigError(f"{where}.parameters_path: every ensemble teacher needs its checkpoint folder")
   name = str(raw.get("name", f"teacher{index}"))
-  if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-    raise ConfigError(f"{where}.name: {name!r} must be letters, digits, '_', '.' or '-' (it names metrics)")
+  check_name(where, name)
   dtype = str(raw.get("dtype", ""))
   if dtype not in _DTYPES:
     raise ConfigError(f"{where}.dtype: expected one of {_DTYPES}, got {dtype!r}")
-  weight = raw.get("weight", 1.0)
-  if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-    raise ConfigError(f"{where}.weight: expected a number > 0, got {weight!r}")
+  weight = positive_weight(where, raw.get("weight", 1.0))
   overrides = _overrides_text(where, raw.get("overrides", ""))
-  return TeacherSpec(name, path, str(raw.get("model_name", "")), overrides, dtype, float(weight))
+  return TeacherSpec(name, path, str(raw.get("model_name", "")), overrides, dtype, weight)
 
 
 def parse_teachers(value: Any) -> tuple[TeacherSpec, ...]:
   """The checked entries of `kd_teachers` (a list of mappings; already-parsed specs pass through)."""
-  if isinstance(value, str) and not value.strip():
-    return ()
-  if not isinstance(value, (list, tuple)):
-    raise ConfigError(f"kd_teachers: expected a list of teachers ([{{parameters_path: CKPT}}, ...]), got {value!r}")
-  specs = tuple(v if isinstance(v, TeacherSpec) else _entry(i, v) for i, v in enumerate(value))
-  names = [spec.name for spec in specs]
-  repeated = sorted({n for n in names if names.count(n) > 1})
-  if repeated:
-    raise ConfigError(f"kd_teachers: the name {repeated[0]!r} is used twice (names tell the metrics apart)")
-  return specs
+  return parse_entries("kd_teachers", value, TeacherSpec, _entry, "teachers ([{parameters_path: CKPT}, ...])")
 
 
 def normalized_weights(specs: tuple[TeacherSpec, ...]) -> tuple[float, ...]:
@@ -84,7 +68,7 @@ def normalized_weights(specs: tuple[TeacherSpec, ...]) -> tuple[float, ...]:
 
 
 def as_plain(value: Any) -> Any:
-  """A Config value as JSON writes it (an ensemble's entries as mappings, not bare lists)."""
-  if isinstance(value, tuple) and all(isinstance(v, TeacherSpec) for v in value):
-    return [spec._asdict() for spec in value]
+  """A Config value as JSON writes it (list keys' entries as mappings, not bare lists)."""
+  if isinstance(value, tuple) and value and all(isinstance(v, tuple) and hasattr(v, "_asdict") for v in value):
+    return [entry._asdict() for entry in value]  # kd_teachers, dataset_mixture
   return value

@@ -6,6 +6,7 @@ Pure functions of the keys (and the model presets shipped with the code); no use
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from MaxText.config.errors import ConfigError
@@ -116,33 +117,44 @@ def teacher_config(config, spec: TeacherSpec | None = None) -> Any:
   return type(config)(**values)
 
 
-def _indices(key: str, raw: str) -> list[int] | None:
+EMBEDDING_LAYER = -1  # kd_layer_indices' "embedding" (kd_feature_source=residual): the embedding output
+
+
+def _indices(key: str, raw: str, embedding: bool) -> list[int] | None:
   if not raw.strip():
     return None
+  words = [x.strip() for x in raw.split(",")]
   try:
-    return [int(x) for x in raw.split(",")]
+    return [EMBEDDING_LAYER if embedding and w == "embedding" else int(w) for w in words]
   except ValueError:
-    raise ConfigError(f"{key}: expected comma-separated layer numbers, got {raw!r}") from None
+    also = ' or "embedding"' if embedding else ""
+    raise ConfigError(f"{key}: expected comma-separated layer numbers{also}, got {raw!r}") from None
+
+
+def _teacher_model(v: dict[str, Any]) -> dict[str, Any]:
+  return teacher_model_values(v) if v["kd_teacher_parameters_path"] else v
 
 
 def feature_layer_pairs(v: dict[str, Any]) -> list[tuple[int, int]]:
   """(student layer, teacher layer) pairs aligned by the feature term, checked against both depths."""
   student_depth = v["num_decoder_layers"]
-  teacher_depth = (teacher_model_values(v) if v["kd_teacher_parameters_path"] else v)["num_decoder_layers"]
-  student = _indices("kd_layer_indices", v["kd_layer_indices"])
+  teacher_depth = _teacher_model(v)["num_decoder_layers"]
+  embedding = v["kd_feature_source"] == "residual"
+  student = _indices("kd_layer_indices", v["kd_layer_indices"], embedding)
   if student is None:  # evenly spaced, ending at the last layer
     count = min(4, student_depth)
     student = [round((i + 1) * student_depth / count) - 1 for i in range(count)]
-  matched = _indices("kd_teacher_layer_indices", v["kd_teacher_layer_indices"])
-  if matched is None:  # the same relative depth
-    matched = [round((s + 1) * teacher_depth / student_depth) - 1 for s in student]
+  matched = _indices("kd_teacher_layer_indices", v["kd_teacher_layer_indices"], embedding)
+  if matched is None:  # the same relative depth (the embedding output to the teacher's)
+    matched = [s if s == EMBEDDING_LAYER else round((s + 1) * teacher_depth / student_depth) - 1 for s in student]
   if len(matched) != len(student):
     raise ConfigError(f"kd_teacher_layer_indices: {len(matched)} layers given for {len(student)} student layers")
+  lowest = EMBEDDING_LAYER if embedding else 0
   for key, layers, depth in (
     ("kd_layer_indices", student, student_depth),
     ("kd_teacher_layer_indices", matched, teacher_depth),
   ):
-    bad = [i for i in layers if not 0 <= i < depth]
+    bad = [i for i in layers if not lowest <= i < depth]
     if bad:
       raise ConfigError(f"{key}: layer {bad[0]} is out of range for a {depth}-layer model")
   return list(zip(student, matched, strict=True))
@@ -152,14 +164,32 @@ def uses_features(v: dict[str, Any]) -> bool:
   return bool(v["use_kd"]) and (v["kd_beta"] > 0 or v["kd_beta_end"] > 0)
 
 
+def relation_widths(v: dict[str, Any]) -> dict[str, int]:
+  """The widths attention relations are split into relation heads from: query and key/value, per model."""
+  teacher = _teacher_model(v)
+  return {
+    f"{who} {what}": model[heads] * model["head_dim"]
+    for who, model in (("student", v), ("teacher", teacher))
+    for what, heads in (("query", "num_query_heads"), ("key/value", "num_kv_heads"))
+  }
+
+
+def relation_heads(v: dict[str, Any]) -> int:
+  """kd_relation_heads, or (0) the greatest common divisor of the student's and the teacher's KV head counts."""
+  return v["kd_relation_heads"] or math.gcd(v["num_kv_heads"], _teacher_model(v)["num_kv_heads"])
+
+
 @dataclasses.dataclass(frozen=True)
 class FeatureAlignment:
-  """What the feature term compares: layer pairs, the distance, and the learned projection's shape."""
+  """What the feature term compares: layer pairs, which features and how, and the learned projection's shape."""
 
-  student_layers: tuple[int, ...]
+  student_layers: tuple[int, ...]  # EMBEDDING_LAYER: the embedding output (residual features)
   teacher_layers: tuple[int, ...]
-  loss_type: str  # cosine | l2
+  loss_type: str  # cosine | l2 (attention_output, residual); attention_relations compare by KL
   projection_shape: tuple[int, int, int] | None  # (aligned layers, student width, teacher width); None = direct
+  source: str = "attention_output"  # kd_feature_source
+  relation_heads: int = 0  # attention_relations: heads the concatenated q / k / v are re-split into
+  relation_query_chunk: int = 0  # attention_relations: query positions per block (0 = all at once)
 
 
 def feature_alignment(config) -> FeatureAlignment | None:
@@ -168,5 +198,15 @@ def feature_alignment(config) -> FeatureAlignment | None:
   if not uses_features(v):
     return None
   pairs = feature_layer_pairs(v)
-  shape = (len(pairs), config.emb_dim, teacher_width(v)) if config.kd_feature_projection else None
-  return FeatureAlignment(tuple(s for s, _ in pairs), tuple(t for _, t in pairs), config.kd_feature_loss_type, shape)
+  relations = config.kd_feature_source == "attention_relations"
+  projected = config.kd_feature_projection and not relations
+  shape = (len(pairs), config.emb_dim, teacher_width(v)) if projected else None
+  return FeatureAlignment(
+    tuple(s for s, _ in pairs),
+    tuple(t for _, t in pairs),
+    config.kd_feature_loss_type,
+    shape,
+    config.kd_feature_source,
+    relation_heads(v) if relations else 0,
+    config.kd_relation_query_chunk if relations else 0,
+  )

@@ -37,6 +37,12 @@ class EvalSet:
     return f"; {share:.1f}% of the eval set's {self.total_tokens:,} target tokens"
 
 
+def coverage(sets: dict[str, EvalSet]) -> str:
+  """The share of the eval target tokens that a pass over all of `sets` scores (a mixture: all its sources)."""
+  merged = EvalSet([], sum(s.scored_tokens for s in sets.values()), sum(s.total_tokens for s in sets.values()))
+  return merged.coverage()
+
+
 def _examples(config, corpus) -> list[dict]:
   """This host's eval examples in document order: windows of each document, or SFT conversations."""
   split_corpus, indices = input_pipeline._split(config, corpus, "eval")

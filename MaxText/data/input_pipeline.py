@@ -24,6 +24,7 @@ import numpy as np
 
 from MaxText.config import storage
 from MaxText.config.errors import BadInputError, MissingFileError
+from MaxText.config.mixture import normalized_weights, source_config
 from MaxText.config.views import eval_data_config
 from MaxText.data import documents, sft
 from MaxText.data.tokenizer import Tokenizer, encode_documents
@@ -201,6 +202,20 @@ class Corpus:
     self.eval_corpus = Corpus(eval_config, tokenizer) if eval_config is not None else None
 
 
+class MixtureCorpus:
+  """dataset_mixture: one Corpus per source, by name, mixed by their normalised weights."""
+
+  def __init__(self, config, tokenizer: Tokenizer | None):
+    self.sources = {spec.name: Corpus(source_config(config, spec), tokenizer) for spec in config.dataset_mixture}
+    self.weights = normalized_weights(config.dataset_mixture)
+    self.sft = config.use_sft
+    self.eval_corpus = None
+
+
+def build_corpus(config, tokenizer: Tokenizer | None) -> Corpus | MixtureCorpus:
+  return MixtureCorpus(config, tokenizer) if config.dataset_mixture else Corpus(config, tokenizer)
+
+
 def _split(config, corpus: Corpus, split: str) -> tuple[Corpus, np.ndarray]:
   """The corpus a split reads and this host's document indices: all of the train or eval data set when
   they are separate, else the documents of dataset_path on this split's side."""
@@ -255,13 +270,20 @@ def make_iterator(config, corpus: Corpus | None, split: str, batch_size: int):
   if config.dataset_type == "synthetic":
     offset = 0 if split == "train" else 1 << 39
     ds = _synthetic_sequences(config)[offset + jax.process_index() :: jax.process_count()]
-    it_ds = ds.to_iter_dataset()
+    it_ds = ds.to_iter_dataset().map(_example)
+  elif isinstance(corpus, MixtureCorpus):
+    # Grain's deterministic mix by weight; its state holds every source's, so a resumed run continues the stream
+    parts = {name: _examples(config, source, split) for name, source in corpus.sources.items()}
+    it_ds = grain.IterDataset.mix(parts, corpus.weights)
   else:
-    it_ds = _documents(config, corpus, split)
-  is_sft = corpus is not None and corpus.sft
-  if not is_sft:
-    it_ds = it_ds.map(_example)
-  return iter(batched(config, it_ds, batch_size, is_sft))
+    it_ds = _examples(config, corpus, split)
+  return iter(batched(config, it_ds, batch_size, corpus is not None and corpus.sft))
+
+
+def _examples(config, corpus: Corpus, split: str) -> grain.IterDataset:
+  """A split's examples: token windows of text, or SFT conversations as they are."""
+  ds = _documents(config, corpus, split)
+  return ds if corpus.sft else ds.map(_example)
 
 
 def batched(config, it_ds: grain.IterDataset, batch_size: int, is_sft: bool, drop_remainder: bool = True):

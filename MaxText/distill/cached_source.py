@@ -66,8 +66,8 @@ class CachedTopKTeacher:
   param_shardings: None = None
   in_eval: bool = False
 
-  def inputs(self, teacher_state, batch: dict, with_features: bool) -> TeacherInputs:
-    del teacher_state, with_features  # the cache is the teacher; features are not cached
+  def inputs(self, teacher_state, batch: dict, features: str | None) -> TeacherInputs:
+    del teacher_state, features  # the cache is the teacher; features are not cached
     k = batch["teacher_ids"].shape[-1]
     lse_BxLxT = jnp.swapaxes(batch["teacher_lse"], 1, 2)
     per_token = {

@@ -105,12 +105,12 @@ class EnsembleTeacher:
   def param_shardings(self):
     return tuple(member.param_shardings for member in self.members)
 
-  def inputs(self, teacher_params, batch: dict, with_features: bool) -> TeacherInputs:
-    if with_features:
+  def inputs(self, teacher_params, batch: dict, features: str | None) -> TeacherInputs:
+    if features:
       raise ValueError("feature KD aligns with one teacher; the config check refuses it with kd_teachers")
     per_token, shared = {}, {}
     for index, (member, params) in enumerate(zip(self.members, teacher_params, strict=True)):
-      got = member.inputs(params, batch, False)
+      got = member.inputs(params, batch, None)
       per_token.update(_suffixed(got.per_token, index))
       shared.update(_suffixed(got.shared, index))
     return TeacherInputs(per_token, shared, None)

@@ -1,11 +1,14 @@
 """Feature-level distillation: the student's learned projection head and the feature term.
 
-The features are each layer's attention output after its output projection, before the residual
-add, collected by the decoder in the same forward pass (scanned or looped). The projection from
-student to teacher width is a parameter collection of its own (`kd_head`), trained and checkpointed
-with the student but never part of the decoder: plain checkpoints load into a feature-KD run, and
-the decoder's parameters export as they are. With `kd_beta` at 0 there is no head and the decoder is
-never asked for features, so the compiled step is the logit-only one.
+The features (`kd_feature_source`) are each layer's attention output after its output projection,
+before the residual add; or the residual stream after each layer, the embedding output first; or each
+layer's pre-RoPE q / k / v projections, compared as MiniLM-v2 attention relations
+(losses/attention_relations.py). The decoder collects them in the same forward pass (scanned or
+looped). The projection from student to teacher width (attention_output, residual) is a parameter
+collection of its own (`kd_head`), trained and checkpointed with the student but never part of the
+decoder: plain checkpoints load into a feature-KD run, and the decoder's parameters export as they are.
+With `kd_beta` at 0 there is no head and the decoder is never asked for features, so the compiled step
+is the logit-only one.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from MaxText.config.views import FeatureAlignment
+from MaxText.losses.attention_relations import relation_loss
 from MaxText.losses.features import feature_distance
 
 PROJECTION = "kd_projection"
@@ -36,14 +40,31 @@ def abstract_head(alignment: FeatureAlignment, weight_dtype: str) -> dict:
   return {PROJECTION: jax.ShapeDtypeStruct(alignment.projection_shape, jnp.dtype(weight_dtype))}
 
 
-def feature_loss_sum(alignment: FeatureAlignment, student_features, teacher_features, projection, weights_N):
+DECODER_FEATURES = {"attention_output": "attention_output", "residual": "residual", "attention_relations": "qkv"}
+
+
+def decoder_features(alignment: FeatureAlignment | None) -> str | None:
+  """What the decoders are asked for (Decoder.__call__'s `features`), None without a feature term."""
+  return DECODER_FEATURES[alignment.source] if alignment is not None else None
+
+
+def feature_loss_sum(alignment: FeatureAlignment, student_features, teacher_features, projection, weights_N, segments):
   """Token-weighted sum over tokens of the per-token feature loss (mean over aligned layers).
 
-  `student_features` / `teacher_features`: [layers, B, L, D] attention outputs of every layer;
-  `projection`: [aligned, D_student, D_teacher] or None (equal widths compared directly).
+  `student_features` / `teacher_features`: what the decoders returned for `decoder_features(alignment)`
+  ([layers, B, L, D]; residual: [layers + 1, ...], the embedding output first; qkv: a triple);
+  `projection`: [aligned, D_student, D_teacher] or None (equal widths compared directly, or relations);
+  `segments`: [B, L] segment ids (relations attend within a segment only).
   """
-  s = student_features[jnp.array(alignment.student_layers)]
-  t = jax.lax.stop_gradient(teacher_features[jnp.array(alignment.teacher_layers)])
+  offset = 1 if alignment.source == "residual" else 0  # the residual stack starts with the embedding output
+  pick = lambda feats, layers: jax.tree.map(lambda f: f[jnp.array(layers) + offset], feats)
+  s = pick(student_features, alignment.student_layers)
+  t = jax.lax.stop_gradient(pick(teacher_features, alignment.teacher_layers))
+  if alignment.source == "attention_relations":
+    relations = lambda s_qkv, t_qkv: relation_loss(
+      s_qkv, t_qkv, segments, alignment.relation_heads, alignment.relation_query_chunk
+    ).reshape(-1)
+    return jnp.sum(jnp.mean(jax.vmap(relations)(s, t), axis=0) * weights_N)
   if projection is not None:
     s = jnp.einsum("nbld,nde->nble", s, projection.astype(s.dtype), preferred_element_type=jnp.float32)
   per_layer = jax.vmap(

@@ -15,7 +15,7 @@ import functools
 import jax
 
 from MaxText.config.views import FeatureAlignment
-from MaxText.distill.feature_head import PROJECTION, feature_loss_sum
+from MaxText.distill.feature_head import PROJECTION, decoder_features, feature_loss_sum
 from MaxText.distill.kd_loss import KDOptions, kd_chunk_sums
 from MaxText.distill.schedules import alpha_at, beta_at, temperature_at
 from MaxText.distill.sources import TeacherSource
@@ -44,16 +44,17 @@ def make_loss_fn(
   else:
     chunk_fn = functools.partial(kd_chunk_sums, options=KDOptions.from_config(config), source=source)
   with_features = alignment is not None
+  features = decoder_features(alignment)
 
   def loss_fn(trainables, batch, step, teacher):
     student = decoder.bind(graphdef, trainables["params"])
-    student_out = decoder.run_on_batch(student, batch, with_features)
+    student_out = decoder.run_on_batch(student, batch, features)
     per_token = token_inputs(student_out.hidden_BxLxD, batch)
     shared = {"w_DxV": student.output_matrix_DxV()}
     if source is None:
       ce = lambda sums: sums["ce_sum"] + sums["z_loss_sum"]
       return chunked_loss(chunk_fn, per_token, shared, config.loss_chunk_size, ce)
-    teacher_inputs = source.inputs(teacher, batch, with_features)
+    teacher_inputs = source.inputs(teacher, batch, features)
     per_token.update(teacher_inputs.per_token)
     shared.update(teacher_inputs.shared, alpha=alpha_at(config, step), temperature=temperature_at(config, step))
     if not diagnose_every_step:
@@ -62,7 +63,12 @@ def make_loss_fn(
     if with_features:
       projection = trainables["kd_head"][PROJECTION] if alignment.projection_shape else None
       feature_sum = feature_loss_sum(
-        alignment, student_out.features, teacher_inputs.features, projection, per_token["weights"]
+        alignment,
+        student_out.features,
+        teacher_inputs.features,
+        projection,
+        per_token["weights"],
+        batch["inputs_segmentation"],
       )
       sums["kd/feature_loss_sum"] = beta_at(config, step) * feature_sum
       total = total + sums["kd/feature_loss_sum"]

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from MaxText.losses.cross_entropy import cross_entropy_with_logits, project_logits
 from MaxText.losses.divergence_family import Divergence, divergence
 from MaxText.losses.logit_kl import kl_to_teacher_logits
+from MaxText.losses.logit_mse import logit_mse
 from MaxText.losses.targets import TeacherTarget, teacher_target
 from MaxText.model import decoder
 
@@ -26,7 +27,7 @@ from MaxText.model import decoder
 class TeacherInputs(NamedTuple):
   per_token: dict  # [N, ...] arrays sliced into chunks with the student's
   shared: dict  # arrays every chunk sees whole (a teacher unembedding)
-  features: jax.Array | None  # [layers, B, L, D] for feature KD, when asked for
+  features: Any  # the teacher decoder's features for feature KD ([layers, B, L, D] or a q/k/v triple), when asked for
 
 
 class TeacherChunk(Protocol):
@@ -47,7 +48,7 @@ class TeacherSource(Protocol):
   param_shardings: Any  # shardings of the teacher state the step is given (None: it takes none)
   in_eval: bool  # eval batches carry this teacher's signal (a cache does not cover the eval split)
 
-  def inputs(self, teacher_state, batch: dict, with_features: bool) -> TeacherInputs: ...
+  def inputs(self, teacher_state, batch: dict, features: str | None) -> TeacherInputs: ...
 
   def chunk(self, xs: dict, shared: dict) -> TeacherChunk: ...
 
@@ -84,6 +85,10 @@ class LiveChunk:
     if self.kind.name == "forward_kl":  # from the logits: no [N, V] target arrays
       logits = self.logits_NxV
       return kl_to_teacher_logits(student_logits_NxV, logits, temperature, p.top_k, p.top_p, p.use_other_bucket)
+    if self.kind.name == "mse":  # on the logits, over the kept set when pruned (T is 1: the config says why)
+      kept = teacher_target(self.logits_NxV, temperature, p.top_k or None, p.top_p or None)
+      mse_N = logit_mse(student_logits_NxV, self.logits_NxV, kept.support_NxV) / (temperature * temperature)
+      return mse_N, kept.mass_kept_N
     target = teacher_target(self.logits_NxV, temperature, p.top_k or None, p.top_p or None, p.use_other_bucket)
     return divergence(student_logits_NxV, target, temperature, self.kind), target.mass_kept_N
 
@@ -108,9 +113,9 @@ class LiveTeacher:
   vocab: int | None = None  # keep the first `vocab` logits (kd_vocab_size: the rest is the teacher's padding)
   in_eval: bool = True
 
-  def inputs(self, teacher_params, batch: dict, with_features: bool) -> TeacherInputs:
+  def inputs(self, teacher_params, batch: dict, features: str | None) -> TeacherInputs:
     model = decoder.bind(self.graphdef, jax.lax.stop_gradient(teacher_params))
-    out = decoder.run_on_batch(model, batch, with_features)
+    out = decoder.run_on_batch(model, batch, features)
     hidden = jax.lax.stop_gradient(out.hidden_BxLxD)
     per_token = {"teacher_hidden": hidden.reshape(-1, hidden.shape[-1])}
     return TeacherInputs(per_token, {"teacher_w_DxV": model.output_matrix_DxV()}, out.features)

@@ -36,7 +36,7 @@ def _param(rngs: nnx.Rngs, shape, logical_axes, dtype, std: float | None) -> nnx
 
 class DecoderOutput(NamedTuple):
   hidden_BxLxD: jax.Array  # after the final norm, in the compute dtype
-  features: jax.Array | None  # attention outputs of every layer (LxBxLxD) when asked for
+  features: jax.Array | tuple | None  # [layers, B, L, D] of the feature asked for (see Decoder.__call__); None if none
 
 
 class StackedLayers(nnx.Module):
@@ -83,9 +83,9 @@ class Decoder(nnx.Module):
       return self.token_embedder[...].T
     return self.lm_head[...]
 
-  def __call__(
-    self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None, return_features: bool = False
-  ) -> DecoderOutput:
+  def __call__(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None, features: str | None = None):
+    """`features` (layers.FEATURES): every layer's attention_output, its residual output with the embedding
+    output first ([layers + 1, B, L, D]), or its pre-RoPE (q, k, v) ([layers, B, L, width] each)."""
     config = self.config
     dtype = jnp.dtype(config.dtype)
     if positions_BxL is None:
@@ -94,25 +94,27 @@ class Decoder(nnx.Module):
       segment_ids_BxL = jnp.ones_like(tokens_BxL)
     x = int8_weights.embed(self.token_embedder[...], tokens_BxL, dtype)  # a plain table, or an int8 teacher's
     x = constrain(x, ("batch", "activation_length", "activation_embed"))
+    embedded_BxLxD = x
     inv_freq = layers.rope_inverse_frequencies(config)
 
     def body(x_BxLxD, layer_weights):
-      out, attn_out = layers.decoder_layer(layer_weights, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config)
-      return out, (attn_out if return_features else None)
+      return layers.decoder_layer(layer_weights, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config, features)
 
     if config.remat_policy != "none":
       body = jax.checkpoint(body, policy=_REMAT_POLICIES[config.remat_policy], prevent_cse=not config.scan_layers)
     stacked = self.layers.weights()
     if config.scan_layers:
-      x, features = jax.lax.scan(body, x, stacked)
+      x, per_layer = jax.lax.scan(body, x, stacked)
     else:
-      per_layer = []
+      outputs = []
       for i in range(config.num_decoder_layers):
         x, feature = body(x, jax.tree.map(lambda w, i=i: w[i], stacked))
-        per_layer.append(feature)
-      features = jnp.stack(per_layer) if return_features else None
+        outputs.append(feature)
+      per_layer = jax.tree.map(lambda *a: jnp.stack(a), *outputs) if features else None
+    if features == "residual":
+      per_layer = jnp.concatenate([embedded_BxLxD[None], per_layer])
     hidden = layers.rms_norm(x, self.final_norm[...], config.normalization_layer_epsilon)
-    return DecoderOutput(hidden, features)
+    return DecoderOutput(hidden, per_layer)
 
   def logits(self, tokens_BxL, positions_BxL=None, segment_ids_BxL=None) -> jax.Array:
     """Full float32 logits; for tests, parity and generation (training uses the chunked loss)."""
@@ -143,9 +145,9 @@ def init_params(config, param_shardings):
   return jax.jit(init, out_shardings=param_shardings)()
 
 
-def run_on_batch(model: Decoder, batch: dict, return_features: bool = False) -> DecoderOutput:
+def run_on_batch(model: Decoder, batch: dict, features: str | None = None) -> DecoderOutput:
   """The decoder over a packed batch (MaxText's input names)."""
-  return model(batch["inputs"], batch["inputs_position"], batch["inputs_segmentation"], return_features)
+  return model(batch["inputs"], batch["inputs_position"], batch["inputs_segmentation"], features)
 
 
 def parameter_count(params) -> int:

@@ -52,8 +52,8 @@ def apply_rope(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, inv_freq_K2: jax.
   return rotated.astype(x_BxLxHxK.dtype)
 
 
-def project_qkv(p: dict, h_BxLxD, positions_BxL, inv_freq, config):
-  """Queries [B, L, H, K], keys and values [B, L, G, K] of the normed input: biases, QK-norm, RoPE."""
+def qkv_projections(p: dict, h_BxLxD, config):
+  """Queries [B, L, H, K], keys and values [B, L, G, K] of the normed input before RoPE: biases, QK-norm."""
   dtype = h_BxLxD.dtype
   eps = config.normalization_layer_epsilon
   q = jnp.einsum("bld,dhk->blhk", h_BxLxD, p["query"].astype(dtype))
@@ -64,15 +64,29 @@ def project_qkv(p: dict, h_BxLxD, positions_BxL, inv_freq, config):
   if config.use_qk_norm:
     q = rms_norm(q, p["q_norm"], eps)
     k = rms_norm(k, p["k_norm"], eps)
+  return q, k, v
+
+
+def project_qkv(p: dict, h_BxLxD, positions_BxL, inv_freq, config):
+  """Queries [B, L, H, K], keys and values [B, L, G, K] of the normed input: biases, QK-norm, RoPE."""
+  q, k, v = qkv_projections(p, h_BxLxD, config)
   return apply_rope(q, positions_BxL, inv_freq), apply_rope(k, positions_BxL, inv_freq), v
+
+
+def _attention(p: dict, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config):
+  """(normed input, pre-RoPE (q, k, v), per-head attention output, projected output) of one layer."""
+  h = rms_norm(x_BxLxD, p["attn_norm"], config.normalization_layer_epsilon)
+  q, k, v = qkv_projections(p, h, config)
+  q_roped, k_roped = apply_rope(q, positions_BxL, inv_freq), apply_rope(k, positions_BxL, inv_freq)
+  attended_BxLxHxK = attend(q_roped, k_roped, v, segment_ids_BxL, config.attention, config.max_segments_per_seq)
+  out_BxLxD = jnp.einsum("blhk,hkd->bld", attended_BxLxHxK, p["out"].astype(x_BxLxD.dtype))
+  return h, (q, k, v), attended_BxLxHxK, out_BxLxD
 
 
 def attention_block(p: dict, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config):
   """Pre-norm attention of one layer: (normed input, per-head attention output, projected output)."""
-  h = rms_norm(x_BxLxD, p["attn_norm"], config.normalization_layer_epsilon)
-  q, k, v = project_qkv(p, h, positions_BxL, inv_freq, config)
-  attended_BxLxHxK = attend(q, k, v, segment_ids_BxL, config.attention, config.max_segments_per_seq)
-  return h, attended_BxLxHxK, jnp.einsum("blhk,hkd->bld", attended_BxLxHxK, p["out"].astype(x_BxLxD.dtype))
+  h, _, attended_BxLxHxK, out_BxLxD = _attention(p, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config)
+  return h, attended_BxLxHxK, out_BxLxD
 
 
 def mlp_block(p: dict, x_BxLxD, config):
@@ -104,10 +118,17 @@ def mlp_output(p: dict, x_BxLxD, config):
   return jnp.moveaxis(out_NxBxPxD, 0, 1).reshape(batch, length, width)
 
 
-def decoder_layer(p: dict, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config):
-  """One pre-norm Llama layer on the weights `p` of that layer. Returns (output, attention output)."""
-  _, _, attn_out_BxLxD = attention_block(p, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config)
+FEATURES = ("attention_output", "residual", "qkv")  # what a layer can hand the feature-KD term
+
+
+def decoder_layer(p: dict, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config, feature: str | None = None):
+  """One pre-norm Llama layer on the weights `p` of that layer. Returns (output, `feature` of the layer or None):
+  attention_output (after its projection, before the residual add), residual (the layer's output) or qkv
+  (the pre-RoPE query, key and value projections, heads concatenated: [B, L, H*K], [B, L, G*K] twice)."""
+  _, qkv, _, attn_out_BxLxD = _attention(p, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config)
   x_BxLxD = constrain(x_BxLxD + attn_out_BxLxD, ("batch", "activation_length", "activation_embed"))
   mlp_out_BxLxD = mlp_output(p, x_BxLxD, config)
   x_BxLxD = constrain(x_BxLxD + mlp_out_BxLxD, ("batch", "activation_length", "activation_embed"))
-  return x_BxLxD, attn_out_BxLxD
+  if feature == "qkv":
+    return x_BxLxD, tuple(a.reshape(*a.shape[:2], -1) for a in qkv)
+  return x_BxLxD, {"attention_output": attn_out_BxLxD, "residual": x_BxLxD, None: None}[feature]

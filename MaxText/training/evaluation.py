@@ -15,6 +15,7 @@ import jax
 
 from MaxText.config.errors import ConfigError
 from MaxText.data import eval_set
+from MaxText.data.input_pipeline import MixtureCorpus
 from MaxText.distill.objective import make_loss_fn
 from MaxText.distill.teacher import build_teacher
 from MaxText.model.params_io import load_params
@@ -24,8 +25,16 @@ from MaxText.training.runtime import build_corpus, global_batch_size, to_global
 from MaxText.training.state import make_layout
 
 
-def build_eval_set(config, corpus) -> eval_set.EvalSet:
-  return eval_set.build(config, corpus, global_batch_size(config) // jax.process_count())
+def build_eval_sets(config, corpus) -> dict[str, eval_set.EvalSet]:
+  """The eval set ("": one), or with dataset_mixture one per source, by name (each its own eval_steps batches)."""
+  local_batch = global_batch_size(config) // jax.process_count()
+  if isinstance(corpus, MixtureCorpus):
+    return {name: eval_set.build(config, source, local_batch) for name, source in corpus.sources.items()}
+  return {"": eval_set.build(config, corpus, local_batch)}
+
+
+def _add(a: dict | None, b: dict) -> dict:
+  return b if a is None else {k: a[k] + b[k] for k in a}
 
 
 def eval_sums(chosen: eval_set.EvalSet, eval_step, trainables, teacher, batch_sharding, step) -> dict:
@@ -33,9 +42,17 @@ def eval_sums(chosen: eval_set.EvalSet, eval_step, trainables, teacher, batch_sh
   total = None
   for batch in chosen.batches:
     sums = eval_step(trainables, teacher, to_global(batch, batch_sharding), step)
-    host = {k: float(v) for k, v in jax.device_get(sums).items()}
-    total = host if total is None else {k: total[k] + host[k] for k in total}
+    total = _add(total, {k: float(v) for k, v in jax.device_get(sums).items()})
   return total
+
+
+def eval_pass(sets: dict[str, eval_set.EvalSet], eval_step, *args) -> tuple[dict, dict[str, dict]]:
+  """(sums over every set, {source name: its sums} with a mixture, else {})."""
+  per_source = {name: eval_sums(chosen, eval_step, *args) for name, chosen in sets.items()}
+  total = None
+  for sums in per_source.values():
+    total = _add(total, sums)
+  return total, ({} if "" in per_source else per_source)
 
 
 def _teacher_of(config, mesh):
@@ -65,14 +82,21 @@ def evaluate_checkpoint(config) -> dict[str, float]:
     lambda trainables, teacher, batch: loss_fn(trainables, batch, 0, teacher)[1],
     in_shardings=({"params": layout.param_shardings}, teacher_shardings, batch_sharding),
   )
-  chosen = build_eval_set(config, corpus)
+  sets = build_eval_sets(config, corpus)
   with jax.set_mesh(mesh):
-    sums = eval_sums(chosen, lambda t, tt, b, _: step_fn(t, tt, b), {"params": params}, teacher, batch_sharding, 0)
+    step = lambda t, tt, b, _: step_fn(t, tt, b)
+    sums, per_source = eval_pass(sets, step, {"params": params}, teacher, batch_sharding, 0)
   record = eval_record(sums)
+  batches = sum(len(chosen.batches) for chosen in sets.values())
   if jax.process_index() == 0:
     print(
       f"eval_only {config.load_parameters_path}: loss {record['loss']:.6f} | perplexity {record['perplexity']:.4f}"
-      f"{fidelity_text(record)} ({int(sums['tokens'])} tokens in {len(chosen.batches)} batches{chosen.coverage()})",
+      f"{fidelity_text(record)} ({int(sums['tokens'])} tokens in {batches} batches{eval_set.coverage(sets)})",
       flush=True,
     )
+  for name, source_sums in per_source.items():
+    source_record = eval_record(source_sums)
+    record.update({f"{name}/{k}": v for k, v in source_record.items()})
+    if jax.process_index() == 0:
+      print(f"  {name}: loss {source_record['loss']:.6f}{fidelity_text(source_record)}", flush=True)
   return record

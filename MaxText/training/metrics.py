@@ -242,16 +242,18 @@ class MetricLogger:
     self.window_start = time.perf_counter()
     return record
 
-  def write_eval(self, step: int, sums: dict, scored: str = "") -> dict[str, float]:
+  def write_eval(self, step: int, sums: dict, scored: str = "", source: str = "") -> dict[str, float]:
+    """An eval pass's record (eval/...), or one mixture source's (eval/<source>/..., returned as <source>/...)."""
     record = eval_record(sums)
-    self._emit(step, record, prefix="eval/")
+    prefix = f"eval/{source}/" if source else "eval/"
+    self._emit(step, record, prefix=prefix)
     if self.is_primary:
       print(
-        f"eval at step {step}: loss {record['loss']:.4f} | perplexity {record['perplexity']:.2f}"
-        f"{fidelity_text(record)} ({int(sums['tokens'])} tokens{scored})",
+        f"eval{' ' + source if source else ''} at step {step}: loss {record['loss']:.4f} | perplexity "
+        f"{record['perplexity']:.2f}{fidelity_text(record)} ({int(sums['tokens'])} tokens{scored})",
         flush=True,
       )
-    return record
+    return {f"{source}/{k}": v for k, v in record.items()} if source else record
 
   def write_tasks(self, step: int, scores: dict[str, float]) -> dict[str, float]:
     """lm-eval task metrics of an eval step (eval_tasks), logged as eval/tasks/<task>/<metric>."""

@@ -49,7 +49,7 @@ def build_corpus(config):
   check_fits_model(tokenizer, config.vocab_size)
   if config.dataset_type == "synthetic":
     return None
-  return input_pipeline.Corpus(config, tokenizer)
+  return input_pipeline.build_corpus(config, tokenizer)
 
 
 def to_global(batch: dict, batch_sharding) -> dict:

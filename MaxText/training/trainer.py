@@ -16,6 +16,7 @@ from MaxText.config.loader import non_default_keys
 from MaxText.config.teachers import normalized_weights
 from MaxText.config.views import feature_alignment
 from MaxText.data import input_pipeline, teacher_cache
+from MaxText.data.eval_set import coverage
 from MaxText.data.tokenizer import build_tokenizer
 from MaxText.distill import on_policy
 from MaxText.distill.objective import make_loss_fn
@@ -27,7 +28,7 @@ from MaxText.model.params_io import load_params
 from MaxText.parallel import sharding
 from MaxText.training import checkpointing, preflight
 from MaxText.training import metrics as metrics_lib
-from MaxText.training.evaluation import build_eval_set, eval_sums
+from MaxText.training.evaluation import build_eval_sets, eval_pass
 from MaxText.training.profiler import StepProfiler
 from MaxText.training.runtime import build_corpus, global_batch_size, to_global
 from MaxText.training.saved_steps import SavedSteps
@@ -101,7 +102,7 @@ class Trainer:
     eval_source, eval_alignment = (self.source, alignment) if evaluates_teacher else (None, None)
     eval_loss_fn = make_loss_fn(config, layout.graphdef, eval_source, eval_alignment)
     trainable_shardings = trainables(layout.state_shardings)
-    self.eval_set = None
+    self.eval_sets = None
     self.task_scorer = TaskScorer(config, self.mesh, layout.graphdef, self.batch_size) if config.eval_tasks else None
     self.eval_step = jax.jit(
       make_eval_step(eval_loss_fn),
@@ -169,10 +170,12 @@ class Trainer:
   def evaluate(self, step: int, logger) -> dict:
     started = time.perf_counter()
     args = (trainables(self.state), self.eval_teacher, self.batch_sharding, self.state["step"])
-    if self.eval_set is None:  # chosen once: every pass scores the same batches
-      self.eval_set = build_eval_set(self.config, self.corpus)
-    sums = eval_sums(self.eval_set, self.eval_step, *args)
-    record = logger.write_eval(step, sums, self.eval_set.coverage())
+    if self.eval_sets is None:  # chosen once: every pass scores the same batches
+      self.eval_sets = build_eval_sets(self.config, self.corpus)
+    sums, per_source = eval_pass(self.eval_sets, self.eval_step, *args)
+    record = logger.write_eval(step, sums, coverage(self.eval_sets))
+    for name, source_sums in per_source.items():
+      record.update(logger.write_eval(step, source_sums, source=name))
     if self.task_scorer is not None:
       with jax.set_mesh(self.mesh):
         record.update(logger.write_tasks(step, self.task_scorer(self.state["params"])))

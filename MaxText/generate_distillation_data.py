@@ -44,6 +44,7 @@ from MaxText.config import storage  # noqa: E402
 from MaxText.config.paths import check_output_folder  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
 from MaxText.config.saved_files import with_saved_model_keys  # noqa: E402
+from MaxText.inference import rationales  # noqa: E402
 from MaxText.training import preflight  # noqa: E402
 
 OUTPUT_FILES = ("part-*.parquet", "heldout-*.parquet", "progress-*.json", "manifest.json", "*.tmp")
@@ -67,6 +68,10 @@ def load_config(argv: list[str]):
     raise config_lib.ConfigError("load_parameters_path: the teacher that answers the prompts must be given")
   if not first.generation_output_dir:
     raise config_lib.ConfigError("generation_output_dir: the folder the conversations are written to must be given")
+  if first.generation_rationale_template and first.generation_self_instruct:
+    raise config_lib.ConfigError("generation_rationale_template: the answer job's mode (not with self-instruct)")
+  if first.generation_rationale_template and "{prompt}" not in first.generation_rationale_template:
+    raise config_lib.ConfigError("generation_rationale_template: must hold {prompt}, where the question goes")
   if first.generation_self_instruct:
     if first.generation_num_instructions < 1:
       raise config_lib.ConfigError("generation_num_instructions: self-instruct needs how many instructions to sample")
@@ -98,6 +103,8 @@ def job_spec(config) -> dict:
     prompts = {"self_instruct": {k: getattr(config, k) for k in SELF_INSTRUCT_KEYS}}
   else:
     prompts = {"dataset": [storage.absolute(p) for p in expand_paths(config.dataset_path)]}
+  if config.generation_rationale_template:
+    prompts["rationale"] = [config.generation_rationale_template, config.generation_answer_marker]
   return {
     "teacher": storage.absolute(config.load_parameters_path),
     **prompts,
@@ -128,15 +135,15 @@ def _write_json(path: str, value) -> None:
   storage.write_text_atomic(path, json.dumps(value, indent=1))
 
 
-def _write_shard(path: str, records: list[dict]) -> None:
-  """One Parquet file, its schema explicit so that a shard whose prompts were all skipped still has it."""
+def _write_shard(path: str, records: list[dict], extra_columns: tuple[str, ...] = ()) -> None:
+  """One Parquet file, its schema explicit so that a shard whose prompts were all skipped still has it;
+  `extra_columns`: more conversation columns (the rationale tasks)."""
   import pyarrow as pa
   import pyarrow.parquet as pq
 
-  message = pa.struct([("role", pa.string()), ("content", pa.string())])
-  schema = pa.schema(
-    [("messages", pa.list_(message)), ("prompt_index", pa.int64()), ("sample", pa.int64()), ("stopped", pa.bool_())]
-  )
+  conversation = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+  fields = [("messages", conversation), ("prompt_index", pa.int64()), ("sample", pa.int64()), ("stopped", pa.bool_())]
+  schema = pa.schema(fields + [(name, conversation) for name in extra_columns])
   staging = storage.LocalStaging(path)
   pq.write_table(pa.Table.from_pylist(records, schema=schema), staging.local)
   staging.commit()
@@ -173,18 +180,35 @@ class AnswerShards:
 
     conversations = sft.read_conversations(config, expand_paths(config.dataset_path))
     self.prompts = [(i, prompt_of(c)) for i, c in enumerate(conversations)][jax.process_index() :: jax.process_count()]
+    self.original = dict(self.prompts)
     self.config, self.models = config, models
     self.count = -(-len(self.prompts) // config.generation_prompts_per_shard)
 
   def write(self, directory: str, shard: int, key) -> dict:
     import jax
 
-    per_shard, m = self.config.generation_prompts_per_shard, self.models
+    per_shard, m, c = self.config.generation_prompts_per_shard, self.models, self.config
     chunk = self.prompts[shard * per_shard : (shard + 1) * per_shard]
-    records, skipped = answer(self.config, m["generator"], m["tokenizer"], m["template"], chunk, key)
+    if c.generation_rationale_template:
+      chunk = [(i, rationales.ask_for_rationale(p, c.generation_rationale_template)) for i, p in chunk]
+    records, skipped = answer(c, m["generator"], m["tokenizer"], m["template"], chunk, key)
     name = f"part-{jax.process_index()}-{shard:05d}.parquet"
-    _write_shard(storage.join(directory, name), records)
-    return {"file": name, "records": len(records), "skipped_long_prompts": skipped}
+    entry = {"file": name, "skipped_long_prompts": skipped}
+    if c.generation_rationale_template:
+      records, no_answer = self._with_tasks(records)
+      entry["dropped"] = {"no_answer": no_answer}
+    _write_shard(storage.join(directory, name), records, rationales.COLUMNS if c.generation_rationale_template else ())
+    return entry | {"records": len(records)}
+
+  def _with_tasks(self, records: list[dict]) -> tuple[list[dict], int]:
+    """The records whose response holds an answer, with the two task columns (and the original question)."""
+    kept = []
+    for record in records:
+      prompt = self.original[record["prompt_index"]]
+      tasks = rationales.task_columns(prompt, record["messages"][-1]["content"], self.config.generation_answer_marker)
+      if tasks is not None:
+        kept.append(record | tasks | {"messages": [*prompt, record["messages"][-1]]})
+    return kept, len(records) - len(kept)
 
 
 class SelfInstructShards:
@@ -344,7 +368,8 @@ def _manifest(directory: str, spec: dict) -> dict:
   if spec.get("self_instruct"):
     manifest["heldout_shards"] = [s["heldout_file"] for s in shards if "heldout_file" in s]
     manifest["heldout_records"] = sum(s.get("heldout_records", 0) for s in shards)
-    manifest["dropped"] = {k: sum(s["dropped"][k] for s in shards) for k in shards[0]["dropped"]} if shards else {}
+  if shards and "dropped" in shards[0]:  # self-instruct's filters, the rationale mode's responses without answer
+    manifest["dropped"] = {k: sum(s["dropped"][k] for s in shards) for k in shards[0]["dropped"]}
   _write_json(storage.join(directory, "manifest.json"), manifest)
   return manifest
 

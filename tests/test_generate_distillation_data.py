@@ -183,3 +183,84 @@ def _interrupt_after_first_shard(out):
   progress["shards"] = progress["shards"][:1]
   (out / "progress-0.json").write_text(json.dumps(progress))
   os.remove(out / "manifest.json")
+
+
+def test_rationale_tasks_split_at_the_last_marker_with_task_prefixes():
+  from MaxText.inference import rationales
+
+  prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 3?"}]
+  asked = rationales.ask_for_rationale(prompt, "Q: {prompt} Think, then write 'Answer:'.")
+  assert asked == [prompt[0], {"role": "user", "content": "Q: What is 2 + 3? Think, then write 'Answer:'."}]
+  assert rationales.split_response("2 plus 3. Answer: 4? No. Answer: 5", "Answer:") == ("2 plus 3. Answer: 4? No.", "5")
+  assert rationales.split_response("It is five.", "Answer:") is None
+  assert rationales.split_response("Answer:  ", "Answer:") is None
+  tasks = rationales.task_columns(prompt, "Two plus three is five. Answer: 5", "Answer:")
+  assert tasks["answer_messages"] == [
+    prompt[0],
+    {"role": "user", "content": "[answer] What is 2 + 3?"},
+    {"role": "assistant", "content": "5"},
+  ]
+  assert tasks["rationale_messages"][1] == {"role": "user", "content": "[rationale] What is 2 + 3?"}
+  assert tasks["rationale_messages"][2]["content"] == "Two plus three is five.\nAnswer: 5"
+
+
+def test_rationale_mode_writes_both_tasks_that_a_mixture_reads(tmp_path, setup, monkeypatch):
+  from MaxText import pyconfig
+  from MaxText.data import input_pipeline
+  from MaxText.data.tokenizer import build_tokenizer
+
+  root, tokenizer, prompts = setup
+  asked = []
+  real_answer = job.answer
+
+  def answer_with_reasoning(config, generator, tok, template, chunk, key):
+    """The tiny random teacher cannot reason: its responses are replaced, every other one without an answer."""
+    asked.extend(p[-1]["content"] for _, p in chunk)
+    records, skipped = real_answer(config, generator, tok, template, chunk, key)
+    for n, record in enumerate(records):
+      reply = "Because. Answer: blue" if n % 2 == 0 else "No idea."
+      record["messages"][-1]["content"] = reply
+    return records, skipped
+
+  monkeypatch.setattr(job, "answer", answer_with_reasoning)
+  out = tmp_path / "out"
+  template = 'generation_rationale_template="Explain, then answer after Answer: {prompt}"'  # YAML-quoted: it holds ": "
+  manifest = job.run(job.load_config(_argv(root, tokenizer, prompts, out, template, "max_prefill_predict_length=96")))
+  assert asked[0] == "Explain, then answer after Answer: Name a colour."
+  answered = 2 * (len(PROMPTS) - manifest["skipped_long_prompts"])  # two samples per prompt that fits
+  assert manifest["records"] > 0 and manifest["records"] + manifest["dropped"]["no_answer"] == answered
+  rows = _rows(out, "part-")
+  questions = {p[-1]["content"] if p[-1]["role"] == "user" else p[-2]["content"] for p in PROMPTS}
+  assert all(r["messages"][-2]["content"] in questions for r in rows)  # the original question, not the template
+  assert all(r["answer_messages"][-1]["content"] == "blue" for r in rows)
+  columns = ("answer_messages", "rationale_messages")
+  mixture = [{"path": f"{out}/part-*.parquet", "column": c, "name": c} for c in columns]
+  config = pyconfig.from_dict(
+    {
+      "model_name": "tiny",
+      "use_sft": True,
+      "dataset_type": "parquet",
+      "tokenizer_type": "huggingface",
+      "tokenizer_path": str(tokenizer),
+      "dataset_mixture": mixture,
+      "max_target_length": 64,
+      "eval_fraction": 0.0,
+    }
+  )
+  tok = build_tokenizer("huggingface", str(tokenizer))
+  corpus = input_pipeline.build_corpus(config, tok)
+  assert {name: len(c.documents) for name, c in corpus.sources.items()} == {c: manifest["records"] for c in columns}
+  batch = next(input_pipeline.make_iterator(config, corpus, "train", 4))
+  learned = tok.decode([int(t) for t in batch["targets"][batch["targets_segmentation"] > 0]])
+  assert "blue" in learned and "Because." in learned
+
+
+def test_rationale_template_refusals(setup, tmp_path):
+  root, tokenizer, prompts = setup
+  for extra, message in (
+    ("generation_rationale_template=no placeholder", "must hold {prompt}"),
+    ("generation_self_instruct=true", "the answer job's mode"),
+  ):
+    keys = ["generation_rationale_template=Q {prompt}", extra] if "self" in extra else [extra]
+    with pytest.raises(config_lib.ConfigError, match=message):
+      job.load_config(_argv(root, tokenizer, prompts, tmp_path / "o", *keys, "generation_num_instructions=4"))

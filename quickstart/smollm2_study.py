@@ -42,7 +42,7 @@ PRUNES = {  # name -> prune_* keys
   "depth": ["prune_num_layers=24"],  # 30 -> 24 layers: 106.2M -> 85.0M non-embedding parameters
   "half": ["prune_num_layers=20", "prune_mlp_dim=1024"],  # depth and MLP width: 53.1M, half
 }
-KD_KEYS = ["kd_alpha=0.5", "kd_temperature=1.0"]  # word-level KD: the sweep's lowest held-out loss (docs/main_job.md)
+KD_KEYS = ["kd_alpha=1.0", "kd_temperature=1.0"]  # word-level KD: the sweep's lowest held-out loss (docs/main_job.md)
 SWEEP = {  # name -> KD keys, trained on the first pruning amount for --sweep_steps
   "fkl_a0.5_T1": ["kd_alpha=0.5", "kd_temperature=1.0"],
   "fkl_a1_T1": ["kd_alpha=1.0", "kd_temperature=1.0"],
@@ -58,9 +58,8 @@ GENERATION = [  # self-instruct sampling (generate_distillation_data.py keys)
   "generation_instruction_top_p=0.95",
   "generation_instruction_max_tokens=64",
   "decode_max_new_tokens=96",
-  "decode_sampling_strategy=nucleus",
-  "decode_sampling_temperature=0.7",
-  "decode_sampling_nucleus_p=0.9",
+  "decode_sampling_strategy=weighted",  # answers from the teacher's own distribution (T = 1, no top-p): the CE
+  "decode_sampling_temperature=1.0",  # student's target is then an unbiased sample of what KD matches in full
   "generation_heldout_fraction=0.125",
   "max_prefill_predict_length=160",
 ]

@@ -194,6 +194,8 @@ def test_rationale_tasks_split_at_the_last_marker_with_task_prefixes():
   assert rationales.split_response("2 plus 3. Answer: 4? No. Answer: 5", "Answer:") == ("2 plus 3. Answer: 4? No.", "5")
   assert rationales.split_response("It is five.", "Answer:") is None
   assert rationales.split_response("Answer:  ", "Answer:") is None
+  said = "8 + 8 = 16.\nThe answer is 16.\nThe answer is: 16.\n\nSo 16 - 8 = 8."  # restated, then more talk
+  assert rationales.split_response(said, "The answer is") == ("8 + 8 = 16.", "16.")
   tasks = rationales.task_columns(prompt, "Two plus three is five. Answer: 5", "Answer:")
   assert tasks["answer_messages"] == [
     prompt[0],

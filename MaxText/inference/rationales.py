@@ -33,10 +33,23 @@ def ask_for_rationale(prompt: list[dict], template: str) -> list[dict]:
 
 
 def split_response(text: str, marker: str) -> tuple[str, str] | None:
-  """(rationale, answer) at the marker's last occurrence; None without the marker or with an empty answer."""
-  rationale, found, answer = text.rpartition(marker)
-  answer = answer.strip()
-  return (rationale.strip(), answer) if found and answer else None
+  """(rationale, answer) at the marker's last occurrence; None without the marker or with an empty answer.
+
+  The answer is the rest of the marker's line, a leading colon dropped ("The answer is: 16" -> "16"): a
+  small teacher often keeps talking after its answer, and that text is neither answer nor rationale. The
+  rationale loses the restatements of the same answer it ends with (a teacher that says its answer line
+  twice), so the rationale task does not teach the repetition."""
+  rationale, found, rest = text.rpartition(marker)
+  answer = rest.lstrip(" \t:").split("\n", 1)[0].strip()
+  return (_without_restated(rationale, marker, answer), answer) if found and answer else None
+
+
+def _without_restated(rationale: str, marker: str, answer: str) -> str:
+  while True:
+    head, found, rest = rationale.rpartition(marker)
+    if not found or rest.lstrip(" \t:").strip() != answer:
+      return rationale.strip()
+    rationale = head
 
 
 def task_columns(prompt: list[dict], response: str, marker: str) -> dict | None:

@@ -174,6 +174,7 @@ def checkpoint_to_gguf(args) -> str:
     raise ConversionError(f"--output: {args.output!r} exists; name a new file (nothing was written)")
   check_output_folder("--output", storage.dirname(storage.absolute(args.output)), ("*",))
   params = jax.tree.map(np.asarray, params_io.read_params_to_host(step_dir))
+  storage.makedirs(storage.dirname(storage.absolute(args.output)))  # as --to_hf does with its folder
   summary = gguf_export.write_gguf(params, config, args.output, args.gguf_type)
   return f"wrote {args.output} from {step_dir} ({args.gguf_type}: {summary})"
 

@@ -314,7 +314,6 @@ def run(config) -> dict:
   import jax
 
   directory = config.generation_output_dir
-  storage.makedirs(directory)
   spec = job_spec(config)
   progress = _progress(directory, spec)
   models = _load_models(config)
@@ -322,6 +321,7 @@ def run(config) -> dict:
     shards = SelfInstructShards(config, models, progress["shards"])
   else:
     shards = AnswerShards(config, models)
+  storage.makedirs(directory)  # only now: a job refused above (its teacher, template or prompts) leaves no folder
   host_key = jax.random.fold_in(jax.random.key(config.seed), jax.process_index())
   first, started = len(progress["shards"]), time.perf_counter()
   with jax.set_mesh(models["mesh"]):

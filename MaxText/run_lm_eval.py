@@ -3,9 +3,9 @@
   python -m MaxText.run_lm_eval --model maxtext --model_args load_parameters_path=CKPT[,max_length=1024] \
       --tasks cloze_jsonl --include_path evals [--batch_size 8] [--output_path results/]
 
-Every flag is lm-eval's own (`lm_eval --help`); `lm_eval` itself cannot find models of other packages
-(it has no plugin registry), so this module imports the adapter and then runs lm-eval's CLI. Also
-`--model hf` etc. work here, which is how the parity with transformers is checked.
+Every flag is lm-eval's own (`lm_eval --help`); MaxText/lm_harness/cli.py registers the `maxtext` model and
+refuses bad input in one line. Also `--model hf` etc. work here, which is how the parity with transformers
+is checked.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ def main() -> None:
   os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   try:
-    from lm_eval.__main__ import cli_evaluate
+    import lm_eval  # noqa: F401
   except ImportError:
     sys.exit("error: lm-evaluation-harness is not installed (pip install -e '.[eval]')")
-  import MaxText.lm_harness.adapter  # noqa: F401 - registers the `maxtext` model
+  from MaxText.lm_harness import cli
 
-  cli_evaluate()
+  sys.exit(cli.run(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -80,6 +80,14 @@ def test_derived_yml_with_base_config(tmp_path):
     (["load_parameters_path=/no/such/ckpt"], "load_parameters_path: '/no/such/ckpt' does not exist"),
     (["adam_b1=1.0"], "adam_b1: expected a value in [0, 1)"),
     (["steps"], "command-line argument 'steps': expected key=value"),
+    # upstream's names are reported as written, the canonical key beside them
+    (
+      ["student_overrides.base_num_decoder_layers=abc"],
+      "student_overrides.base_num_decoder_layers (num_decoder_layers here): expected an integer, got 'abc'",
+    ),
+    (["base_emb_dim=0"], "base_emb_dim (emb_dim here): expected a positive integer, got 0"),
+    # an allowed empty value is shown as such, not as an empty entry at the head of the list
+    (["eval_dataset_type=csv"], "eval_dataset_type: expected one of '' (unset), text, jsonl, parquet,"),
   ],
 )
 def test_bad_input_gives_one_line_error_naming_the_key(args, message):

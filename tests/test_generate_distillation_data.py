@@ -173,6 +173,22 @@ def test_self_instruct_prompts_come_from_the_header_and_resume_to_the_same_rows(
   assert job.run(job.load_config(argv)) == alike
 
 
+def test_a_refused_self_instruct_job_leaves_no_output_folder(tmp_path, setup):
+  from MaxText.config.errors import BadInputError
+
+  root, tokenizer, _ = setup
+  silent = tmp_path / "tok"  # a chat template that never writes the user's words: no header to sample from
+  shutil.copytree(tokenizer, silent)
+  config = json.loads((silent / "tokenizer_config.json").read_text())
+  config["chat_template"] = "{% for m in messages %}<|im_start|>{{ m['role'] }}<|im_end|>{% endfor %}"
+  (silent / "tokenizer_config.json").write_text(json.dumps(config))
+  out = tmp_path / "new" / "conversations"
+  argv = [a.replace(str(tokenizer), str(silent)) for a in _self_instruct_argv(root, tokenizer, out)]
+  with pytest.raises(BadInputError, match="^chat template: it does not write a user turn's content"):
+    job.run(job.load_config(argv))
+  assert not out.exists() and not out.parent.exists()
+
+
 def _interrupt_after_first_shard(out):
   """What an interruption after the first shard leaves: the later shards and the manifest are gone."""
   progress = json.loads((out / "progress-0.json").read_text())

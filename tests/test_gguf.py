@@ -216,10 +216,10 @@ def exported(tmp_path_factory, bpe):
   source = _tiny_model("llama", len(tokens), context=512)
   write_gguf(root / "m.gguf", source, "llama", "F32", tokens, merges, pre="gpt2")
   convert_hf_checkpoint.main(["--gguf", str(root / "m.gguf"), "--output", str(root / "ckpt")])
-  files = {}
-  for kind in ("f32", "f16", "bf16", "q8_0", "q4_0"):
-    files[kind] = root / f"out-{kind}.gguf"
-    args = ["--to_gguf", "--checkpoint", root / "ckpt", "--output", files[kind], "--gguf_type", kind]
+  files = {kind: root / f"out-{kind}.gguf" for kind in ("f32", "f16", "bf16", "q8_0")}
+  files["q4_0"] = root / "new" / "folder" / "out-q4_0.gguf"  # its folders are created, as --to_hf's are
+  for kind, path in files.items():
+    args = ["--to_gguf", "--checkpoint", root / "ckpt", "--output", path, "--gguf_type", kind]
     convert_hf_checkpoint.main([str(a) for a in args])
   return source, root / "ckpt", files
 

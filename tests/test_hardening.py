@@ -103,6 +103,59 @@ def test_a_bucket_whose_client_hangs_is_given_up_on_after_the_probe_time(monkeyp
   assert storage._endpoint("gs") == ("storage.googleapis.com", 443)
 
 
+@pytest.fixture
+def silent_endpoint(monkeypatch):
+  """A local socket that accepts connections and never answers (a host that resolves but hangs, as behind a
+  firewall that drops replies or a stuck proxy) as the gs:// endpoint; the probe's bound cut to 0.5 s."""
+  import socket
+  import threading
+
+  from MaxText.config import storage
+
+  server = socket.create_server(("127.0.0.1", 0))
+  accepted, stop = [], threading.Event()
+
+  def accept_forever():
+    server.settimeout(0.1)
+    while not stop.is_set():
+      try:
+        accepted.append(server.accept()[0])
+      except TimeoutError:
+        continue
+
+  acceptor = threading.Thread(target=accept_forever, daemon=True)
+  acceptor.start()
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{server.getsockname()[1]}")
+  monkeypatch.setattr(storage, "PROBE_SECONDS", 0.5)
+  storage.probe_bucket.cache_clear()
+  yield accepted
+  stop.set()
+  acceptor.join()
+  for connection in [*accepted, server]:
+    connection.close()
+  storage.probe_bucket.cache_clear()
+
+
+@pytest.mark.parametrize(
+  "keys, key",
+  [
+    (["dataset_type=text", "dataset_path=gs://hung-data/d.txt"], "dataset_path"),
+    (["use_kd=true", "kd_teacher_parameters_path=gs://hung-teacher/t"], "kd_teacher_parameters_path"),
+    (["use_kd=true", "kd_offline_data_dir=gs://hung-cache/c"], "kd_offline_data_dir"),
+    (["base_output_directory=gs://hung-runs/r"], "base_output_directory"),
+  ],
+)
+def test_a_bucket_host_that_accepts_and_never_answers_fails_in_one_line(silent_endpoint, keys, key):
+  from MaxText.config import load
+
+  value = keys[-1].split("=", 1)[1]
+  bucket = "gs://" + value[5:].split("/")[0]
+  expected = f"^{key}: '{value}': cannot reach the bucket '{bucket}': no answer within 0.5 s$"
+  with pytest.raises(ConfigError, match=expected):
+    load(["base.yml", "model_name=tiny", *keys])
+  assert silent_endpoint  # the connection was made: the client hung on a host that answers TCP, not a closed port
+
+
 class _FailingManager:
   directory = "/runs/r/checkpoints"
 

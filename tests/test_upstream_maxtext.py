@@ -214,7 +214,10 @@ def test_blocks_and_precedence_are_upstreams(tmp_path):
 @pytest.mark.parametrize(
   "args, message",
   [
-    (["use_kd=true", "distill_beta=0.0", "distill_beta_end=0.5", "distill_beta_schedule=linear"], "kd_beta: 0 with"),
+    (
+      ["use_kd=true", "distill_beta=0.0", "distill_beta_end=0.5", "distill_beta_schedule=linear"],
+      "distill_beta (kd_beta here): 0 with",
+    ),
     (["use_kd=true", "teacher_overrides.vocab_size=512", "teacher_overrides.load_parameters_path=."], "vocab_size 512"),
     (["use_kd=true", "teacher_overrides.model_name=tiny"], "teacher_overrides.load_parameters_path: the teacher's"),
     (["dataset_type=hf", "hf_path=OptimalScale/ClimbMix"], "hf_path: 'OptimalScale/ClimbMix' names a Hugging Face"),

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from MaxText.config.errors import ConfigError
+from MaxText.config.errors import ConfigError, choices_text
 from MaxText.config.paths import PATH_KEYS, check_scheme
 
 
@@ -292,7 +292,7 @@ def validate_values(values: dict[str, Any]) -> None:
   """Types are already right (the loader coerced them); these are the checks on the values themselves."""
   for key, choices in _ONE_OF.items():
     if values[key] not in choices:
-      raise ConfigError(f"{key}: expected one of {', '.join(choices)}, got {values[key]!r}")
+      raise ConfigError(f"{key}: expected one of {choices_text(choices)}, got {values[key]!r}")
   for key, ok, expected in _CHECKS:
     value = values[key]
     if isinstance(value, float) and not math.isfinite(value) or not ok(value):

@@ -35,6 +35,11 @@ class MissingFieldError(UserError, KeyError):
   """A record, column or tensor named by a key is absent from the input."""
 
 
+def choices_text(choices) -> str:
+  """Allowed values for a message, as a list a reader can see: an allowed empty string as '' (unset)."""
+  return ", ".join(str(c) if c != "" else "'' (unset)" for c in choices)
+
+
 class _DropUnretrievedTaskErrors(logging.Filter):
   """asyncio's "<Task|Future|_GatheringFuture> exception was never retrieved" records (the class named is
   whichever awaitable held the failed read: a gather of several reads comes as _GatheringFuture)."""

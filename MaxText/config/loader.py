@@ -221,6 +221,21 @@ def merged_values(argv: Sequence[str], overrides: dict[str, Any] | None = None) 
   return mixture.resolve(upstream.resolve(values))
 
 
+def typed_names(argv: Sequence[str]) -> dict[str, str]:
+  """{canonical key: the upstream name the user wrote it as} on the command line (a student_overrides
+  entry prefixed by its block) and in the top yml file, for error messages; {} where argv cannot be read."""
+  try:
+    from_yml, blocks = upstream.split_blocks(_read_yaml(resolve_yml(argv[0], os.getcwd())), argv[0])
+    cli, cli_blocks = upstream.split_blocks(parse_overrides(argv[1:]), "the command line")
+  except (ConfigError, IndexError):
+    return {}
+  names = upstream.typed_names(from_yml)
+  names.update(upstream.typed_names(cli))
+  for layer in (blocks["student_overrides"], cli_blocks["student_overrides"]):
+    names.update(upstream.typed_names(layer, "student_overrides."))
+  return names
+
+
 def non_default_keys(config: Any) -> dict[str, Any]:
   base = defaults()
   return {k: v for k, v in dataclasses.asdict(config).items() if base[k] != v}

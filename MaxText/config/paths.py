@@ -54,6 +54,12 @@ def check_reachable(key: str, value: str) -> None:
       raise ConfigError(f"{key}: {value!r}: {reason}")
 
 
+def check_exists(key: str, value: str) -> None:
+  """A file or folder a job reads (a local path, or an object or prefix in a bucket) is there."""
+  if value and not storage.exists(value):
+    raise ConfigError(f"{key}: {value!r} does not exist")
+
+
 def check_buckets(values: dict) -> None:
   """check_reachable for every path key (each entry of a comma-separated list)."""
   for key in PATH_KEYS:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from MaxText.config.entries import check_fields, check_name, parse_entries, positive_weight
-from MaxText.config.errors import ConfigError
+from MaxText.config.errors import ConfigError, choices_text
 
 _DTYPES = ("", "bfloat16", "float32", "float16", "int8")
 
@@ -51,7 +51,7 @@ def _entry(index: int, raw: Any) -> TeacherSpec:
   check_name(where, name)
   dtype = str(raw.get("dtype", ""))
   if dtype not in _DTYPES:
-    raise ConfigError(f"{where}.dtype: expected one of {_DTYPES}, got {dtype!r}")
+    raise ConfigError(f"{where}.dtype: expected one of {choices_text(_DTYPES)}, got {dtype!r}")
   weight = positive_weight(where, raw.get("weight", 1.0))
   overrides = _overrides_text(where, raw.get("overrides", ""))
   return TeacherSpec(name, path, str(raw.get("model_name", "")), overrides, dtype, weight)

@@ -116,6 +116,23 @@ def _set(out: dict[str, Any], canonical: str, value: Any, upstream: str, layer: 
   out[canonical] = value
 
 
+def typed_names(layer: dict[str, Any], prefix: str = "") -> dict[str, str]:
+  """{canonical key: the upstream name it was written as} for one layer (`prefix`: its block, dotted)."""
+  names = {canonical: f"{prefix}{upstream}" for upstream, canonical in RENAMED.items() if upstream in layer}
+  if LAYER_INDICES[0] in layer:
+    names.update({canonical: f"{prefix}{LAYER_INDICES[0]}" for canonical in LAYER_INDICES[1]})
+  return names
+
+
+def as_typed(error: ConfigError, names: dict[str, str]) -> ConfigError:
+  """`error` about a canonical key the user wrote under upstream's name, reworded to lead with that name
+  (the canonical key beside it); any other error as it is."""
+  key, colon, rest = str(error).partition(":")
+  if not colon or key not in names:
+    return error
+  return ConfigError(f"{names[key]} ({key} here):{rest}")
+
+
 def _is_none(value: Any) -> bool:
   """Upstream's None, from a yml (null / None) or the command line (`distill_alpha_end=None`)."""
   return value is None or value in ("None", "null")

@@ -26,6 +26,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from MaxText.config import ConfigError, load
+from MaxText.config.paths import check_exists
 from MaxText.config.saved_files import with_saved_model_keys
 from MaxText.data import chat
 from MaxText.data.tokenizer import HuggingFaceTokenizer, build_tokenizer, check_fits_model
@@ -47,6 +48,7 @@ def load_model_config(load_parameters_path: str, keys: dict):
   first = load(argv, _FORCED)
   if not first.load_parameters_path:
     raise ConfigError("load_parameters_path: the model to evaluate must be given (model_args)")
+  check_exists("load_parameters_path", first.load_parameters_path)
   return with_saved_model_keys(argv, first, _FORCED)
 
 

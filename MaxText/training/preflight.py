@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from MaxText.config import storage
 from MaxText.config.errors import ConfigError
 from MaxText.config.model_keys import NOT_COMPARED
-from MaxText.config.paths import check_output_folder
+from MaxText.config.paths import check_exists, check_output_folder
 from MaxText.config.saved_files import FULL_STATE_ITEMS, RUN_FILES, run_dir, saved_model_keys
 from MaxText.config.views import MODEL_KEYS, teacher_model_values, teacher_specs
 
@@ -35,9 +35,7 @@ class RunFiles:
 
 def _check_paths(config) -> None:
   for key in ("tokenizer_path", "load_parameters_path"):
-    value = getattr(config, key)
-    if value and not storage.exists(value):
-      raise ConfigError(f"{key}: {value!r} does not exist")
+    check_exists(key, getattr(config, key))
   if config.load_parameters_path:
     _refuse_upstream_checkpoint("load_parameters_path", config.load_parameters_path)
   if config.load_full_state_path:

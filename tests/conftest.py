@@ -52,6 +52,31 @@ def pytest_configure(config):
   jax.config.update("jax_enable_compilation_cache", False)
 
 
+# The files that take longest (pytest --durations on 2 cores), longest first: xdist hands out whole files
+# (--dist loadfile) in collection order, so a long file collected last would leave a core idle at the end.
+LONGEST_FILES = (
+  "test_smollm2_study.py",
+  "test_lm_harness.py",
+  "test_quickstart.py",
+  "test_divergence_family.py",
+  "test_gguf.py",
+  "test_kd_loss.py",
+  "test_train.py",
+  "test_bad_inputs.py",
+  "test_streaming.py",
+  "test_kd_train.py",
+  "test_multiprocess.py",
+  "test_generate_distillation_data.py",
+  "test_cloud_storage.py",
+  "test_ensemble.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the other files keep their order
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO, "MaxText", "train.py")
 TINY = [

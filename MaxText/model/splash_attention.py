@@ -18,8 +18,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
-from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
 from jax.sharding import PartitionSpec
 
 from MaxText.parallel import sharding
@@ -28,9 +26,18 @@ ALIGN = 128  # TPU lane width: the sequence is padded to a multiple of it
 BLOCKS = (512, 256, 128)  # the largest that divides the padded length is used for every tile
 
 
+def _splash_modules():
+  """JAX's Pallas TPU splash modules, imported when a kernel is built: importing them costs every job
+  about half a second on 2 cores, and only runs with attention=splash use them."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel, splash_attention_mask
+
+  return splash_attention_kernel, splash_attention_mask
+
+
 def _kernel(heads: int, length: int, interpret: bool):
   """A causal splash kernel for `heads` heads of `length` tokens. Built inside the trace that uses it
   (its block tables become that program's constants), so nothing traced outlives the trace."""
+  splash, splash_mask = _splash_modules()
   block = next(b for b in BLOCKS if length % b == 0)
   sizes = splash.BlockSizes(
     block_q=block,
@@ -48,8 +55,10 @@ def _attend_shard(q_BxHxLxK, k_BxGxLxK, v_BxGxLxK, segment_ids_BxL, interpret: b
   """Splash over the sequences and heads of one shard (all arrays local)."""
   kernel = _kernel(q_BxHxLxK.shape[1], q_BxHxLxK.shape[2], interpret)
 
+  segment_ids_of = _splash_modules()[0].SegmentIds
+
   def one_sequence(q, k, v, segment_ids):
-    return kernel(q, k, v, segment_ids=splash.SegmentIds(q=segment_ids, kv=segment_ids))
+    return kernel(q, k, v, segment_ids=segment_ids_of(q=segment_ids, kv=segment_ids))
 
   return jax.vmap(one_sequence)(q_BxHxLxK, k_BxGxLxK, v_BxGxLxK, segment_ids_BxL)
 

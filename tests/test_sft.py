@@ -96,6 +96,24 @@ def test_unpacked_rows_hold_one_conversation_each(tokenizer_dir, data_file):
     np.testing.assert_array_equal(batch["targets_segmentation"][row][:n], example["targets_mask"])
 
 
+def test_an_epoch_of_conversations_is_each_conversation_once(tokenizer_dir, tmp_path):
+  """The shuffle buffer holds at most one epoch of conversations: 12 conversations, 3 batches of 4, each once
+  (a buffer of 8192 would hold about 680 copies of each and repeat some within the first batches)."""
+  path = tmp_path / "distinct.jsonl"
+  chats = [[{"role": "user", "content": f"Say {i}."}, {"role": "assistant", "content": f"{i}."}] for i in range(12)]
+  path.write_text("".join(json.dumps({"messages": c}) + "\n" for c in chats))
+  config = pyconfig.from_dict(_keys(tokenizer_dir, path, packing=False, eval_fraction=0.0))
+  corpus = build_corpus(config)
+  assert config.data_shuffle_buffer_size == 8192 and input_pipeline.shuffle_window(config, True, 12) == 12
+  iterator = input_pipeline.make_iterator(config, corpus, "train", 4)
+  seen = []
+  for batch in (next(iterator) for _ in range(3)):
+    for row in range(4):
+      n = int(batch["inputs_segmentation"][row].sum())
+      seen.append(tuple(batch["inputs"][row][:n].tolist()))
+  assert len(set(seen)) == 12 == len(seen)
+
+
 @pytest.mark.parametrize(
   ("extra", "message"),
   [

@@ -249,12 +249,21 @@ def _documents(config, corpus: Corpus, split: str) -> grain.IterDataset:
     ds = ds.mp_prefetch(options)
   if not corpus.sft:
     ds = grain.experimental.FlatMapIterDataset(ds, _Windows(config.max_target_length, len(indices)))
-  if split == "train" and config.data_shuffle_buffer_size > 1:
+  window = shuffle_window(config, corpus.sft, len(indices))
+  if split == "train" and window > 1:
     # a document's windows arrive one after another: without mixing, a batch would hold a few documents
-    ds = grain.experimental.WindowShuffleIterDataset(
-      ds, window_size=config.data_shuffle_buffer_size, seed=config.data_shuffle_seed
-    )
+    ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=window, seed=config.data_shuffle_seed)
   return ds
+
+
+def shuffle_window(config, sft: bool, documents: int) -> int:
+  """The shuffle buffer's size. Conversations (SFT) come one element each, already in shuffled order: a
+  buffer past one epoch of them would hold copies of one conversation from several epochs (a batch could
+  repeat it) and read that many epochs before the first step (at 7 ms a read for a 3-conversation set,
+  Grain's index shuffle being slow on small sets), so it is cut to this host's conversations."""
+  if sft:
+    return min(config.data_shuffle_buffer_size, documents)
+  return config.data_shuffle_buffer_size
 
 
 def _grain_flags_parsed() -> None:

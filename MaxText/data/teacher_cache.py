@@ -102,8 +102,9 @@ def tokenizer_fingerprint(config) -> str:
 def data_spec(config) -> dict:
   keys = ("dataset_type", "dataset_path", "data_column", "add_bos", "add_eos", "packing", "eval_fraction")
   keys += ("eval_dataset_path", "data_shuffle_seed", "data_shuffle_buffer_size", "per_device_batch_size", "steps")
-  # the order in which the pipeline yields sequences (2: shuffled documents, split by document)
-  return {k: getattr(config, k) for k in keys} | {"pipeline_version": 2}
+  # the order in which the pipeline yields sequences (2: shuffled documents, split by document; 3: the same
+  # with SFT conversations shuffled within one epoch, input_pipeline.shuffle_window)
+  return {k: getattr(config, k) for k in keys} | {"pipeline_version": 3 if config.use_sft else 2}
 
 
 def shard_name(process: int, index: int) -> str:

@@ -19,9 +19,10 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 # points, as subprocesses), compiles for the CPU with LLVM's optimisation passes off. The suite's programs
 # are tiny, so compiling is most of their time, and LLVM's passes are most of that (a tiny KD run: 19 s ->
 # 9 s on 2 cores; the float64-reference file test_divergence_family.py: 186 s -> 123 s in one process).
-# Every numeric check holds at its tolerance with them off. XLA reads XLA_FLAGS once, when a process's
-# backend starts, so the flag is set here, before any test module imports JAX. What users run is compiled
-# as XLA does by default.
+# Every numeric check holds at its tolerance with them off, as with XLA's default compile (docs/speed.md has
+# the one Python 3.12 miss, the same either way). XLA reads XLA_FLAGS once, when a process's backend starts,
+# so the flag is set here, before any test module imports JAX. What users run is compiled as XLA does by
+# default.
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 _OWN_FLAGS = os.environ.get("XLA_FLAGS", "").replace(FAST_COMPILE, "").strip()
 os.environ["XLA_FLAGS"] = f"{_OWN_FLAGS} {FAST_COMPILE}".strip()

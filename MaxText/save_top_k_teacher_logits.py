@@ -92,7 +92,7 @@ def save(config) -> dict:
       teacher,
       top_k=config.kd_offline_top_k,
       temperatures=tuple(spec["temperatures"]),
-      value_dtype=teacher_cache.VALUE_DTYPES[config.kd_offline_logits_dtype],
+      value_dtype=teacher_cache.batch_value_dtype(spec["format_version"], config.kd_offline_logits_dtype),
       chunk_size=config.loss_chunk_size,
     ),
     in_shardings=(teacher.param_shardings, batch_sharding),

@@ -304,7 +304,8 @@ def test_a_cache_made_from_an_ensemble_is_its_mixture_and_trains_a_student_offli
 
   narrow, wide = two_teachers
   keys = {"model_name": "tiny", "dtype": "float32", "max_target_length": 32, "per_device_batch_size": 4, "steps": 2}
-  keys.update(use_kd=True, kd_offline_top_k=320, kd_offline_logits_dtype="float32", kd_offline_batches_per_shard=1)
+  keys.update(use_kd=True, kd_offline_top_k=320, kd_offline_batches_per_shard=1)
+  keys.update(kd_offline_format="float", kd_offline_logits_dtype="float32")  # compared with the mixture at 1e-4
   teachers = [{"name": "narrow", "parameters_path": narrow, "weight": 1}, {"parameters_path": wide, "overrides": WIDE}]
   config = pyconfig.from_dict({**keys, "kd_teachers": teachers, "kd_offline_output_dir": str(tmp_path / "cache")})
   manifest = save_job.save(config)

@@ -26,6 +26,7 @@ SAVE_KEYS = {
   "steps": 5,
   "kd_offline_top_k": 8,
   "kd_offline_temperatures": "2.0",
+  "kd_offline_format": "float",  # the exact teacher values: compared with the live teacher at 1e-5
   "kd_offline_logits_dtype": "float32",
   "kd_offline_batches_per_shard": 2,
 }
@@ -68,6 +69,23 @@ def cache_dir(teacher_dir, corpus_file, tmp_path_factory):
   return out
 
 
+@pytest.fixture(scope="module")
+def compact_dir(teacher_dir, cache_dir, tmp_path_factory):
+  """The same stream and teacher in the compact format (the default)."""
+  out = str(tmp_path_factory.mktemp("compact") / "cache")
+  save_job.save(_save_config(teacher_dir, out, kd_offline_format="compact"))
+  return out
+
+
+def _raw(shard_file):
+  from array_record.python.array_record_module import ArrayRecordReader
+
+  reader = ArrayRecordReader(shard_file)
+  records = reader.read_all()
+  reader.close()
+  return records
+
+
 def _records(directory):
   from array_record.python.array_record_module import ArrayRecordReader
 
@@ -84,6 +102,8 @@ def _records(directory):
 def test_cache_holds_the_packed_stream_and_the_teachers_top_k(teacher_dir, cache_dir):
   manifest, rows = _records(cache_dir)
   assert manifest["sequences"] == len(rows) == 5 * 4 and len(manifest["shards"]) == 3  # 2 + 2 + 1 batches
+  # kd_offline_format=float writes the format every cache had before format 3, unchanged
+  assert manifest["format_version"] == 2 and "record_format" not in manifest and manifest["logits_dtype"] == "float32"
   assert manifest["top_k"] == 8 and manifest["temperatures"] == [1.0, 2.0] and manifest["vocab_size"] == 320
   config = _save_config(teacher_dir, cache_dir)
   it = input_pipeline.make_iterator(config, build_corpus(config), "train", 4)
@@ -175,8 +195,43 @@ def test_manifest_mismatches_and_a_truncated_shard_are_clear_errors(cache_dir, t
     _offline_run(broken)
 
 
-def test_training_from_the_cache_learns_and_resumes_exactly(cache_dir, tmp_path):
-  run = [*TINY, "use_kd=true", f"kd_offline_data_dir={cache_dir}", "kd_alpha=0.9", "kd_temperature=2.0"]
+def test_the_compact_cache_is_the_float_cache_within_its_code(cache_dir, compact_dir):
+  """Same stream, same teacher: the same tokens and ids, the same top-1, the teacher's exact kept mass at
+  each stored temperature, and every logit within half a code step of the float value (compact_records)."""
+  from MaxText.data.compact_records import ValueCode
+
+  manifest, rows = _records(compact_dir)
+  _, float_rows = _records(cache_dir)
+  assert manifest["format_version"] == 3 and manifest["record_format"] == "compact"
+  code = ValueCode(**manifest["value_code"])
+  record_bytes = [len(r) for f in teacher_cache.open_for_run(_offline_run(compact_dir)).shard_files for r in _raw(f)]
+  assert max(record_bytes) < 0.5 * teacher_cache.layout_of(teacher_cache.read_manifest(cache_dir)).record_bytes
+  step = (1 - np.exp(-code.range / code.scale)) / (code.levels - 1)  # uniform in g(d) = 1 - exp(-d / scale)
+  for got, want in zip(rows, float_rows, strict=True):
+    for name in teacher_cache.TOKEN_FIELDS:
+      np.testing.assert_array_equal(got[name], want[name])
+    target = want["targets_segmentation"] != 0
+    ids, want_ids = got["teacher_ids"][target], want["teacher_ids"][target]
+    np.testing.assert_array_equal(np.sort(ids, 1), np.sort(want_ids, 1))
+    np.testing.assert_array_equal(ids[:, 0], want_ids[:, 0])
+    values = np.asarray(want["teacher_values"][target], np.float64)
+    by_id = np.take_along_axis(values, np.argsort(want_ids, 1), 1)
+    decoded = np.take_along_axis(got["teacher_values"][target].astype(np.float64), np.argsort(ids, 1), 1)
+    g = lambda d: 1 - np.exp(-np.minimum(d, code.range) / code.scale)  # noqa: E731
+    g_true = g(by_id.max(1, keepdims=True) - by_id)
+    error = np.abs(g_true - g(decoded.max(1, keepdims=True) - decoded))
+    lifted = (g_true > 0) & (g_true < step / 2)  # near-ties given the second code, so the top-1 stays exact
+    assert np.all(error[~lifted] <= step / 2 + 1e-6) and np.all(error[lifted] <= step)
+    for column, temperature in enumerate(manifest["temperatures"]):
+      kept = [
+        np.sum(np.exp(r["teacher_values"][target] / temperature - r["teacher_lse"][column][target][:, None]), 1)
+        for r in (got, want)
+      ]
+      np.testing.assert_allclose(kept[0], kept[1], rtol=2e-6)
+
+
+def test_training_from_the_cache_learns_and_resumes_exactly(compact_dir, tmp_path):
+  run = [*TINY, "use_kd=true", f"kd_offline_data_dir={compact_dir}", "kd_alpha=0.9", "kd_temperature=2.0"]
   run += ["steps=8", "learning_rate=2e-2", "checkpoint_period=4"]
   straight = run_train(tmp_path, *run, "run_name=straight")
   assert "OFFLINE" in straight.stdout

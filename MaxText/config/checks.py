@@ -45,6 +45,7 @@ _ONE_OF = {
   "kd_ensemble": ("probs", "logprobs"),
   "kd_offline_normalization": ("other_bucket", "renormalize_both", "student_full"),
   "kd_offline_logits_dtype": ("bfloat16", "float32"),
+  "kd_offline_format": ("compact", "float"),
   "prune_layer_metric": ("cosine", "loss"),
   "eval_sampling": ("spread", "start"),
   "decode_sampling_strategy": ("greedy", "weighted", "topk", "nucleus"),
@@ -54,6 +55,8 @@ _ONE_OF = {
 
 _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
   ("eval_steps", lambda v: v == -1 or v >= 1, "a positive integer, or -1 (the whole eval set)"),
+  ("kd_offline_value_bits", lambda v: 2 <= v <= 8, "an integer from 2 to 8"),
+  ("mlp_sequence_chunks", _non_negative, "a positive integer, or 0 (auto: pieces of at most 2048 tokens)"),
   *[
     (k, _positive, "a positive integer")
     for k in (
@@ -67,7 +70,6 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "mlp_dim",
       "max_target_length",
       "max_segments_per_seq",
-      "mlp_sequence_chunks",
       "log_period",
       "loss_chunk_size",
       "checkpoint_period",

@@ -244,7 +244,7 @@ def _documents(config, corpus: Corpus, split: str) -> grain.IterDataset:
   read_ahead = grain.ReadOptions(num_threads=2, prefetch_buffer_size=16)
   ds = ds.map(corpus.encode).repeat(None).to_iter_dataset(read_ahead)
   if config.grain_worker_count:
-    _grain_flags_parsed()
+    grain_flags_parsed()
     options = grain.MultiprocessingOptions(num_workers=config.grain_worker_count, per_worker_buffer_size=16)
     ds = ds.mp_prefetch(options)
   if not corpus.sft:
@@ -266,7 +266,7 @@ def shuffle_window(config, sft: bool, documents: int) -> int:
   return config.data_shuffle_buffer_size
 
 
-def _grain_flags_parsed() -> None:
+def grain_flags_parsed() -> None:
   """Grain's worker processes read absl flags; a program that never parsed them (ours) marks them parsed."""
   from absl import flags
 

@@ -1,6 +1,10 @@
-"""The offline-distillation cache: record layout, manifest, the checks against a run, and the reader.
+"""The offline-distillation cache: record layouts, manifest, the checks against a run, and the reader.
 
-One record per packed sequence, fixed layout (sizes from the manifest), little-endian:
+Two record formats, named by the manifest's format_version: 3 with `record_format: compact` (the
+default, about a third of the bytes; data/compact_records.py), and 2, the float layout below, which
+`kd_offline_format=float` still writes and every cache saved before format 3 has.
+
+Format 2: one record per packed sequence, fixed layout (sizes from the manifest), little-endian:
   inputs, targets, positions, input and target segmentation   int32 [L] each (SFT: targets outside
                                                              the assistant's turns have segmentation 0)
   top-k raw teacher logits                  bfloat16 or float32 [L, k] (largest first)
@@ -17,6 +21,7 @@ resumes, and process 0 writes `manifest.json` when every host is done.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from typing import Any
@@ -28,8 +33,10 @@ from MaxText.config import storage
 from MaxText.config.errors import BadInputError, UserError
 from MaxText.config.views import kd_vocab
 from MaxText.data import array_records
+from MaxText.data.compact_records import CompactLayout, RecordDamaged, ValueCode
 
-FORMAT_VERSION = 2  # 2: targets_segmentation stored (1 assumed it equal to the inputs')
+FLOAT_FORMAT_VERSION = 2  # 2: targets_segmentation stored (1 assumed it equal to the inputs')
+COMPACT_FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 CACHE_FILES = ("shard-*.array_record", "progress-*.json", "manifest.json", "*.tmp")  # all the save job writes
 VALUE_DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
@@ -76,10 +83,29 @@ class RecordLayout:
     return row
 
 
-def layout_of(manifest: dict) -> RecordLayout:
-  return RecordLayout(
-    manifest["max_target_length"], manifest["top_k"], len(manifest["temperatures"]), manifest["logits_dtype"]
-  )
+def layout_of(manifest: dict) -> RecordLayout | CompactLayout:
+  length, k, temps = manifest["max_target_length"], manifest["top_k"], manifest["temperatures"]
+  if manifest["format_version"] == COMPACT_FORMAT_VERSION:
+    code = ValueCode(**manifest["value_code"])
+    return CompactLayout(length, k, len(temps), manifest["vocab_size"], tuple(float(t) for t in temps), code)
+  return RecordLayout(length, k, len(temps), manifest["logits_dtype"])
+
+
+def format_spec(config) -> dict:
+  """The manifest fields that name the record format `kd_offline_format` writes."""
+  if config.kd_offline_format == "float":
+    return {"format_version": FLOAT_FORMAT_VERSION, "logits_dtype": config.kd_offline_logits_dtype}
+  code = ValueCode(bits=config.kd_offline_value_bits)
+  return {
+    "format_version": COMPACT_FORMAT_VERSION,
+    "record_format": "compact",
+    "value_code": {"bits": code.bits, "scale": code.scale, "range": code.range},
+  }
+
+
+def batch_value_dtype(format_version: int, logits_dtype: str = "float32"):
+  """The dtype of `teacher_values` in the batches read from a cache (compact records decode to float32)."""
+  return np.float32 if format_version == COMPACT_FORMAT_VERSION else VALUE_DTYPES[logits_dtype]
 
 
 def temperatures(config) -> list[float]:
@@ -120,7 +146,8 @@ def write_json_atomic(path: str, obj) -> None:
   storage.write_text_atomic(path, json.dumps(obj, indent=1))
 
 
-_MANIFEST_KEYS = ("shards", "temperatures", "top_k", "vocab_size", "max_target_length", "logits_dtype")
+_MANIFEST_KEYS = ("shards", "temperatures", "top_k", "vocab_size", "max_target_length")
+_FORMAT_KEYS = {FLOAT_FORMAT_VERSION: ("logits_dtype",), COMPACT_FORMAT_VERSION: ("value_code",)}
 
 
 def read_manifest(directory: str) -> dict:
@@ -134,13 +161,13 @@ def read_manifest(directory: str) -> dict:
       manifest = json.load(f)
   except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
     raise CacheError(f"kd_offline_data_dir: {path!r} cannot be read ({e}); truncated?") from None
-  if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+  version = manifest.get("format_version") if isinstance(manifest, dict) else None
+  if version not in _FORMAT_KEYS:
     raise CacheError(
-      f"kd_offline_data_dir: {path!r} has format_version {version}, this code reads {FORMAT_VERSION}; "
+      f"kd_offline_data_dir: {path!r} has format_version {version}, this code reads {sorted(_FORMAT_KEYS)}; "
       "save the cache again"
     )
-  missing = [k for k in _MANIFEST_KEYS if k not in manifest]
+  missing = [k for k in (*_MANIFEST_KEYS, *_FORMAT_KEYS[version]) if k not in manifest]
   if missing:
     raise CacheError(f"kd_offline_data_dir: {path!r} lacks {missing[0]!r}; save the cache again")
   return manifest
@@ -239,11 +266,27 @@ def verify(cache: CacheView, process_index: int, process_count: int) -> None:
     )
 
 
-def make_iterator(cache: CacheView, shuffle_seed: int, batch_size: int, process_index: int, process_count: int):
-  """Checkpointable iterator of per-process batches read from the cache: shuffled, sharded per host."""
+def make_iterator(
+  cache: CacheView, shuffle_seed: int, batch_size: int, process_index: int, process_count: int, workers: int = 0
+):
+  """Checkpointable iterator of per-process batches read from the cache: shuffled, sharded per host;
+  records decoded (and batched) in `workers` Grain processes when > 0 (the order does not change)."""
   import grain
 
   ds = grain.MapDataset.source(array_records.open_records(list(cache.shard_files), "kd_offline_data_dir"))
   ds = ds.shuffle(seed=shuffle_seed)[process_index::process_count]
-  ds = ds.repeat(None).map(cache.layout.decode)
-  return iter(ds.to_iter_dataset().batch(batch_size, drop_remainder=True))
+  ds = ds.repeat(None).map(functools.partial(_decode, cache.layout, cache.directory))
+  ds = ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
+  if workers:
+    from MaxText.data.input_pipeline import grain_flags_parsed
+
+    grain_flags_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=4))
+  return iter(ds)
+
+
+def _decode(layout, directory: str, record: bytes) -> dict:
+  try:
+    return layout.decode(record)
+  except RecordDamaged as e:
+    raise CacheError(f"kd_offline_data_dir: {directory!r}: {e}; save the cache again") from None

@@ -29,20 +29,22 @@ def local_rows(x: jax.Array) -> np.ndarray:
 
 def cache_spec(config, teacher_fingerprint: str, local_batch: int) -> dict:
   """Everything that fixes the cache's contents; a resumed save must match it exactly."""
-  return _teachers_spec(config) | {
-    "format_version": teacher_cache.FORMAT_VERSION,
-    "top_k": config.kd_offline_top_k,
-    "vocab_size": kd_vocab(config),
-    "max_target_length": config.max_target_length,
-    "temperatures": teacher_cache.temperatures(config),
-    "logits_dtype": config.kd_offline_logits_dtype,
-    "teacher_fingerprint": teacher_fingerprint,
-    "tokenizer_fingerprint": teacher_cache.tokenizer_fingerprint(config),
-    "data": teacher_cache.data_spec(config),
-    "process_count": jax.process_count(),
-    "sequences_per_batch_per_process": local_batch,
-    "batches_per_shard": config.kd_offline_batches_per_shard,
-  }
+  return (
+    _teachers_spec(config)
+    | teacher_cache.format_spec(config)
+    | {
+      "top_k": config.kd_offline_top_k,
+      "vocab_size": kd_vocab(config),
+      "max_target_length": config.max_target_length,
+      "temperatures": teacher_cache.temperatures(config),
+      "teacher_fingerprint": teacher_fingerprint,
+      "tokenizer_fingerprint": teacher_cache.tokenizer_fingerprint(config),
+      "data": teacher_cache.data_spec(config),
+      "process_count": jax.process_count(),
+      "sequences_per_batch_per_process": local_batch,
+      "batches_per_shard": config.kd_offline_batches_per_shard,
+    }
+  )
 
 
 def _teachers_spec(config) -> dict:
@@ -63,7 +65,7 @@ class ShardWriter(threading.Thread):
   """Encodes and writes batches from a queue; closes a shard every `batches_per_shard` batches and
   records it (with the data iterator state after it) in this process's progress file."""
 
-  def __init__(self, directory: str, layout: teacher_cache.RecordLayout, progress: dict, batches_per_shard: int):
+  def __init__(self, directory: str, layout, progress: dict, batches_per_shard: int):
     super().__init__(daemon=True)
     self.directory, self.layout, self.progress = directory, layout, progress
     self.batches_per_shard = batches_per_shard

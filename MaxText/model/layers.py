@@ -99,6 +99,21 @@ def mlp_block(p: dict, x_BxLxD, config):
   return h, hidden_BxLxF, jnp.einsum("blf,fd->bld", hidden_BxLxF, p["wo"].astype(dtype))
 
 
+AUTO_MLP_PIECE_TOKENS = 2048  # mlp_sequence_chunks=0: pieces of at most this many tokens of the sequence
+
+
+def mlp_pieces(setting: int, length: int) -> int:
+  """How many pieces `mlp_sequence_chunks` cuts a sequence of `length` into; 0 = auto: the fewest pieces
+  of at most AUTO_MLP_PIECE_TOKENS that divide the length (1 up to 2048 tokens, 4 at 8192), which keeps
+  llama3.1-8b at 4 x 8192 within upstream MaxText's memory and changes nothing at short lengths."""
+  if setting:
+    return setting
+  pieces = -(-length // AUTO_MLP_PIECE_TOKENS)
+  while length % pieces:
+    pieces += 1
+  return pieces
+
+
 def mlp_output(p: dict, x_BxLxD, config):
   """The MLP block's projected output, over `mlp_sequence_chunks` pieces of the sequence one at a time.
 
@@ -107,8 +122,8 @@ def mlp_output(p: dict, x_BxLxD, config):
   the backward pass. Exact: the MLP acts on each token alone. A length the count does not divide
   runs whole.
   """
-  pieces = config.mlp_sequence_chunks
   batch, length, width = x_BxLxD.shape
+  pieces = mlp_pieces(config.mlp_sequence_chunks, length)
   if pieces <= 1 or length % pieces:
     return mlp_block(p, x_BxLxD, config)[2]
   # [B, n, L/n, D] -> [n, B, L/n, D]: every piece keeps the batch axis, so it spans the same devices

@@ -103,7 +103,8 @@ def _batch(config, mesh, global_batch: int) -> dict:
   batch = {key: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=spec) for key in BATCH_KEYS}
   if config.use_kd and config.kd_offline_data_dir:
     k, temperatures = config.kd_top_k or config.kd_offline_top_k, teacher_cache.temperatures(config)
-    value_dtype = teacher_cache.VALUE_DTYPES[config.kd_offline_logits_dtype]
+    version = teacher_cache.format_spec(config)["format_version"]
+    value_dtype = teacher_cache.batch_value_dtype(version, config.kd_offline_logits_dtype)
     batch["teacher_values"] = jax.ShapeDtypeStruct((*shape, k), value_dtype, sharding=spec)
     batch["teacher_ids"] = jax.ShapeDtypeStruct((*shape, k), jnp.int32, sharding=spec)
     batch["teacher_lse"] = jax.ShapeDtypeStruct((global_batch, len(temperatures), shape[1]), jnp.float32, sharding=spec)

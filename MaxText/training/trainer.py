@@ -150,7 +150,7 @@ class Trainer:
       seed, index, count = self.config.data_shuffle_seed, jax.process_index(), jax.process_count()
       if self.config.kd_offline_verify:
         teacher_cache.verify(cache, index, count)
-      return teacher_cache.make_iterator(cache, seed, local_batch, index, count)
+      return teacher_cache.make_iterator(cache, seed, local_batch, index, count, self.config.grain_worker_count)
     return input_pipeline.make_iterator(self.config, self.corpus, "train", local_batch)
 
   def _initial_state(self):

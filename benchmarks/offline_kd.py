@@ -2,7 +2,7 @@
 
   .venv/bin/python benchmarks/offline_kd.py [--top_k 64] [--vocab 32000] [--batches 8]
 
-1. bytes per token of the cache (bf16 values, T = 1 and T = 2 stored), from the shard sizes;
+1. bytes per token of the float-format cache (bf16 values, T = 1 and T = 2 stored), from the shard sizes;
 2. save throughput: the save job's per-batch time against the teacher's forward + top-k alone (both
    as the slope between a short and a long run, so compilation drops out);
 3. an offline KD train step against an online KD step on the same student and batches.
@@ -57,6 +57,7 @@ def _common(args) -> dict:
     "kd_teacher_model_name": "default",
     "kd_teacher_overrides": f"{TEACHER},vocab_size={args.vocab}",
     "kd_temperature": 2.0,
+    "kd_offline_format": "float",  # the float layout's sizes are printed; benchmarks/compact_cache.py has format 3
   }
 
 

@@ -140,5 +140,5 @@ def test_the_kl_of_a_compact_record_is_the_kl_of_its_decoded_values():
       q = np.take_along_axis(q_all, ids, 1)
       p_other, q_other = 1 - p.sum(1), 1 - q.sum(1)
       terms = np.where(p > 0, p * np.log(p / q), 0.0)
-    want = terms.sum(1) + p_other * np.log(p_other / q_other)
+      want = terms.sum(1) + p_other * np.log(p_other / q_other)
     np.testing.assert_allclose(np.asarray(kl)[target], want[target], rtol=2e-5, atol=2e-6)

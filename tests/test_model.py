@@ -52,6 +52,15 @@ def test_scan_loop_and_remat_give_equal_logits_and_gradients(variant):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7, rtol=1e-5), grads, ref_grads)
 
 
+def test_the_auto_mlp_default_is_the_whole_mlp_program_at_short_lengths():
+  """mlp_sequence_chunks=0 (auto) changes nothing up to 2048 tokens: the very program of the MLP run whole,
+  so the CPU step at the main job's 256 tokens is the one it was (pieces start at 2049: test_train_compile)."""
+  config, (_, params, _) = _model(remat_policy="full")
+  variants = [dataclasses.replace(config, mlp_sequence_chunks=n) for n in (0, 1)]
+  lowered = [jax.jit(lambda p, c=c: _logits_and_grads(c, p, TOKENS)).lower(params).as_text() for c in variants]
+  assert config.mlp_sequence_chunks == 0 and lowered[0] == lowered[1]
+
+
 def test_causality_changing_a_future_token_changes_no_earlier_logit():
   config, (graphdef, params, _) = _model()
   model = model_lib.bind(graphdef, params)

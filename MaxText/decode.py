@@ -23,6 +23,7 @@ if __package__ in (None, ""):
 # Only the config's modules here: the generation stack is imported once the config and files are good.
 from MaxText import config as config_lib  # noqa: E402
 from MaxText.config import storage  # noqa: E402
+from MaxText.config.draft import draft_config  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
 from MaxText.config.saved_files import with_saved_model_keys  # noqa: E402
 from MaxText.data import chat  # noqa: E402
@@ -41,7 +42,9 @@ def load_config(argv: list[str]):
     raise config_lib.ConfigError(
       f"decode_output_path: {first.decode_output_path!r} exists; name a new file (nothing was written)"
     )
-  return with_saved_model_keys(argv, first)
+  config = with_saved_model_keys(argv, first)
+  draft_config(config)  # a missing, unreadable or other-tokenizer draft: one line, before anything loads
+  return config
 
 
 def read_prompts(config) -> list[dict]:
@@ -106,19 +109,67 @@ def run(config) -> list[dict]:
   graphdef, abstract, axes = decoder.split_params(decoder.abstract_model(config))
   params = load_params(config.load_parameters_path, abstract, sharding.logical_shardings(axes, abstract, mesh))
   rows, stops = global_batch_size(config), runner.stop_ids(config, tokenizer)
-  generator = runner.BatchGenerator(config, graphdef, params, rows, stops, getattr(tokenizer, "pad_id", 0))
-  records, key = [], jax.random.key(config.seed)
+  pad_id = getattr(tokenizer, "pad_id", 0)
+  draft = _load_draft(config, mesh)
+  generator = runner.BatchGenerator(config, graphdef, params, rows, stops, pad_id, draft=draft)
   with jax.set_mesh(mesh):
-    for start in range(0, len(encoded), rows):
-      key, subkey = jax.random.split(key)
-      outputs = generator(encoded[start : start + rows], subkey)
-      for prompt, (ids, _) in zip(prompts[start : start + rows], outputs, strict=True):
-        completion = tokenizer.decode([t for t in ids if t not in stops])
-        records.append({**prompt, "completion": completion, "completion_ids": ids})
+    records, seconds = _generate_all(config, generator, tokenizer, prompts, encoded, rows, stops)
+    if draft is not None:
+      report = speed_report(generator.stats, seconds)
+      if config.decode_compare_plain:
+        plain = runner.BatchGenerator(config, graphdef, params, rows, stops, pad_id)
+        plain_records, plain_seconds = _generate_all(config, plain, tokenizer, prompts, encoded, rows, stops)
+        plain_tokens = sum(len(r["completion_ids"]) for r in plain_records)
+        report += f"; plain decode {plain_tokens / plain_seconds:,.1f} tokens/s"
+      print(report)
   if config.decode_output_path:
     with storage.open_file(config.decode_output_path, "w", encoding="utf-8") as f:
       f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
   return records
+
+
+def _load_draft(config, mesh):
+  """(graphdef, params, tokens a round) of decode_draft_parameters_path, or None."""
+  from MaxText.model import decoder
+  from MaxText.model.params_io import load_params
+  from MaxText.parallel import sharding
+
+  draft = draft_config(config)
+  if draft is None:
+    return None
+  graphdef, abstract, axes = decoder.split_params(decoder.abstract_model(draft))
+  params = load_params(config.decode_draft_parameters_path, abstract, sharding.logical_shardings(axes, abstract, mesh))
+  return graphdef, params, config.decode_draft_tokens
+
+
+def _generate_all(config, generator, tokenizer, prompts, encoded, rows, stops) -> tuple[list[dict], float]:
+  """Records of every prompt and the seconds their generation took after the first batch's compile."""
+  import time
+
+  import jax
+
+  records, key, started = [], jax.random.key(config.seed), None
+  for start in range(0, len(encoded), rows):
+    key, subkey = jax.random.split(key)
+    if started is None:  # compile once on the first batch, outside the clock and the counts
+      generator(encoded[start : start + rows], subkey)
+      generator.stats = dict.fromkeys(generator.stats, 0)
+      started = time.perf_counter()
+    outputs = generator(encoded[start : start + rows], subkey)
+    for prompt, (ids, _) in zip(prompts[start : start + rows], outputs, strict=True):
+      completion = tokenizer.decode([t for t in ids if t not in stops])
+      records.append({**prompt, "completion": completion, "completion_ids": ids})
+  return records, time.perf_counter() - started
+
+
+def speed_report(stats: dict, seconds: float) -> str:
+  """Acceptance (accepted / proposed draft tokens), tokens per target forward and tokens/s of a speculative run."""
+  rate = stats["accepted"] / max(stats["proposed"], 1)
+  per_call = stats["committed"] / max(stats["target_calls"], 1)
+  return (
+    f"speculative decoding: acceptance {rate:.3f} ({stats['accepted']} of {stats['proposed']} draft tokens), "
+    f"{per_call:.2f} tokens per target forward, {stats['committed'] / seconds:,.1f} tokens/s"
+  )
 
 
 def main(argv: list[str]) -> int:

@@ -205,6 +205,22 @@ def test_decode_job_continues_a_batch_of_prompts_as_the_library_does(tmp_path, t
     assert record["completion_ids"] == np.asarray(want.tokens_BxN[0, : int(want.lengths_B[0])]).tolist()
 
 
+def test_decode_job_with_a_draft_writes_the_models_own_tokens_and_reports_acceptance(tmp_path, trained_run, capsys):
+  """The model as its own draft: every proposal is kept (acceptance 1, k + 1 tokens a forward), and the
+  completions are those of the job without a draft."""
+  argv = ["decode", "base.yml", f"load_parameters_path={trained_run}", "decode_max_new_tokens=12"]
+  argv += ["prompt=to be or not", "decode_stop_tokens=0"]
+  assert decode.main([*argv, f"decode_output_path={tmp_path / 'plain.jsonl'}"]) == 0
+  draft = [f"decode_draft_parameters_path={trained_run}", "decode_draft_tokens=3", "decode_compare_plain=true"]
+  assert decode.main([*argv, *draft, f"decode_output_path={tmp_path / 'draft.jsonl'}"]) == 0
+  report = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("speculative decoding"))
+  plain, drafted = (json.loads((tmp_path / f"{n}.jsonl").read_text()) for n in ("plain", "draft"))
+  assert drafted["completion_ids"] == plain["completion_ids"]
+  n = len(plain["completion_ids"])
+  assert f"acceptance 1.000 ({3 * -(-n // 4)} of {3 * -(-n // 4)} draft tokens)" in report, report
+  assert f"{n / -(-n // 4):.2f} tokens per target forward" in report and "tokens/s; plain decode" in report
+
+
 @pytest.mark.parametrize(
   ("extra", "message"),
   [
@@ -214,12 +230,34 @@ def test_decode_job_continues_a_batch_of_prompts_as_the_library_does(tmp_path, t
     (["LOAD", "decode_sampling_strategy=topk"], "decode_sampling_top_k: topk needs 1..vocab_size"),
     (["LOAD", "decode_sampling_temperature=0.5"], "decode_sampling_temperature: has no effect with greedy"),
     (["LOAD", "decode_output_path=BAD"], "bad.jsonl' exists; name a new file (nothing was written)"),
+    (
+      ["LOAD", "decode_draft_parameters_path=/nonexistent"],
+      "decode_draft_parameters_path: '/nonexistent' does not exist",
+    ),
+    (
+      ["LOAD", "decode_draft_parameters_path=DRAFT", "decode_draft_tokens=0"],
+      "decode_draft_tokens: expected a positive",
+    ),
+    (["LOAD", "decode_draft_parameters_path=OTHER_TOKENIZER"], "the draft's tokenizer (huggingface:sha256:"),
+    (["LOAD", "decode_draft_parameters_path=OTHER_VOCAB"], "the draft's vocab_size 384 ("),
   ],
 )
 def test_decode_job_refuses_bad_input_in_one_line(tmp_path, trained_run, capsys, extra, message):
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"prompt": "ok"}\nnot json\n')
-  extra = [e.replace("LOAD", f"load_parameters_path={trained_run}").replace("BAD", str(bad)) for e in extra]
+  with open(trained_run.parent.parent / "config.json", encoding="utf-8") as f:
+    keys = json.load(f)
+  drafts = {}
+  for name, changes in (("OTHER_TOKENIZER", {}), ("OTHER_VOCAB", {"vocab_size": 384})):
+    folder = tmp_path / name.lower()  # a converted draft's folder: its model keys and its own tokenizer file
+    folder.mkdir()
+    (folder / "model_config.json").write_text(json.dumps({**keys, **changes}))
+    if name == "OTHER_TOKENIZER":
+      (folder / "tokenizer.json").write_text('{"model": {"type": "BPE"}}')
+    drafts[name] = str(folder)
+  replacements = {"LOAD": f"load_parameters_path={trained_run}", "BAD": str(bad), "DRAFT": str(trained_run), **drafts}
+  for old, new in replacements.items():
+    extra = [e.replace(old, new) for e in extra]
   assert decode.main(["decode", "base.yml", "prompt=to be or", *extra]) == 2
   err = capsys.readouterr().err.strip()
   assert message in err and len(err.splitlines()) == 1

@@ -83,6 +83,7 @@ _CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
       "generation_prompts_per_shard",
       "generation_instruction_max_tokens",
       "generation_instruction_min_words",
+      "decode_draft_tokens",
     )
   ],
   *[

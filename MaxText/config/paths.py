@@ -25,6 +25,7 @@ PATH_KEYS = (
   "kd_offline_output_dir",
   "prune_output_dir",
   "decode_input_path",
+  "decode_draft_parameters_path",
   "decode_output_path",
   "generation_output_dir",
   "pretokenize_output_dir",

@@ -11,6 +11,7 @@ from MaxText.config.errors import ConfigError
 from MaxText.data import chat
 from MaxText.inference.generate import generate
 from MaxText.inference.sampling import Sampling
+from MaxText.inference.speculative import speculative_generate
 from MaxText.model import decoder
 
 
@@ -44,7 +45,8 @@ def template_of(config, records: list[dict]):
 class BatchGenerator:
   """Generates for lists of prompts (token ids) in batches of `rows`, right-padded, one compile per padded
   width: the longest prompt's length, or `width_of` it (a bucketing that bounds the number of compiles).
-  `new_tokens` overrides decode_max_new_tokens and `sampling` the decode_sampling_* rules."""
+  `new_tokens` overrides decode_max_new_tokens and `sampling` the decode_sampling_* rules. `draft`:
+  (graphdef, params, tokens a round) of a speculative draft; `stats` then sums its round counts."""
 
   def __init__(
     self,
@@ -57,16 +59,23 @@ class BatchGenerator:
     new_tokens=None,
     width_of=None,
     sampling: Sampling | None = None,
+    draft: tuple | None = None,
   ):
     self.rows, self.stops, self.pad_id = rows, stops, pad_id
+    self.stats = {"proposed": 0, "accepted": 0, "target_calls": 0, "committed": 0}
     self.width_of = width_of or (lambda longest: longest)
     sampling = sampling or Sampling.from_config(config)
     new_tokens = config.decode_max_new_tokens if new_tokens is None else new_tokens
 
-    def generate_batch(params, tokens, lengths, key):
-      return generate(decoder.bind(graphdef, params), tokens, lengths, key, sampling, new_tokens, stops, pad_id)
+    def generate_batch(params, draft_params, tokens, lengths, key):
+      model = decoder.bind(graphdef, params)
+      if draft is None:
+        return generate(model, tokens, lengths, key, sampling, new_tokens, stops, pad_id), None
+      drafter = decoder.bind(draft[0], draft_params)
+      return speculative_generate(model, drafter, tokens, lengths, key, sampling, new_tokens, draft[2], stops, pad_id)
 
     self.params, self._generate = params, jax.jit(generate_batch)
+    self.draft_params = None if draft is None else draft[1]
 
   def __call__(self, prompts: list[list[int]], key) -> list[tuple[list[int], bool]]:
     """(generated ids, whether a stop token ended them) per prompt; at most `rows` prompts."""
@@ -76,8 +85,11 @@ class BatchGenerator:
     for row, ids in enumerate(filled):
       tokens[row, : len(ids)] = ids
     lengths = jnp.asarray([len(ids) for ids in filled], jnp.int32)
-    out = self._generate(self.params, jnp.asarray(tokens), lengths, key)
+    out, stats = self._generate(self.params, self.draft_params, jnp.asarray(tokens), lengths, key)
     generated, counts = np.asarray(out.tokens_BxN), np.asarray(out.lengths_B)
+    if stats is not None:  # the rows that hold prompts
+      for name, value in stats._asdict().items():
+        self.stats[name.removesuffix("_B")] += int(np.sum(np.asarray(value)[: len(prompts)]))
     results = []
     for row in range(len(prompts)):
       ids = generated[row, : counts[row]].tolist()

@@ -399,3 +399,26 @@ def test_alpha_and_temperature_follow_their_config_schedules():
   assert float(schedules.alpha_at(c, 5)) == pytest.approx(0.5)
   assert float(schedules.temperature_at(c, 0)) == pytest.approx(4.0)
   assert float(schedules.temperature_at(c, 10)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("top_k", [None, 5])
+def test_expected_draft_acceptance_is_one_minus_the_total_variation_distance(top_k):
+  """sum_x min(p, q) against a float64 definition, 1 - TVD; with top-k + OTHER the pruned tokens are one outcome."""
+  from MaxText.distill.kd_loss import expected_acceptance
+  from MaxText.losses.targets import teacher_target
+
+  rng = np.random.default_rng(3)
+  teacher, student = rng.normal(0, 2, (16, 40)), rng.normal(0, 2, (16, 40))
+  got = expected_acceptance(teacher_target(jnp.asarray(teacher, jnp.float32), 1.0, top_k, None, top_k is not None),
+                            jnp.asarray(student, jnp.float32))  # fmt: skip
+  p = np.exp(teacher - teacher.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  q = np.exp(student - student.max(1, keepdims=True))
+  q /= q.sum(1, keepdims=True)
+  if top_k is not None:  # the (k+1)-way distributions: the kept ids, then everything else as one outcome
+    kept = np.argsort(-teacher, axis=1)[:, :top_k]
+    p_kept, q_kept = np.take_along_axis(p, kept, 1), np.take_along_axis(q, kept, 1)
+    p = np.concatenate([p_kept, 1 - p_kept.sum(1, keepdims=True)], 1)
+    q = np.concatenate([q_kept, 1 - q_kept.sum(1, keepdims=True)], 1)
+  np.testing.assert_allclose(np.asarray(got), 1 - 0.5 * np.abs(p - q).sum(1), rtol=0, atol=2e-6)
+  np.testing.assert_allclose(np.asarray(got), np.minimum(p, q).sum(1), rtol=0, atol=2e-6)

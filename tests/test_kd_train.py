@@ -79,18 +79,25 @@ def test_kd_against_a_trained_deeper_wider_teacher_lowers_kl(tmp_path, teacher_d
   for key, value in scored.items():
     assert value == pytest.approx(evals[-1][f"eval/kd/{key}"], abs=1e-4), key  # printed to 4 decimals
   itself = _eval_only_fidelity(tmp_path, f"load_parameters_path={teacher_dir}", *teacher)
-  assert itself["kl_div_T1"] < 1e-4 and itself["top1_agreement"] == 1.0
+  assert itself["kl_div_T1"] < 1e-4 and itself["top1_agreement"] == 1.0 and itself["expected_acceptance_T1"] == 1.0
+  assert 0 < scored["expected_acceptance_T1"] < 1
 
 
 FIDELITY = re.compile(
-  r"fidelity: KL\(teacher\|\|student\) ([0-9.]+) top-1 agreement ([0-9.]+) teacher p\(student top-1\) ([0-9.]+)"
+  r"fidelity: KL\(teacher\|\|student\) ([0-9.]+) top-1 agreement ([0-9.]+) teacher p\(student top-1\) ([0-9.]+) "
+  r"expected draft acceptance \(T = 1\) ([0-9.]+)"
 )
 
 
 def _eval_only_fidelity(tmp_path, *overrides) -> dict:
   proc = run_train(tmp_path / "never-written", *TINY, "eval_only=true", "use_kd=true", "eval_steps=2", *overrides)
-  kl, top1, prob = map(float, FIDELITY.search(proc.stdout).groups())
-  return {"kl_div_T1": kl, "top1_agreement": top1, "teacher_prob_of_student_top1": prob}
+  kl, top1, prob, acceptance = map(float, FIDELITY.search(proc.stdout).groups())
+  return {
+    "kl_div_T1": kl,
+    "top1_agreement": top1,
+    "teacher_prob_of_student_top1": prob,
+    "expected_acceptance_T1": acceptance,
+  }
 
 
 def test_an_online_kd_run_killed_while_an_async_checkpoint_is_written_resumes_bit_for_bit(tmp_path, teacher_dir):

@@ -24,8 +24,11 @@ from MaxText.losses.divergences import kd_divergence
 
 DIAGNOSED_TOKENS = "kd/diagnosed_tokens"  # tokens the diagnostics below were computed on (0 on skipped steps)
 # also kd/<ensemble member>/<one of these>; teacher_prob_of_student_top1: the teacher's probability (T = 1)
-# of the student's argmax token (1 when they agree and the teacher is sure; a soft top-1 agreement)
-_DIAGNOSTICS = ("kl_div_T1", "top1_agreement", "teacher_prob_of_student_top1", "teacher_loss")
+# of the student's argmax token (1 when they agree and the teacher is sure; a soft top-1 agreement);
+# expected_acceptance_T1: sum_x min(p_teacher(x), q_student(x)) = 1 - TVD at T = 1, the share of its tokens
+# the teacher would keep with the student as a speculative-decoding draft sampling at temperature 1
+# (greedy drafting keeps top1_agreement's share)
+_DIAGNOSTICS = ("kl_div_T1", "top1_agreement", "teacher_prob_of_student_top1", "expected_acceptance_T1", "teacher_loss")
 
 
 def is_diagnostic(name: str) -> bool:
@@ -101,9 +104,20 @@ def _diagnostic_sums(teacher, frozen_student, kl_t1_N, weights) -> dict:
     "kl_div_T1": kl_t1_N,
     "top1_agreement": agree_N,
     "teacher_prob_of_student_top1": prob_N,
+    "expected_acceptance_T1": expected_acceptance(target, frozen_student),
   }
   sums = {f"kd/{name}_sum": jnp.sum(x * weights) for name, x in per_token.items()}
   return sums | {DIAGNOSED_TOKENS: jnp.sum(weights)}
+
+
+def expected_acceptance(target, student_logits_NxV) -> jax.Array:
+  """sum_x min(p(x), q(x)) per token, p the teacher's target at T = 1 and q the student's softmax; with an
+  OTHER bucket the pruned tokens count as one outcome (min of the two masses outside the kept set)."""
+  q_NxV = jax.nn.softmax(student_logits_NxV.astype(jnp.float32), axis=-1)
+  overlap_N = jnp.sum(jnp.minimum(target.target_NxV, q_NxV), axis=-1)
+  if target.other_mass_N is not None and target.pruned_NxV is not None:
+    overlap_N = overlap_N + jnp.minimum(target.other_mass_N, jnp.sum(q_NxV * target.pruned_NxV, axis=-1))
+  return overlap_N
 
 
 def blended_sums(weights, alpha, hard_N, z_N, kd_N, kd_terms: dict) -> dict:

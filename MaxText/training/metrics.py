@@ -150,7 +150,8 @@ def fidelity_text(record: dict) -> str:
     return ""
   return (
     f" | fidelity: KL(teacher||student) {record['kd/kl_div_T1']:.4f} top-1 agreement "
-    f"{record['kd/top1_agreement']:.4f} teacher p(student top-1) {record['kd/teacher_prob_of_student_top1']:.4f}"
+    f"{record['kd/top1_agreement']:.4f} teacher p(student top-1) {record['kd/teacher_prob_of_student_top1']:.4f} "
+    f"expected draft acceptance (T = 1) {record['kd/expected_acceptance_T1']:.4f}"
   )
 
 

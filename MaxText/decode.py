@@ -110,12 +110,12 @@ def run(config) -> list[dict]:
   params = load_params(config.load_parameters_path, abstract, sharding.logical_shardings(axes, abstract, mesh))
   rows, stops = global_batch_size(config), runner.stop_ids(config, tokenizer)
   pad_id = getattr(tokenizer, "pad_id", 0)
-  draft = _load_draft(config, mesh)
+  draft = runner.load_draft(config, mesh)
   generator = runner.BatchGenerator(config, graphdef, params, rows, stops, pad_id, draft=draft)
   with jax.set_mesh(mesh):
     records, seconds = _generate_all(config, generator, tokenizer, prompts, encoded, rows, stops)
     if draft is not None:
-      report = speed_report(generator.stats, seconds)
+      report = runner.speed_report(generator.stats, seconds)
       if config.decode_compare_plain:
         plain = runner.BatchGenerator(config, graphdef, params, rows, stops, pad_id)
         plain_records, plain_seconds = _generate_all(config, plain, tokenizer, prompts, encoded, rows, stops)
@@ -126,20 +126,6 @@ def run(config) -> list[dict]:
     with storage.open_file(config.decode_output_path, "w", encoding="utf-8") as f:
       f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
   return records
-
-
-def _load_draft(config, mesh):
-  """(graphdef, params, tokens a round) of decode_draft_parameters_path, or None."""
-  from MaxText.model import decoder
-  from MaxText.model.params_io import load_params
-  from MaxText.parallel import sharding
-
-  draft = draft_config(config)
-  if draft is None:
-    return None
-  graphdef, abstract, axes = decoder.split_params(decoder.abstract_model(draft))
-  params = load_params(config.decode_draft_parameters_path, abstract, sharding.logical_shardings(axes, abstract, mesh))
-  return graphdef, params, config.decode_draft_tokens
 
 
 def _generate_all(config, generator, tokenizer, prompts, encoded, rows, stops) -> tuple[list[dict], float]:
@@ -160,16 +146,6 @@ def _generate_all(config, generator, tokenizer, prompts, encoded, rows, stops) -
       completion = tokenizer.decode([t for t in ids if t not in stops])
       records.append({**prompt, "completion": completion, "completion_ids": ids})
   return records, time.perf_counter() - started
-
-
-def speed_report(stats: dict, seconds: float) -> str:
-  """Acceptance (accepted / proposed draft tokens), tokens per target forward and tokens/s of a speculative run."""
-  rate = stats["accepted"] / max(stats["proposed"], 1)
-  per_call = stats["committed"] / max(stats["target_calls"], 1)
-  return (
-    f"speculative decoding: acceptance {rate:.3f} ({stats['accepted']} of {stats['proposed']} draft tokens), "
-    f"{per_call:.2f} tokens per target forward, {stats['committed'] / seconds:,.1f} tokens/s"
-  )
 
 
 def main(argv: list[str]) -> int:

@@ -282,3 +282,22 @@ def test_rationale_template_refusals(setup, tmp_path):
     keys = ["generation_rationale_template=Q {prompt}", extra] if "self" in extra else [extra]
     with pytest.raises(config_lib.ConfigError, match=message):
       job.load_config(_argv(root, tokenizer, prompts, tmp_path / "o", *keys, "generation_num_instructions=4"))
+
+
+def test_answers_with_a_speculative_draft_are_the_teachers_own(tmp_path, setup, capsys):
+  """Greedy answers written with the teacher as its own draft equal those written without one."""
+  root, tokenizer, prompts = setup
+  draft = tmp_path / "draft"  # a converted checkpoint's folder: the parameters and their model keys
+  shutil.copytree(root / "teacher", draft)
+  from MaxText import pyconfig
+  from MaxText.config.views import MODEL_KEYS
+
+  tiny = pyconfig.from_dict({"model_name": "tiny", "dtype": "float32"})
+  (draft / "model_config.json").write_text(json.dumps({k: getattr(tiny, k) for k in MODEL_KEYS}))
+  greedy = ["decode_sampling_strategy=greedy", "decode_sampling_nucleus_p=1.0"]
+  plain = job.run(job.load_config(_argv(root, tokenizer, prompts, tmp_path / "plain", *greedy)))
+  speculative = [*greedy, f"decode_draft_parameters_path={draft}", "decode_draft_tokens=2"]
+  drafted = job.run(job.load_config(_argv(root, tokenizer, prompts, tmp_path / "drafted", *speculative)))
+  assert drafted["records"] == plain["records"] == 8
+  assert _rows(tmp_path / "drafted") == _rows(tmp_path / "plain")
+  assert "speculative decoding: acceptance 1.000" in capsys.readouterr().out

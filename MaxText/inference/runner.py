@@ -42,6 +42,20 @@ def template_of(config, records: list[dict]):
   return chat.read_chat_template(config.tokenizer_path)
 
 
+def load_draft(config, mesh):
+  """(graphdef, parameters, tokens a round) of the speculative draft `decode_draft_parameters_path`, or None."""
+  from MaxText.config.draft import draft_config
+  from MaxText.model.params_io import load_params
+  from MaxText.parallel import sharding
+
+  draft = draft_config(config)
+  if draft is None:
+    return None
+  graphdef, abstract, axes = decoder.split_params(decoder.abstract_model(draft))
+  params = load_params(config.decode_draft_parameters_path, abstract, sharding.logical_shardings(axes, abstract, mesh))
+  return graphdef, params, config.decode_draft_tokens
+
+
 class BatchGenerator:
   """Generates for lists of prompts (token ids) in batches of `rows`, right-padded, one compile per padded
   width: the longest prompt's length, or `width_of` it (a bucketing that bounds the number of compiles).
@@ -95,3 +109,13 @@ class BatchGenerator:
       ids = generated[row, : counts[row]].tolist()
       results.append((ids, bool(ids) and ids[-1] in self.stops))
     return results
+
+
+def speed_report(stats: dict, seconds: float) -> str:
+  """Acceptance (accepted / proposed draft tokens), tokens per target forward and tokens/s of a speculative run."""
+  rate = stats["accepted"] / max(stats["proposed"], 1)
+  per_call = stats["committed"] / max(stats["target_calls"], 1)
+  return (
+    f"speculative decoding: acceptance {rate:.3f} ({stats['accepted']} of {stats['proposed']} draft tokens), "
+    f"{per_call:.2f} tokens per target forward, {stats['committed'] / seconds:,.1f} tokens/s"
+  )

@@ -30,7 +30,7 @@ from MaxText.config.paths import check_exists
 from MaxText.config.saved_files import with_saved_model_keys
 from MaxText.data import chat
 from MaxText.data.tokenizer import HuggingFaceTokenizer, build_tokenizer, check_fits_model
-from MaxText.inference.runner import BatchGenerator
+from MaxText.inference.runner import BatchGenerator, load_draft
 from MaxText.lm_harness.scoring import SequenceScorer, bucket_width
 from MaxText.model import decoder
 from MaxText.model.params_io import load_params
@@ -105,6 +105,7 @@ class MaxTextLM(TemplateLM):
     self.rows = -(-max(wanted, 1) // jax.device_count()) * jax.device_count()  # whole rows per device
     self.scorer = SequenceScorer(graphdef, params, sharding.batch_sharding(mesh), self.rows, self._max_length)
     self._generators: dict[int, BatchGenerator] = {}
+    self._draft = load_draft(config, mesh)  # decode_draft_parameters_path: generate_until speculatively (same text)
 
   def use_params(self, params) -> None:
     """Scores the given parameters from now on (a training run's current state, at each eval step)."""
@@ -201,8 +202,9 @@ class MaxTextLM(TemplateLM):
     if new_tokens not in self._generators:
       stops = (self.tok.eos_id,) if self.tok.eos_id is not None else ()
       width = lambda longest: bucket_width(longest, self.max_length)
+      pad_id = getattr(self.tok, "pad_id", 0)
       self._generators[new_tokens] = BatchGenerator(
-        self.config, self.graphdef, self.params, self.rows, stops, getattr(self.tok, "pad_id", 0), new_tokens, width
+        self.config, self.graphdef, self.params, self.rows, stops, pad_id, new_tokens, width, draft=self._draft
       )
     generator, texts = self._generators[new_tokens], []
     with jax.set_mesh(self.mesh):

@@ -105,12 +105,12 @@ def test_auto_mlp_pieces_cut_sequences_into_pieces_of_at_most_2048_tokens():
 
 
 @pytest.mark.slow
-def test_the_default_mlp_pieces_hold_less_memory_at_8192_tokens():
-  """The compile job's default (mlp_sequence_chunks=0, auto: 4 pieces at 8192) against the MLP run whole,
-  on a model whose MLP is 4x its width, as Llama's is 3.5x (llama3.1-8b: 40.16 -> 34.55 GiB, docs/)."""
-  keys = {**TINY, "max_target_length": 8192, "per_device_batch_size": 1, "dtype": "bfloat16"}
-  keys |= {"emb_dim": 256, "head_dim": 64, "mlp_dim": 1024, "remat_policy": "full"}
+def test_the_default_mlp_pieces_hold_less_memory_at_long_sequences():
+  """The compile job's default (mlp_sequence_chunks=0, auto: 2 pieces at 4096 tokens) against the MLP run
+  whole, on a layer whose MLP is 8x its width (llama3.1-8b, 3.5x, at 4 x 8192: 40.16 -> 34.55 GiB, docs/)."""
+  keys = {**TINY, "max_target_length": 4096, "per_device_batch_size": 1, "dtype": "bfloat16", "remat_policy": "full"}
+  keys |= {"num_decoder_layers": 1, "emb_dim": 256, "head_dim": 64, "mlp_dim": 2048}
   topology = aot.parse_topology("v5p-8", 1)
   default = aot.compile_step(config_lib.load_dict(keys), topology)
   whole = aot.compile_step(config_lib.load_dict({**keys, "mlp_sequence_chunks": 1}), topology)
-  assert default.temp_bytes < 0.85 * whole.temp_bytes
+  assert default.temp_bytes < 0.8 * whole.temp_bytes  # 60.0 against 91.1 MiB

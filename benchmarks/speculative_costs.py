@@ -30,7 +30,8 @@ from MaxText.model.params_io import load_params  # noqa: E402
 CONTEXT = 64
 
 
-def _model(path: str):
+def load_checkpoint(path: str):
+  """A checkpoint folder's model (its saved model keys), float32, on one device."""
   keys = {k: v for k, v in saved_model_keys(path)[1].items() if k in MODEL_KEYS}
   config = pyconfig.from_dict({**keys, "dtype": "float32"})
   graphdef, abstract, _ = decoder.split_params(decoder.abstract_model(config))
@@ -69,7 +70,7 @@ def main() -> None:
   p.add_argument("--k", type=int, default=4)
   p.add_argument("--rounds", type=int, default=5)
   args = p.parse_args()
-  target, draft = _model(args.target), _model(args.draft)
+  target, draft = load_checkpoint(args.target), load_checkpoint(args.draft)
   for batch in (1, 32):
     fns = {
       "target, 1 token": _step_fn(target, batch, 1),

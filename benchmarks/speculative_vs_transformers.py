@@ -22,15 +22,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from speculative_costs import load_checkpoint  # noqa: E402 (this folder is the script's)
 
-from MaxText import pyconfig  # noqa: E402
-from MaxText.config.saved_files import saved_model_keys  # noqa: E402
-from MaxText.config.views import MODEL_KEYS  # noqa: E402
 from MaxText.inference.generate import generate  # noqa: E402
 from MaxText.inference.sampling import Sampling  # noqa: E402
 from MaxText.inference.speculative import speculative_generate  # noqa: E402
-from MaxText.model import decoder  # noqa: E402
-from MaxText.model.params_io import load_params  # noqa: E402
 
 PROMPTS = [
   "To be, or not to be, that is the question:",
@@ -38,14 +34,6 @@ PROMPTS = [
   "Now is the winter of our discontent",
   "All the world's a stage, and all the men and women merely players.",
 ]
-
-
-def _ours(path: str):
-  keys = {k: v for k, v in saved_model_keys(path)[1].items() if k in MODEL_KEYS}
-  config = pyconfig.from_dict({**keys, "dtype": "float32"})
-  graphdef, abstract, _ = decoder.split_params(decoder.abstract_model(config))
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  return decoder.bind(graphdef, load_params(path, abstract, jax.tree.map(lambda _: device, abstract)))
 
 
 def main() -> None:
@@ -63,7 +51,7 @@ def main() -> None:
   encoded = [tokenizer(text)["input_ids"] for text in PROMPTS]
   width = max(map(len, encoded))
 
-  target, draft = _ours(args.target), _ours(args.draft)
+  target, draft = load_checkpoint(args.target), load_checkpoint(args.draft)
   plain = jax.jit(lambda t, n: generate(target, t, n, jax.random.key(0), Sampling(), args.new))
   spec = jax.jit(
     lambda t, n: speculative_generate(target, draft, t, n, jax.random.key(0), Sampling(), args.new, args.k)

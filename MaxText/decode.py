@@ -23,7 +23,6 @@ if __package__ in (None, ""):
 # Only the config's modules here: the generation stack is imported once the config and files are good.
 from MaxText import config as config_lib  # noqa: E402
 from MaxText.config import storage  # noqa: E402
-from MaxText.config.draft import draft_config  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
 from MaxText.config.saved_files import with_saved_model_keys  # noqa: E402
 from MaxText.data import chat  # noqa: E402
@@ -42,9 +41,7 @@ def load_config(argv: list[str]):
     raise config_lib.ConfigError(
       f"decode_output_path: {first.decode_output_path!r} exists; name a new file (nothing was written)"
     )
-  config = with_saved_model_keys(argv, first)
-  draft_config(config)  # a missing, unreadable or other-tokenizer draft: one line, before anything loads
-  return config
+  return with_saved_model_keys(argv, first)
 
 
 def read_prompts(config) -> list[dict]:

@@ -41,7 +41,6 @@ if __package__ in (None, ""):
 # its files are known to be good (a config error returns without it).
 from MaxText import config as config_lib  # noqa: E402
 from MaxText.config import storage  # noqa: E402
-from MaxText.config.draft import draft_config  # noqa: E402
 from MaxText.config.paths import check_output_folder  # noqa: E402
 from MaxText.config.platform import default_to_cpu_without_accelerator  # noqa: E402
 from MaxText.config.saved_files import with_saved_model_keys  # noqa: E402
@@ -80,7 +79,6 @@ def load_config(argv: list[str]):
     raise config_lib.ConfigError(f"dataset_type: prompts are read from jsonl or parquet, got {first.dataset_type}")
   check_output_folder("generation_output_dir", first.generation_output_dir, OUTPUT_FILES)
   config = with_saved_model_keys(argv, first)
-  draft_config(config)  # a speculative draft that is missing or reads another tokenizer: one line, now
   if config.generation_self_instruct and config.tokenizer_type != "huggingface":
     raise config_lib.ConfigError("tokenizer_type: self-instruct needs a huggingface tokenizer with a chat_template")
   return config
@@ -235,7 +233,7 @@ class SelfInstructShards:
     generator = models["generator"]
     self.instruct = runner.BatchGenerator(
       config, models["graphdef"], generator.params, generator.rows, generator.stops, generator.pad_id,
-      new_tokens=config.generation_instruction_max_tokens, sampling=sampling, draft=models["draft"],
+      new_tokens=config.generation_instruction_max_tokens, sampling=sampling, draft=generator.draft,
     )  # fmt: skip
     self.seen = self_instruct.NearDuplicates(config.generation_dedup_threshold)
     for entry in done:  # a resumed job remembers the instructions its finished shards kept
@@ -306,16 +304,17 @@ def _load_models(config) -> dict:
   graphdef, abstract, axes = decoder.split_params(decoder.abstract_model(config))
   params = load_params(config.load_parameters_path, abstract, sharding.logical_shardings(axes, abstract, mesh))
   rows, stops = global_batch_size(config), runner.stop_ids(config, tokenizer)
-  draft = runner.load_draft(config, mesh)  # speculative decoding: the same answers, sooner where it pays
-  generator = runner.BatchGenerator(config, graphdef, params, rows, stops, getattr(tokenizer, "pad_id", 0), draft=draft)
-  models = {"tokenizer": tokenizer, "template": template, "mesh": mesh, "graphdef": graphdef, "generator": generator}
-  return models | {"draft": draft}
+  pad_id, draft = getattr(tokenizer, "pad_id", 0), runner.load_draft(config, mesh)  # speculative: the same answers
+  generator = runner.BatchGenerator(config, graphdef, params, rows, stops, pad_id, draft=draft)
+  return {"tokenizer": tokenizer, "template": template, "mesh": mesh, "graphdef": graphdef, "generator": generator}
 
 
 def run(config) -> dict:
   import time
 
   import jax
+
+  from MaxText.inference.runner import speed_report
 
   directory = config.generation_output_dir
   spec = job_spec(config)
@@ -334,9 +333,7 @@ def run(config) -> dict:
       progress["shards"].append(entry)
       _write_json(storage.join(directory, f"progress-{jax.process_index()}.json"), progress)
       _print_progress(shard + 1 - first, shards.count - first, shard + 1, shards.count, entry, started)
-  if models["draft"] is not None and jax.process_index() == 0:  # the answers' rounds (compiles included)
-    from MaxText.inference.runner import speed_report
-
+  if models["generator"].draft is not None and jax.process_index() == 0:  # the answers' rounds, compiles included
     print(speed_report(models["generator"].stats, time.perf_counter() - started), flush=True)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils

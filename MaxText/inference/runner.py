@@ -75,7 +75,7 @@ class BatchGenerator:
     sampling: Sampling | None = None,
     draft: tuple | None = None,
   ):
-    self.rows, self.stops, self.pad_id = rows, stops, pad_id
+    self.rows, self.stops, self.pad_id, self.draft = rows, stops, pad_id, draft
     self.stats = {"proposed": 0, "accepted": 0, "target_calls": 0, "committed": 0}
     self.width_of = width_of or (lambda longest: longest)
     sampling = sampling or Sampling.from_config(config)

@@ -16,6 +16,7 @@ import os
 from typing import TYPE_CHECKING
 
 from MaxText.config import storage
+from MaxText.config.draft import draft_config
 from MaxText.config.errors import ConfigError
 from MaxText.config.model_keys import NOT_COMPARED
 from MaxText.config.paths import check_exists, check_output_folder
@@ -153,6 +154,7 @@ def run(config) -> RunFiles:
   _check_paths(config)
   _check_teacher_folders(config)
   _check_teacher_tokenizers(config)
+  draft_config(config)  # decode_draft_parameters_path: there, its model keys saved, the model's tokenizer
   return RunFiles(cache=_open_cache(config))
 
 

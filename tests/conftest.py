@@ -64,15 +64,12 @@ LONGEST_FILES = (
   "test_kd_loss.py",
   "test_train.py",
   "test_bad_inputs.py",
-  "test_train_compile.py",
   "test_streaming.py",
   "test_kd_train.py",
   "test_multiprocess.py",
   "test_generate_distillation_data.py",
   "test_cloud_storage.py",
   "test_ensemble.py",
-  "test_speculative.py",
-  "test_offline_kd.py",
 )
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 
+import forked_jobs
 import pytest
 
 # The suite runs on CPU. With libtpu installed (the compile-job tests use its TPU topologies), JAX would
@@ -94,7 +95,7 @@ TINY = [
 def run_train(out_dir, *overrides, devices=1, check=True, yml="base.yml", timeout=300):
   env = {**os.environ, "XLA_FLAGS": xla_flags(devices), "JAX_PLATFORMS": "cpu"}
   cmd = [sys.executable, TRAIN, yml, f"base_output_directory={out_dir}", *overrides]
-  proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+  proc = forked_jobs.run(cmd, env=env, cwd=REPO, timeout=timeout)
   if check and proc.returncode != 0:
     raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
   return proc

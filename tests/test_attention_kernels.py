@@ -5,9 +5,9 @@ checked against segment ids, attention over that layout (an exact reference) equ
 over-full row falls back to flash. Selection and the refusals are checked by name."""
 
 import os
-import subprocess
 import sys
 
+import forked_jobs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,7 +83,7 @@ print("sharded splash equals dot_product")
 
 def test_splash_per_shard_on_a_data_fsdp_tensor_mesh_equals_dot_product():
   env = {**os.environ, "XLA_FLAGS": xla_flags(8), "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, "-c", SHARDED], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  proc = forked_jobs.run([sys.executable, "-c", SHARDED], cwd=REPO, env=env, timeout=600)
   assert proc.returncode == 0 and "sharded splash equals dot_product" in proc.stdout, proc.stderr[-3000:]
 
 

@@ -3,9 +3,9 @@ on one device and on a mesh (where a chunk counts tokens per device)."""
 
 import functools
 import os
-import subprocess
 import sys
 
+import forked_jobs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -108,5 +108,5 @@ print("sharded chunked_loss equals autodiff")
 
 def test_chunks_count_tokens_per_device_and_equal_autodiff_on_a_data_fsdp_tensor_mesh():
   env = {**os.environ, "XLA_FLAGS": xla_flags(8), "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, "-c", SHARDED], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  proc = forked_jobs.run([sys.executable, "-c", SHARDED], cwd=REPO, env=env, timeout=600)
   assert proc.returncode == 0 and "sharded chunked_loss equals autodiff" in proc.stdout, proc.stderr[-3000:]

@@ -9,9 +9,9 @@ StorageGeneration"); `_with_generation_header` adds it from the object's own met
 import json
 import os
 import re
-import subprocess
 import sys
 
+import forked_jobs
 import numpy as np
 import pytest
 from chat_files import WORDS, chat_tokenizer_folder
@@ -128,7 +128,7 @@ def test_train_resume_kd_and_offline_kd_entirely_on_gs_paths(gcs, tmp_path):
   save += ["use_kd=true", f"kd_teacher_parameters_path={teacher}", f"kd_offline_output_dir={cache}", "steps=3"]
   save += ["kd_offline_top_k=8", "kd_offline_batches_per_shard=2"]
 
-  proc = subprocess.run(save, cwd=REPO, capture_output=True, text=True, timeout=300)
+  proc = forked_jobs.run(save, cwd=REPO, timeout=300)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   manifest = json.loads(storage.read_text(f"{cache}/manifest.json"))
   assert manifest["sequences"] == 3 * 4 and len(manifest["shards"]) == 2
@@ -141,7 +141,7 @@ def test_train_resume_kd_and_offline_kd_entirely_on_gs_paths(gcs, tmp_path):
   convert = [sys.executable, "-m", "MaxText.convert_hf_checkpoint"]
   export = ["--to_hf", "--checkpoint", teacher, "--output", f"{gcs}/hf"]
   for args in (export, ["--hf_dir", f"{gcs}/hf", "--output", f"{gcs}/imported"]):
-    proc = subprocess.run([*convert, *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = forked_jobs.run([*convert, *args], cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   assert "model.safetensors" in storage.listdir(f"{gcs}/hf")
   rescored = run_train(runs, *base, "eval_only=true", f"load_parameters_path={gcs}/imported")

@@ -3,9 +3,9 @@ whether it is read from the run's checkpoint or from a Hugging Face export of it
 
 import json
 import re
-import subprocess
 import sys
 
+import forked_jobs
 import numpy as np
 import pytest
 from chat_files import chat_tokenizer_folder
@@ -15,9 +15,7 @@ EVAL_LINE = re.compile(r"eval_only (\S+): loss ([0-9.]+) \| perplexity ([0-9.]+)
 
 
 def _convert(*args):
-  proc = subprocess.run(
-    [sys.executable, "-m", "MaxText.convert_hf_checkpoint", *args], cwd=REPO, capture_output=True, text=True
-  )
+  proc = forked_jobs.run([sys.executable, "-m", "MaxText.convert_hf_checkpoint", *args], cwd=REPO)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 

@@ -6,9 +6,9 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
 import sys
 
+import forked_jobs
 import pytest
 
 lm_eval = pytest.importorskip("lm_eval")
@@ -168,9 +168,7 @@ def test_run_lm_eval_command_registers_the_model(models, tmp_path):
     "--output_path",
     str(tmp_path / "out"),
   ]
-  proc = subprocess.run(
-    [sys.executable, "-m", "MaxText.run_lm_eval", *args], cwd=REPO, capture_output=True, text=True, timeout=300
-  )
+  proc = forked_jobs.run([sys.executable, "-m", "MaxText.run_lm_eval", *args], cwd=REPO, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "facts_choice" in proc.stdout and "acc" in proc.stdout
 

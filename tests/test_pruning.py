@@ -2,9 +2,9 @@
 
 import json
 import os
-import subprocess
 import sys
 
+import forked_jobs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -187,7 +187,7 @@ def test_a_dead_embedding_channel_goes_first():
 def _job(tmp_path, *args):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   cmd = [sys.executable, "-m", "MaxText.prune_student", "base.yml", *args]
-  return subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
+  return forked_jobs.run(cmd, env=env, cwd=REPO, timeout=300)
 
 
 @pytest.fixture(scope="module")

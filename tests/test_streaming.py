@@ -93,13 +93,13 @@ def test_resume_with_workers_continues_with_the_exact_next_batches(corpus_files)
 
 
 def _pretokenize(*keys, cwd=None):
-  import subprocess
   import sys
 
+  import forked_jobs
   from conftest import REPO
 
   cmd = [sys.executable, "-m", "MaxText.pretokenize", "base.yml", *keys]
-  return subprocess.run(cmd, cwd=cwd or REPO, capture_output=True, text=True, timeout=300)
+  return forked_jobs.run(cmd, cwd=cwd or REPO, timeout=300)
 
 
 def test_pretokenized_shards_train_on_the_batches_of_the_text_they_came_from(corpus_files, tmp_path):

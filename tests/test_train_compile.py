@@ -2,9 +2,9 @@
 of run, the printed memory as XLA reports it, and the over-capacity verdict."""
 
 import os
-import subprocess
 import sys
 
+import forked_jobs
 import pytest
 
 pytest.importorskip("libtpu")
@@ -20,7 +20,7 @@ JOB = [sys.executable, os.path.join(REPO, "MaxText", "train_compile.py"), "base.
 
 def _job(*args, **env_vars):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", **env_vars}
-  return subprocess.run([*JOB, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  return forked_jobs.run([*JOB, *args], cwd=REPO, env=env, timeout=600)
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,9 @@ the same runs as the equivalent kd_* commands (losses bit for bit), the same Con
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 
+import forked_jobs
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -74,9 +74,7 @@ def _guide_yml(folder, starter: str, teacher_step) -> str:
 
 def _run_module(module: str, *args, check=True):
   env = {**os.environ, "XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run(
-    [sys.executable, "-m", module, *args], env=env, capture_output=True, text=True, timeout=300, cwd=REPO
-  )
+  proc = forked_jobs.run([sys.executable, "-m", module, *args], env=env, cwd=REPO, timeout=300)
   if check and proc.returncode != 0:
     raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
   return proc

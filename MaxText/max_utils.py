@@ -9,6 +9,7 @@ from __future__ import annotations
 from MaxText.losses.chunking import chunked_sums
 from MaxText.losses.cross_entropy import ce_chunk_sums, cross_entropy_with_logits, project_logits
 from MaxText.losses.divergences import kd_divergence
+from MaxText.losses.logit_kl import kl_to_teacher_logits
 from MaxText.losses.targets import TeacherTarget, teacher_target, top_k_mask, top_p_mask
 
 __all__ = [
@@ -40,5 +41,6 @@ def kl_divergence_between_logits(
   if top_k and top_p:
     raise ValueError("kd_top_k and kd_top_p are exclusive")
   lead, vocab = student_logits.shape[:-1], student_logits.shape[-1]
-  target = teacher_target(teacher_logits.reshape(-1, vocab), temperature, top_k, top_p, use_other_bucket)
-  return kd_divergence(student_logits.reshape(-1, vocab), target, temperature).reshape(lead)
+  student_NxV, teacher_NxV = student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab)
+  value_N, _ = kl_to_teacher_logits(student_NxV, teacher_NxV, temperature, top_k or 0, top_p or 0.0, use_other_bucket)
+  return value_N.reshape(lead)

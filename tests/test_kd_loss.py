@@ -25,6 +25,13 @@ MODES = [
 ]
 
 
+def dense_kl(student, teacher, temperature, top_k=None, top_p=None, use_other_bucket=False):
+  """The dense-target path (`teacher_target` + `kd_divergence`): the reference the logit path and the
+  public helper (which runs the logit path) are checked against."""
+  target = targets.teacher_target(teacher, temperature, top_k, top_p, use_other_bucket)
+  return max_utils.kd_divergence(student, target, temperature)
+
+
 def _random_logits(seed, shape=(12, 40), scale=2.0):
   rng = np.random.default_rng(seed)
   return jnp.asarray(rng.normal(size=shape) * scale, jnp.float32)
@@ -188,7 +195,8 @@ def test_kl_from_teacher_logits_matches_float64_and_the_dense_target_path(temper
     t32, temperature, mode.get("top_k"), mode.get("top_p"), mode.get("use_other_bucket", False)
   )
   np.testing.assert_allclose(mass_kept, dense.mass_kept_N, atol=1e-6)
-  np.testing.assert_allclose(per_token, kl(s32, t32, temperature, **mode), rtol=1e-6)
+  np.testing.assert_allclose(per_token, dense_kl(s32, t32, temperature, **mode), rtol=1e-6)
+  np.testing.assert_array_equal(kl(s32, t32, temperature, **mode), per_token)  # the helper is this path
 
 
 def test_top_k_from_teacher_logits_with_a_tie_at_the_kth_logit_keeps_exactly_k_by_index():
@@ -197,7 +205,7 @@ def test_top_k_from_teacher_logits_with_a_tie_at_the_kth_logit_keeps_exactly_k_b
   for other in (False, True):
     value, mass_kept = kl_to_teacher_logits(s, t, 1.5, 5, 0.0, other)
     dense = targets.teacher_target(t, 1.5, 5, None, other)
-    np.testing.assert_allclose(value, kl(s, t, 1.5, top_k=5, use_other_bucket=other), rtol=1e-6)
+    np.testing.assert_allclose(value, dense_kl(s, t, 1.5, top_k=5, use_other_bucket=other), rtol=1e-6)
     np.testing.assert_allclose(mass_kept, dense.mass_kept_N, rtol=1e-6)  # five of the eight tied: 5/8 of theirs
     assert abs(float(mass_kept[3]) - float(dense.mass_kept_N[3])) < 1e-6
 
@@ -244,7 +252,7 @@ def test_kl_from_teacher_logits_at_the_edges(mode):
   ruled_out = s.at[0, jnp.argmax(t[0])].set(-jnp.inf)  # the student rules out the teacher's top token
   ruled_out = ruled_out.at[1].set(jnp.where(jnp.arange(s.shape[1]) == jnp.argmax(t[1]), 0.0, -jnp.inf))
   value = _logit_kl(ruled_out, t, 1.0, mode)[0]  # row 1: the student has mass on the teacher's top token only
-  np.testing.assert_array_equal(np.isinf(value), np.isinf(kl(ruled_out, t, 1.0, **mode)))
+  np.testing.assert_array_equal(np.isinf(value), np.isinf(dense_kl(ruled_out, t, 1.0, **mode)))
   assert np.isinf(value[0]) and np.isfinite(value[2:]).all()
 
 
@@ -325,7 +333,7 @@ def test_chunked_equals_unchunked_and_fused_equals_unfused(options):
     if options.use_hard_labels:
       kd_term = max_utils.cross_entropy_with_logits(s_logits, jnp.argmax(t_logits, -1))[0]
     else:
-      kd_term = 4.0 * kl(
+      kd_term = 4.0 * dense_kl(
         s_logits, t_logits, 2.0, options.top_k or None, options.top_p or None, options.use_other_bucket
       )
     return jnp.sum((0.5 * ce + 0.5 * kd_term) * weights)

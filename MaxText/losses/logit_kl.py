@@ -86,7 +86,9 @@ def _fused_rows(rule: _Rule, student_NxV, teacher_NxV, kth_logit_N, temperature)
   # each side's exps are taken once, for its log-sum-exp, and divided by the total for its probabilities:
   # two exps per logit pair, as cross-entropy takes one per logit (the block is in cache, so keeping them
   # costs less than taking them again)
-  x = student_NxV.astype(jnp.float32) / temperature
+  # -inf logits are clamped to the float32 minimum (a row of them still has a maximum); where the teacher's
+  # target has mass on one of them the KL is +inf, set below
+  x = jnp.maximum(student_NxV.astype(jnp.float32) / temperature, FLOAT_MIN)
   s_max_N, s_exp, s_total_N = _shifted_exps(x)
   s_lse_N = s_max_N + jnp.log(s_total_N)
   log_q = x - s_lse_N[:, None]
@@ -103,15 +105,16 @@ def _fused_rows(rule: _Rule, student_NxV, teacher_NxV, kth_logit_N, temperature)
     log_other_N = jnp.log(jnp.sum((1.0 - kept) * p, axis=-1))
     log_w = log_p if rule.with_other else log_p - jnp.log(mass_kept_N)[:, None]
     w = kept * (p if rule.with_other else p / mass_kept_N[:, None])
-  # a student logit of -inf where w > 0 makes log q = -inf and the term +inf (the KL is infinite there);
   # where w = 0 the term is 0 (0 log 0), never a NaN
   value_N = jnp.sum(jnp.where(w > 0, w * (log_w - log_q), 0.0), axis=-1)
+  ruled_out_N = jnp.sum(jnp.where(x <= FLOAT_MIN, w, 0.0), axis=-1) > 0  # teacher mass on a -inf student logit
   target = w
   if rule.with_other:
     term_N, share_NxV = _other_bucket(x, kept, log_other_N, s_lse_N)
     value_N, target = value_N + term_N, target + share_NxV
   q = s_exp / s_total_N[:, None]
-  return jnp.maximum(value_N, 0.0), mass_kept_N, (q - target) / temperature, kept_count_N
+  value_N = jnp.where(ruled_out_N, jnp.inf, jnp.maximum(value_N, 0.0))
+  return value_N, mass_kept_N, (q - target) / temperature, kept_count_N
 
 
 def _dense_rows(rule: _Rule, student_NxV, teacher_NxV, temperature):

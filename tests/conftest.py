@@ -54,23 +54,26 @@ def pytest_configure(config):
   jax.config.update("jax_enable_compilation_cache", False)
 
 
-# The files that take longest (pytest --durations on 2 cores), longest first: xdist hands out whole files
-# (--dist loadfile) in collection order, so a long file collected last would leave a core idle at the end.
+# The files that take longest (the sum of their tests' --durations on 2 cores), longest first. xdist hands
+# out whole files (--dist loadfile) in collection order (--no-loadscope-reorder: by default it would sort
+# them by their number of tests, and a file of one long test would start last and end the run alone).
 LONGEST_FILES = (
-  "test_smollm2_study.py",
   "test_lm_harness.py",
-  "test_quickstart.py",
   "test_divergence_family.py",
-  "test_gguf.py",
+  "test_quickstart.py",
   "test_kd_loss.py",
+  "test_gguf.py",
+  "test_smollm2_study.py",
   "test_train.py",
-  "test_bad_inputs.py",
   "test_streaming.py",
+  "test_train_compile.py",
   "test_kd_train.py",
+  "test_speculative.py",
   "test_multiprocess.py",
-  "test_generate_distillation_data.py",
   "test_cloud_storage.py",
-  "test_ensemble.py",
+  "test_attention_kernels.py",
+  "test_hf_convert.py",
+  "test_input_pipeline.py",
 )
 
 

@@ -8,12 +8,16 @@ Configs:
 - `tiny-anchor`: student width 64, 2 layers, 4/4 heads of 16, MLP 128; teacher width 128, 4 layers, 4/4
   heads of 32, MLP 256; vocabulary 1024; batch 4 x 128; alpha 0.5, T 1 (the issue tracker's anchor).
 - `demo`: the demo model as student and as teacher (weights scaled by 1.01: a distinct teacher), batch 8 x 128.
+- `main-job`: the main job's shapes, random weights: a SmolLM2-135M teacher (30 layers, width 576, MLP 1536,
+  vocabulary 49152) and a 20-layer MLP-1024 student of its family, 8 x 256 tokens, alpha 0.5, T 1; with
+  `--peak_tflops` set to benchmarks/matmul_ceiling.py's step mix it prints the CPU's MFU.
 - `gpu-1b-8b` (for a GPU): llama3.2-1b student, random llama3.1-8b teacher stored and run in bf16, 1 x 8192
   tokens, bf16, `attention=cudnn`, T 2; `--steps 30 --skip 5` is plenty there.
 With `--peak_tflops` (or on an H100/H200, whose dense bf16 peak of 989 TFLOP/s is known) it also prints
 tokens/s and MFU per program: the student's training FLOPs (6 per parameter per token plus causal
 attention, `flops_per_token`) and, for the KD step, the teacher's forward third of its own.
-Everything else is base.yml (remat full, float32, one chunk of loss). The three programs are jitted on
+Everything else is base.yml (remat full, bfloat16 compute with float32 weights: `--set dtype=float32`
+for float32, one chunk of loss). The three programs are jitted on
 the same synthetic batches and each step is timed alone (dispatch to result ready); the table gives the
 median over steps skip+1 .. steps of each, per repeat, and the ratios of the medians. Repeats alternate
 the programs, so drifts of a shared machine hit all three alike.
@@ -65,6 +69,18 @@ CONFIGS = {
     "kd_flags": "kd_alpha=0.5,kd_temperature=1.0",
   },
   "demo": {"student": {"model_name": "demo", "per_device_batch_size": 8}, "teacher": "", "kd_flags": ""},
+  "main-job": {  # the main job's shapes: a SmolLM2-135M teacher, a 20-layer MLP-1024 student of its family
+    "student": {
+      "model_name": "smollm2-135m",
+      "num_decoder_layers": 20,
+      "mlp_dim": 1024,
+      "per_device_batch_size": 8,
+      "max_target_length": 256,
+    },
+    "teacher": "num_decoder_layers=30",  # the preset's own: a random teacher of that shape
+    "teacher_model": "smollm2-135m",
+    "kd_flags": "kd_alpha=0.5,kd_temperature=1.0",
+  },
   "gpu-1b-8b": {
     "student": {
       "model_name": "llama3.2-1b",
@@ -189,7 +205,7 @@ def _print_utilisation(programs: Programs, all_medians: list[dict], peak_tflops:
   for name, flops in programs.flops_per_token.items():
     ms = statistics.median(m[name] for m in all_medians)
     tflops = tokens * flops / (ms / 1e3) / 1e12
-    mfu = f", MFU {100 * tflops / peak:.1f}% of {peak:.0f}" if peak else ""
+    mfu = f", MFU {100 * tflops / peak:.1f}% of {peak:.3g}" if peak else ""
     print(f"{name}: {tokens / (ms / 1e3):,.0f} tokens/s per device, {tflops:.3g} TFLOP/s{mfu} ({kind})")
 
 

@@ -44,24 +44,40 @@ SHAPES = [
   ("student MLP down", TOKENS, 1024, WIDTH, 3 * STUDENT_LAYERS),
   ("unembedding, one loss chunk", CHUNK, WIDTH, VOCAB, (1 + 3) * TOKENS // CHUNK),
   ("2048 cubed (best case)", 2048, 2048, 2048, 0),
+  # the backward pass's layouts of the student's MLP gate and up (not in the mix, which times every
+  # product as its forward's layout): the input's gradient dy W^T and the weight's x^T dy
+  ("student MLP gate and up, input grad (NT)", TOKENS, 1024, WIDTH, 0, "nt"),
+  ("student MLP gate and up, weight grad (TN)", WIDTH, TOKENS, 1024, 0, "tn"),
 ]
 
 
+def _layout(shape) -> str:
+  return shape[5] if len(shape) > 5 else "nn"
+
+
+def _stored(a, b, layout: str):
+  """The operands as the product reads them: transposed in memory where the layout says so."""
+  return (a.T.copy() if layout == "tn" else a), (b.T.copy() if layout == "nt" else b)
+
+
+def _oriented(a, b, layout: str):
+  return (a.T if layout == "tn" else a), (b.T if layout == "nt" else b)
+
+
 def _backends(torch):
-  """name -> (make inputs from two float32 NumPy arrays, multiply them and wait for the result)."""
-  jitted = jax.jit(jnp.matmul)
+  """name -> (make inputs from two float32 NumPy arrays, a product of a layout that waits for its result)."""
+  jitted = {layout: jax.jit(lambda a, b, o=layout: jnp.matmul(*_oriented(a, b, o))) for layout in ("nn", "nt", "tn")}
+  on_jax = lambda layout: lambda a, b: jitted[layout](a, b).block_until_ready()
   backends = {
-    "jax float32": (lambda a, b: (jnp.asarray(a), jnp.asarray(b)), lambda a, b: jitted(a, b).block_until_ready()),
-    "jax bfloat16": (
-      lambda a, b: (jnp.asarray(a, jnp.bfloat16), jnp.asarray(b, jnp.bfloat16)),
-      lambda a, b: jitted(a, b).block_until_ready(),
-    ),
-    "numpy float32": (lambda a, b: (a, b), np.matmul),
+    "jax float32": (lambda a, b: (jnp.asarray(a), jnp.asarray(b)), on_jax),
+    "jax bfloat16": (lambda a, b: (jnp.asarray(a, jnp.bfloat16), jnp.asarray(b, jnp.bfloat16)), on_jax),
+    "numpy float32": (lambda a, b: (a, b), lambda layout: lambda a, b: np.matmul(*_oriented(a, b, layout))),
   }
   if torch is not None:
     to = lambda dtype: lambda a, b: (torch.from_numpy(a).to(dtype), torch.from_numpy(b).to(dtype))
-    backends["torch float32"] = (to(torch.float32), torch.matmul)
-    backends["torch bfloat16"] = (to(torch.bfloat16), torch.matmul)
+    on_torch = lambda layout: lambda a, b: torch.matmul(*_oriented(a, b, layout))
+    backends["torch float32"] = (to(torch.float32), on_torch)
+    backends["torch bfloat16"] = (to(torch.bfloat16), on_torch)
   return backends
 
 
@@ -88,27 +104,32 @@ def main():
   backends = _backends(torch)
   rng = np.random.default_rng(0)
   inputs = {}
-  for name, m, k, n, _ in SHAPES:
-    a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+  for shape in SHAPES:
+    name, m, k, n = shape[:4]
+    a, b = _stored(rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32), _layout(shape))
     inputs[name] = {backend: make(a, b) for backend, (make, _) in backends.items()}
   rates = {(shape[0], backend): [] for shape in SHAPES for backend in backends}
   for _ in range(args.rounds):
-    for name, m, k, n, _ in SHAPES:
-      for backend, (_, multiply) in backends.items():
+    for shape in SHAPES:
+      name, m, k, n = shape[:4]
+      for backend, (_, product) in backends.items():
+        multiply = product(_layout(shape))
         rates[name, backend].append(_gflops(multiply, *inputs[name][backend], 2.0 * m * k * n, args.seconds))
   print(f"{processor()}; jax {jax.__version__}" + (f", torch {torch.__version__}" if torch else ""))
   print(f"GFLOP/s, median of {args.rounds} rounds (range)")
-  print(f"{'shape (M x K x N)':<46}" + "".join(f"{b:>22}" for b in backends))
-  for name, m, k, n, _ in SHAPES:
+  print(f"{'shape (M x K x N)':<60}" + "".join(f"{b:>22}" for b in backends))
+  for name, m, k, n, *_ in SHAPES:
     cells = [_cell(rates[name, b]) for b in backends]
-    print(f"{f'{name} ({m} x {k} x {n})':<46}" + "".join(f"{c:>22}" for c in cells))
-  step_flops = sum(2.0 * m * k * n * count for _, m, k, n, count in SHAPES)
+    print(f"{f'{name} ({m} x {k} x {n})':<60}" + "".join(f"{c:>22}" for c in cells))
+  step_flops = sum(2.0 * m * k * n * count for _, m, k, n, count, *_ in SHAPES)
   mix = []
   for backend in backends:
-    per_shape = [(2.0 * m * k * n * count, statistics.median(rates[name, backend])) for name, m, k, n, count in SHAPES]
+    per_shape = [
+      (2.0 * m * k * n * count, statistics.median(rates[name, backend])) for name, m, k, n, count, *_ in SHAPES
+    ]
     seconds = sum(flops / (rate * 1e9) for flops, rate in per_shape)
     mix.append(f"{step_flops / seconds / 1e9:.0f}")
-  print(f"{f'the step mix ({step_flops / 1e12:.2f} TFLOP of products)':<46}" + "".join(f"{c:>22}" for c in mix))
+  print(f"{f'the step mix ({step_flops / 1e12:.2f} TFLOP of products)':<60}" + "".join(f"{c:>22}" for c in mix))
 
 
 def _cell(rates: list[float]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from MaxText.config.checks import check_attention_serves
+from MaxText.config.cross_tokenizer_checks import check_cross_tokenizer
 from MaxText.config.errors import ConfigError
 from MaxText.config.loader import defaults
 from MaxText.config.views import (
@@ -165,7 +166,8 @@ def _check_teacher(v: dict[str, Any]) -> None:
   for index, spec in enumerate(teacher_specs(v)):
     where = f"kd_teachers[{index}]" if v["kd_teachers"] else "kd_teacher_overrides"
     teacher = teacher_model_values(v, spec)
-    _check_teacher_vocab(v, teacher["vocab_size"], where)
+    if not v["kd_teacher_tokenizer_path"]:  # a teacher with its own tokenizer keeps its own vocabulary
+      _check_teacher_vocab(v, teacher["vocab_size"], where)
     if teacher["num_query_heads"] % teacher["num_kv_heads"]:
       raise ConfigError(f"{where}: teacher num_query_heads must be a multiple of its num_kv_heads")
     check_attention_serves(v, f"{where}'s teacher", compute_dtype(spec.dtype, v["dtype"]), teacher["head_dim"])
@@ -257,6 +259,7 @@ def _check_offline_run(v: dict[str, Any]) -> None:
 
 
 def validate_kd(values: dict[str, Any]) -> None:
+  check_cross_tokenizer(values, _changed)
   _check_kd(values)
   _check_teacher(values)
   _check_features(values)

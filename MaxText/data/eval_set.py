@@ -19,7 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from MaxText.config.errors import BadInputError
-from MaxText.data import input_pipeline
+from MaxText.data import input_pipeline, two_stream
 
 _SAMPLING_SEED = 20240608  # fixed: the windows an eval scores must not move with the shuffle seed
 
@@ -51,6 +51,9 @@ def _examples(config, corpus) -> list[dict]:
     tokens = split_corpus.encode(split_corpus.documents[int(index)])
     if split_corpus.sft:
       examples.append(tokens)
+    elif split_corpus.two_stream:
+      cut = two_stream.TwoStreamWindows(config.max_target_length, input_pipeline.teacher_length(config), 1)
+      examples.extend(cut.flat_map(tokens))
     else:
       examples.extend(input_pipeline._example(w) for w in input_pipeline.windows(tokens, config.max_target_length))
   return examples
@@ -80,9 +83,10 @@ def build(config, corpus, local_batch: int) -> EvalSet:
     return EvalSet([next(batches) for _ in range(max(config.eval_steps, 1))], 0, 0)
   examples = _examples(config, corpus)
   is_sft = corpus is not None and corpus.sft
+  streams = corpus is not None and corpus.two_stream
   ds = grain.MapDataset.source(_ordered(config, examples)).to_iter_dataset()
   batches = []
-  for batch in input_pipeline.batched(config, ds, local_batch, is_sft, drop_remainder=False):
+  for batch in input_pipeline.batched(config, ds, local_batch, is_sft, drop_remainder=False, two_streams=streams):
     batches.append(_pad_rows({k: np.asarray(v) for k, v in batch.items()}, local_batch))
     if config.eval_steps != -1 and len(batches) == config.eval_steps:
       break

@@ -26,7 +26,7 @@ from MaxText.config import storage
 from MaxText.config.errors import BadInputError, MissingFileError
 from MaxText.config.mixture import normalized_weights, source_config
 from MaxText.config.views import eval_data_config
-from MaxText.data import documents, sft
+from MaxText.data import documents, sft, two_stream
 from MaxText.data.tokenizer import Tokenizer, encode_documents
 
 _SPLIT_SEED = 20240607  # fixed: the train/eval split must not move when the shuffle seed does
@@ -188,8 +188,9 @@ class Corpus:
   """A data set's documents (lazy, this host's share) and how a document becomes tokens; `eval_corpus`
   is the separate eval data set, when there is one."""
 
-  def __init__(self, config, tokenizer: Tokenizer | None):
+  def __init__(self, config, tokenizer: Tokenizer | None, teacher_tokenizer: Tokenizer | None = None):
     self.sft = config.use_sft
+    self.two_stream = teacher_tokenizer is not None  # cross-tokenizer KD: data/two_stream.py
     if self.sft:  # one example per conversation with its loss mask, rendered and tokenized up front
       examples = sft.sft_examples(config, tokenizer, expand_paths(config.dataset_path))
       self.documents = documents.InMemoryDocuments(examples, jax.process_index(), jax.process_count())
@@ -197,23 +198,30 @@ class Corpus:
       self.documents = open_documents(config, jax.process_index(), jax.process_count())
       if len(self.documents) == 0:
         raise BadInputError(f"dataset_path: the {config.dataset_type} data set holds no documents")
-    self.encode = _Encode(tokenizer, config.add_bos, config.add_eos)
+    if self.two_stream:
+      self.encode = two_stream.TwoStreamEncode(tokenizer, teacher_tokenizer, config.add_bos, config.add_eos)
+    else:
+      self.encode = _Encode(tokenizer, config.add_bos, config.add_eos)
     eval_config = eval_data_config(config)
-    self.eval_corpus = Corpus(eval_config, tokenizer) if eval_config is not None else None
+    self.eval_corpus = Corpus(eval_config, tokenizer, teacher_tokenizer) if eval_config is not None else None
 
 
 class MixtureCorpus:
   """dataset_mixture: one Corpus per source, by name, mixed by their normalised weights."""
 
-  def __init__(self, config, tokenizer: Tokenizer | None):
-    self.sources = {spec.name: Corpus(source_config(config, spec), tokenizer) for spec in config.dataset_mixture}
+  def __init__(self, config, tokenizer: Tokenizer | None, teacher_tokenizer: Tokenizer | None = None):
+    sources = config.dataset_mixture
+    self.sources = {spec.name: Corpus(source_config(config, spec), tokenizer, teacher_tokenizer) for spec in sources}
     self.weights = normalized_weights(config.dataset_mixture)
     self.sft = config.use_sft
+    self.two_stream = teacher_tokenizer is not None
     self.eval_corpus = None
 
 
-def build_corpus(config, tokenizer: Tokenizer | None) -> Corpus | MixtureCorpus:
-  return MixtureCorpus(config, tokenizer) if config.dataset_mixture else Corpus(config, tokenizer)
+def build_corpus(config, tokenizer: Tokenizer | None, teacher_tokenizer: Tokenizer | None = None):
+  """The corpus (a Corpus, or a MixtureCorpus); `teacher_tokenizer`: cross-tokenizer KD's second stream."""
+  kind = MixtureCorpus if config.dataset_mixture else Corpus
+  return kind(config, tokenizer, teacher_tokenizer)
 
 
 def _split(config, corpus: Corpus, split: str) -> tuple[Corpus, np.ndarray]:
@@ -247,7 +255,10 @@ def _documents(config, corpus: Corpus, split: str) -> grain.IterDataset:
     grain_flags_parsed()
     options = grain.MultiprocessingOptions(num_workers=config.grain_worker_count, per_worker_buffer_size=16)
     ds = ds.mp_prefetch(options)
-  if not corpus.sft:
+  if corpus.two_stream:
+    cut = two_stream.TwoStreamWindows(config.max_target_length, teacher_length(config), len(indices))
+    ds = grain.experimental.FlatMapIterDataset(ds, cut)
+  elif not corpus.sft:
     ds = grain.experimental.FlatMapIterDataset(ds, _Windows(config.max_target_length, len(indices)))
   window = shuffle_window(config, corpus.sft, len(indices))
   if split == "train" and window > 1:
@@ -286,17 +297,27 @@ def make_iterator(config, corpus: Corpus | None, split: str, batch_size: int):
     it_ds = grain.IterDataset.mix(parts, corpus.weights)
   else:
     it_ds = _examples(config, corpus, split)
-  return iter(batched(config, it_ds, batch_size, corpus is not None and corpus.sft))
+  is_sft, is_two_stream = (corpus.sft, corpus.two_stream) if corpus is not None else (False, False)
+  return iter(batched(config, it_ds, batch_size, is_sft, two_streams=is_two_stream))
+
+
+def teacher_length(config) -> int:
+  """Teacher tokens per row in cross-tokenizer KD."""
+  return config.kd_teacher_max_target_length or config.max_target_length
 
 
 def _examples(config, corpus: Corpus, split: str) -> grain.IterDataset:
   """A split's examples: token windows of text, or SFT conversations as they are."""
   ds = _documents(config, corpus, split)
-  return ds if corpus.sft else ds.map(_example)
+  return ds if corpus.sft or corpus.two_stream else ds.map(_example)
 
 
-def batched(config, it_ds: grain.IterDataset, batch_size: int, is_sft: bool, drop_remainder: bool = True):
-  """Examples -> packed (or padded) rows -> batches of `batch_size` rows under MaxText's names."""
+def batched(config, it_ds, batch_size: int, is_sft: bool, drop_remainder: bool = True, two_streams: bool = False):
+  """Examples -> packed (or padded) rows -> batches of `batch_size` rows under MaxText's names
+  (`two_streams`: cross-tokenizer KD's examples, data/two_stream.py)."""
+  if two_streams:
+    rows = two_stream.pack_rows(config, it_ds, batch_size, teacher_length(config))
+    return rows.batch(batch_size, drop_remainder=drop_remainder).map(two_stream.to_batch_names)
   length = config.max_target_length
   if config.packing:
     lengths = {"inputs": length, "targets": length, **({"targets_mask": length} if is_sft else {})}

@@ -102,6 +102,14 @@ class HuggingFaceTokenizer:
   def decode(self, ids: list[int]) -> str:
     return self._tok.decode(list(ids))
 
+  def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids and each token's (start, end) character offsets in `text` (cross-tokenizer KD aligns on them)."""
+    encoding = self._tok.encode(text, add_special_tokens=False)
+    return encoding.ids, encoding.offsets
+
+  def to_json(self) -> dict:
+    return json.loads(self._tok.to_str())
+
   def id_to_token(self, token_id: int | None) -> str | None:
     return None if token_id is None else self._tok.id_to_token(token_id)
 

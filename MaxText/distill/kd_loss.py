@@ -29,11 +29,20 @@ DIAGNOSED_TOKENS = "kd/diagnosed_tokens"  # tokens the diagnostics below were co
 # the teacher would keep with the student as a speculative-decoding draft sampling at temperature 1
 # (greedy drafting keeps top1_agreement's share)
 _DIAGNOSTICS = ("kl_div_T1", "top1_agreement", "teacher_prob_of_student_top1", "expected_acceptance_T1", "teacher_loss")
+# a teacher with its own tokenizer adds these (distill/cross_tokenizer.py); they are read as ratios of each other
+CROSS_TOKENIZER_TERMS = (
+  "aligned_bytes",
+  "student_aligned_nats",
+  "teacher_aligned_nats",
+  "aligned_heads",
+  "exact_heads",
+  "student_tokens",
+)
 
 
 def is_diagnostic(name: str) -> bool:
   """A metric (name without `_sum`) that is computed on diagnosed steps only: a mean over DIAGNOSED_TOKENS."""
-  return name.startswith("kd/") and name.rsplit("/", 1)[-1] in _DIAGNOSTICS
+  return name.startswith("kd/") and name.rsplit("/", 1)[-1] in _DIAGNOSTICS + CROSS_TOKENIZER_TERMS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +101,11 @@ def kd_chunk_sums(xs: dict, shared: dict, options: KDOptions, source: TeacherSou
 
 def _diagnostic_sums(teacher, frozen_student, kl_t1_N, weights) -> dict:
   """Fidelity to the teacher: KL@T1 (unpruned teacher), top-1 agreement, the teacher's probability of the
-  student's top-1 token, and the teacher's own terms, summed with the token weights."""
+  student's top-1 token, and the teacher's own terms, summed with the token weights. A teacher whose
+  predictions apply at some tokens only (`diagnostic_mask_N`, another tokenizer's) is compared there."""
+  own = {f"kd/{name}_sum": jnp.sum(x * weights) for name, x in teacher.own_terms(frozen_student).items()}
+  mask_N = getattr(teacher, "diagnostic_mask_N", None)
+  weights = weights if mask_N is None else weights * mask_N
   target = teacher.target_t1()
   if kl_t1_N is None:
     kl_t1_N = kd_divergence(frozen_student, target, 1.0)
@@ -100,14 +113,13 @@ def _diagnostic_sums(teacher, frozen_student, kl_t1_N, weights) -> dict:
   agree_N = (student_top1_N == teacher.top1_N).astype(jnp.float32)
   prob_N = jnp.take_along_axis(target.target_NxV, student_top1_N[:, None], axis=-1)[:, 0]
   per_token = {
-    **teacher.own_terms(frozen_student),
     "kl_div_T1": kl_t1_N,
     "top1_agreement": agree_N,
     "teacher_prob_of_student_top1": prob_N,
     "expected_acceptance_T1": expected_acceptance(target, frozen_student),
   }
   sums = {f"kd/{name}_sum": jnp.sum(x * weights) for name, x in per_token.items()}
-  return sums | {DIAGNOSED_TOKENS: jnp.sum(weights)}
+  return own | sums | {DIAGNOSED_TOKENS: jnp.sum(weights)}
 
 
 def expected_acceptance(target, student_logits_NxV) -> jax.Array:

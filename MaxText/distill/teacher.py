@@ -7,10 +7,14 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from MaxText.config.saved_files import run_dir
 from MaxText.config.teachers import TeacherSpec, normalized_weights
 from MaxText.config.views import kd_vocab, teacher_config, teacher_is_int8
 from MaxText.data.teacher_cache import CacheView
+from MaxText.data.token_alignment import cached_mapping
+from MaxText.data.tokenizer import build_tokenizer
 from MaxText.distill.cached_source import CachedTopKTeacher
+from MaxText.distill.cross_tokenizer import CrossTokenizerTeacher
 from MaxText.distill.ensemble import EnsembleTeacher
 from MaxText.distill.sources import LiveTeacher, Pruning, TeacherSource
 from MaxText.losses.divergence_family import Divergence
@@ -90,10 +94,37 @@ def cached_teacher(config, lse_index: int | None) -> CachedTopKTeacher:
   return CachedTopKTeacher(config.kd_offline_normalization, kd_vocab(config), lse_index, kind)
 
 
+def cross_tokenizer_teacher(config, mesh) -> tuple[CrossTokenizerTeacher, object]:
+  """A teacher with its own tokenizer (kd_teacher_tokenizer_path), and its abstract parameters; the map
+  between the two vocabularies is built once per tokenizer pair and kept in the run's folder."""
+  model_config, graphdef, abstract_params, shardings = _float_layout(config, mesh, None)
+  if teacher_is_int8(config):
+    abstract_params, shardings = int8_weights.abstract_params(abstract_params), int8_weights.shardings(shardings)
+  student_tokenizer = build_tokenizer("huggingface", config.tokenizer_path)
+  teacher_tokenizer = build_tokenizer("huggingface", config.kd_teacher_tokenizer_path)
+  vocabs = (config.vocab_size, model_config.vocab_size)
+  maps = cached_mapping(student_tokenizer, teacher_tokenizer, vocabs, run_dir(config))
+  source = CrossTokenizerTeacher(
+    model_config,
+    graphdef,
+    shardings,
+    maps["student_to_teacher"],
+    maps["teacher_to_student"],
+    config.kd_cross_tokenizer_loss,
+    config.kd_gold_exact_weight,
+    config.kd_gold_uld_weight,
+    config.loss_chunk_size,
+  )
+  return source, abstract_params
+
+
 def build_teacher(config, mesh, cache: CacheView | None) -> tuple[TeacherSource | None, object]:
   """(source, the state the step is given for it): (None, None) for a plain run."""
   if not config.use_kd:
     return None, None
   if config.kd_offline_data_dir:
     return cached_teacher(config, cache.lse_index), None
+  if config.kd_teacher_tokenizer_path:
+    source, _ = cross_tokenizer_teacher(config, mesh)
+    return source, _as_held(config, mesh, None, functools.partial(load_params, config.kd_teacher_parameters_path))
   return load_live_teacher(config, mesh)

@@ -52,11 +52,25 @@ def _add_kd_views(record: dict) -> None:
   """
   if "kd/soft_loss" not in record:
     return
+  _add_cross_tokenizer_views(record)
   record["kd/hard_loss"] = record["ce"]
   record["kd/total_loss"] = record["total_loss"] if "total_loss" in record else record["loss"]
   record["kd/student_perplexity"] = math.exp(min(record["ce"], 50.0))
   if "kd/teacher_loss" in record:
     record["kd/teacher_perplexity"] = math.exp(min(record["kd/teacher_loss"], 50.0))
+
+
+def _add_cross_tokenizer_views(record: dict) -> None:
+  """Tokenizer-independent figures of a teacher with its own tokenizer (distill/cross_tokenizer.py): bits
+  per byte of the aligned text, student and teacher, and the shares of student tokens that are heads and
+  exact heads. Each is a ratio of two sums taken over the same tokens, so their common divisor cancels."""
+  if record.get("kd/aligned_bytes", 0.0) <= 0.0:
+    return
+  per_byte = record["kd/aligned_bytes"] * math.log(2.0)
+  record["kd/student_bits_per_byte"] = record["kd/student_aligned_nats"] / per_byte
+  record["kd/teacher_bits_per_byte"] = record["kd/teacher_aligned_nats"] / per_byte
+  record["kd/aligned_head_share"] = record["kd/aligned_heads"] / record["kd/student_tokens"]
+  record["kd/exact_share"] = record["kd/exact_heads"] / record["kd/student_tokens"]
 
 
 def _add_distill_names(record: dict) -> None:

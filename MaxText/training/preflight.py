@@ -123,18 +123,23 @@ def _check_teacher_tokenizers(config) -> None:
   if not (config.use_kd and config.tokenizer_type == "huggingface"):
     return
   teachers = _teacher_tokenizer_files(config)
-  student_file = config.tokenizer_path
-  if storage.isdir(student_file):
-    student_file = storage.join(student_file, "tokenizer.json")
-  if not teachers or not storage.isfile(student_file):
+  # cross-tokenizer KD: the teacher's tokenizer is kd_teacher_tokenizer_path, and a folder's must be it
+  expected_key = "kd_teacher_tokenizer_path" if config.kd_teacher_tokenizer_path else "tokenizer_path"
+  expected_file = config.kd_teacher_tokenizer_path or config.tokenizer_path
+  if storage.isdir(expected_file):
+    expected_file = storage.join(expected_file, "tokenizer.json")
+  if not teachers or not storage.isfile(expected_file):
     return
-  student = vocabulary_fingerprint(student_file)
+  expected = vocabulary_fingerprint(expected_file)
   for key, path in teachers:
     teacher = vocabulary_fingerprint(path)
-    if student and teacher and teacher != student:
+    if expected and teacher and teacher != expected:
+      whose = "the student's " if expected_key == "tokenizer_path" else ""
+      advice = "KD needs one tokenizer (or kd_teacher_tokenizer_path: cross-tokenizer KD)"
       raise ConfigError(
-        f"{key}: the teacher's tokenizer ({teacher[0]} tokens, vocabulary {teacher[1]}) is not the student's "
-        f"tokenizer_path ({student[0]} tokens, vocabulary {student[1]}); KD needs one tokenizer"
+        f"{key}: the teacher's tokenizer ({teacher[0]} tokens, vocabulary {teacher[1]}) is not {whose}"
+        f"{expected_key} ({expected[0]} tokens, vocabulary {expected[1]}); "
+        + (advice if expected_key == "tokenizer_path" else "the teacher folder's own tokenizer must be that one")
       )
 
 

@@ -49,7 +49,10 @@ def build_corpus(config):
   check_fits_model(tokenizer, config.vocab_size)
   if config.dataset_type == "synthetic":
     return None
-  return input_pipeline.build_corpus(config, tokenizer)
+  teacher_tokenizer = None
+  if config.kd_teacher_tokenizer_path:  # cross-tokenizer KD: the teacher reads its own token stream
+    teacher_tokenizer = build_tokenizer("huggingface", config.kd_teacher_tokenizer_path)
+  return input_pipeline.build_corpus(config, tokenizer, teacher_tokenizer)
 
 
 def to_global(batch: dict, batch_sharding) -> dict:

@@ -208,6 +208,10 @@ def cached_mapping(student_tokenizer, teacher_tokenizer, vocabs: tuple[int, int]
     "student_to_teacher": student_to_teacher(student_json, teacher_json, vocabs[0]),
     "teacher_to_student": teacher_to_student(student_tokenizer, teacher_json, student_json, vocabs[1]),
   }
+  # rows past both tokenizers (embedding padding) pair by index, as a same-tokenizer run compares them
+  padding = np.arange(max(student_tokenizer.vocab_size, teacher_tokenizer.vocab_size), min(vocabs))
+  maps["student_to_teacher"][padding] = padding
+  maps["teacher_to_student"][padding] = padding
   storage.makedirs(cache_dir)
   storage.write_text_atomic(path, json.dumps({name: ids.tolist() for name, ids in maps.items()}))
   return maps

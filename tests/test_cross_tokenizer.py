@@ -20,7 +20,7 @@ from MaxText.data.token_alignment import (
 )
 from MaxText.data.tokenizer import HuggingFaceTokenizer
 from MaxText.distill.cross_tokenizer import CrossTokenizerChunk
-from MaxText.losses.cross_vocab import projected_target, uld_distance
+from MaxText.losses.cross_vocab import projected_target, uld_distance, uld_where_needed
 from MaxText.losses.logit_kl import kl_to_teacher_logits
 from MaxText.pyconfig import ConfigError
 from tests.conftest import TINY, read_metrics, run_train, train_losses
@@ -115,10 +115,12 @@ def _uld64(s, t, temperature):
   return np.abs(ps - qs).sum(-1), q, qs, ps
 
 
-@pytest.mark.parametrize("temperature", [1.0, 2.0])
-def test_uld_value_and_gradient_against_float64(temperature):
+@pytest.mark.parametrize(
+  ("temperature", "widths"), [(1.0, (37, 53)), (2.0, (37, 53)), (1.0, (53, 37)), (1.5, (40, 40))]
+)
+def test_uld_value_and_gradient_against_float64(temperature, widths):
   rng = np.random.default_rng(1)
-  s, t = rng.normal(size=(6, 37)) * 2, rng.normal(size=(6, 53)) * 2
+  s, t = rng.normal(size=(6, widths[0])) * 2, rng.normal(size=(6, widths[1])) * 2
   value = uld_distance(jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32), temperature)
   want, q, qs, ps = _uld64(s, t, temperature)
   np.testing.assert_allclose(np.asarray(value), want, rtol=TOL, atol=TOL)
@@ -126,11 +128,24 @@ def test_uld_value_and_gradient_against_float64(temperature):
   order = np.argsort(-q, -1, kind="stable")
   dq = np.zeros_like(q)
   np.put_along_axis(dq, order, -np.sign(ps[:, : q.shape[-1]] - qs[:, : q.shape[-1]]), -1)
+  dq[:, q.shape[-1] :] = 0.0
   want_grad = q * (dq - (dq * q).sum(-1, keepdims=True)) / temperature
   grad = jax.grad(lambda x: uld_distance(x, jnp.asarray(t, jnp.float32), temperature).sum())(
     jnp.asarray(s, jnp.float32)
   )
   np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-4, atol=TOL)
+
+
+def test_uld_on_the_needed_rows_only_equals_the_full_computation_there():
+  rng = np.random.default_rng(6)
+  s, t = rng.normal(size=(70, 20)) * 2, rng.normal(size=(70, 33)) * 2
+  needed = rng.random(70) < 0.2
+  s32, t32 = jnp.asarray(s, jnp.float32), jnp.asarray(t, jnp.float32)
+  full = lambda x: uld_distance(x, t32, 1.3) * needed
+  sparse = lambda x: uld_where_needed(x, t32, 1.3, jnp.asarray(needed))
+  np.testing.assert_allclose(np.asarray(sparse(s32)), np.asarray(full(s32)), rtol=1e-6, atol=1e-7)
+  grads = [jax.grad(lambda x, f=f: f(x).sum())(s32) for f in (sparse, full)]
+  np.testing.assert_allclose(np.asarray(grads[0]), np.asarray(grads[1]), rtol=1e-6, atol=1e-7)
 
 
 def test_uld_equals_trls_uld_loss_on_one_to_one_groups():

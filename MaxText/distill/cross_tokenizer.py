@@ -29,7 +29,7 @@ import numpy as np
 
 from MaxText.distill.sources import TeacherInputs
 from MaxText.losses.cross_entropy import cross_entropy_with_logits, project_logits
-from MaxText.losses.cross_vocab import projected_target, shared_mass, uld_distance
+from MaxText.losses.cross_vocab import projected_target, shared_mass, uld_where_needed
 from MaxText.losses.divergences import kd_divergence
 from MaxText.model import decoder
 
@@ -91,14 +91,13 @@ class CrossTokenizerChunk:
     """(per-token term, the teacher's mass on strings both vocabularies hold)."""
     head_N = self.xs["kd_head"].astype(jnp.float32)
     kept_N = shared_mass(self.logits_NxV, self.teacher_to_student_V, self.student_to_teacher_V)
-    uld_N = uld_distance(student_logits_NxV, self.logits_NxV, temperature)
+    uld = lambda needed_N: uld_where_needed(student_logits_NxV, self.logits_NxV, temperature, needed_N > 0)
     if self.loss == "uld":
-      return head_N * uld_N, kept_N
+      return uld(head_N), kept_N
     target = projected_target(self.logits_NxV, self.teacher_to_student_V, student_logits_NxV.shape[-1], temperature)
-    exact_N = self.exact_N
+    exact_N = self.exact_N * head_N
     kl_N = jnp.where(exact_N > 0, kd_divergence(student_logits_NxV, target, temperature), 0.0)
-    per_token = exact_N * self.exact_weight * kl_N + (1.0 - exact_N) * self.uld_weight * uld_N
-    return head_N * per_token, kept_N
+    return self.exact_weight * exact_N * kl_N + self.uld_weight * uld(head_N * (1.0 - exact_N)), kept_N
 
   def own_terms(self, frozen_student_NxV) -> dict:
     xs = self.xs

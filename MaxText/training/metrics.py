@@ -162,11 +162,18 @@ def fidelity_text(record: dict) -> str:
   """The student's agreement with its teacher on an eval pass, for the console ("" without a teacher)."""
   if "kd/kl_div_T1" not in record:
     return ""
-  return (
+  text = (
     f" | fidelity: KL(teacher||student) {record['kd/kl_div_T1']:.4f} top-1 agreement "
     f"{record['kd/top1_agreement']:.4f} teacher p(student top-1) {record['kd/teacher_prob_of_student_top1']:.4f} "
     f"expected draft acceptance (T = 1) {record['kd/expected_acceptance_T1']:.4f}"
   )
+  if "kd/student_bits_per_byte" in record:  # a teacher with its own tokenizer
+    text += (
+      f" | bits per byte of the aligned text: student {record['kd/student_bits_per_byte']:.4f} teacher "
+      f"{record['kd/teacher_bits_per_byte']:.4f} | aligned heads {record['kd/aligned_head_share']:.4f} "
+      f"exact heads {record['kd/exact_share']:.4f} of the student's tokens"
+    )
+  return text
 
 
 class JsonlRecords:

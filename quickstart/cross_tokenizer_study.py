@@ -1,0 +1,119 @@
+"""Cross-tokenizer KD on the real teacher: SmolLM2-135M-Instruct (49,152-token byte-level BPE) into a
+small student with its own 4,096-token BPE trained here on the study's corpus.
+
+  .venv/bin/python quickstart/cross_tokenizer_study.py --teacher OUT/teacher --out OUT/xtok
+
+`--teacher` is the main job's imported teacher (quickstart/smollm2_study.py, stage "import"). Three arms
+at equal steps, seed and data order on the main job's two-domain text corpus (Shakespeare and Python's
+standard-library docstrings): CE only (kd_alpha=0: the teacher runs for the metrics only, the update is
+exactly CE's), ULD, and the span-aligned mix (gold). Each is scored on both held-out domains by eval_only
+with the teacher: bits per byte of the aligned text for student and teacher, and the aligned shares. A
+fourth, short run distills the same student shape with the teacher's own tokenizer (one tokenizer, today's
+KD) for the step-cost comparison. Results -> OUT/results.json and OUT/results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "quickstart"))
+PY = sys.executable
+STUDENT = ["emb_dim=256", "num_decoder_layers=4", "num_query_heads=4", "num_kv_heads=2", "head_dim=64", "mlp_dim=768"]
+ARMS = {"ce": ["kd_alpha=0.0"], "uld": ["kd_cross_tokenizer_loss=uld"], "gold": ["kd_cross_tokenizer_loss=gold"]}
+DOMAINS = ("shakespeare", "python_docs")
+
+
+def run(cmd: list[str], log: str) -> str:
+  with open(log, "a", encoding="utf-8") as f:
+    f.write("$ " + " ".join(cmd) + "\n")
+    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+    f.write(proc.stdout)
+  if proc.returncode:
+    raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}")
+  return proc.stdout
+
+
+def teacher_keys(teacher: str) -> list[str]:
+  with open(os.path.join(teacher, "model_config.json"), encoding="utf-8") as f:
+    keys = json.load(f)
+  skip = ("tokenizer_type", "tokenizer_path", "scan_layers", "init_std", "weight_dtype", "max_position_embeddings")
+  return [",".join(f"{k}={v}" for k, v in keys.items() if k not in skip)]
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--teacher", required=True)
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--steps", type=int, default=100)
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--length", type=int, default=128)
+  parser.add_argument("--eval_steps", type=int, default=8)
+  args = parser.parse_args()
+  os.makedirs(args.out, exist_ok=True)
+  log = os.path.join(args.out, "log.txt")
+  from smollm2_study import write_corpus  # the main job's two-domain corpus and held-out split
+
+  folders = write_corpus(argparse.Namespace(out=args.out, max_docs=0))
+  tokenizer = os.path.join(args.out, "student_tokenizer")
+  if not os.path.isdir(tokenizer):
+    run([PY, "-m", "MaxText.train_tokenizer", "--vocab_size", "4096", "--output", tokenizer,
+         "--dataset_path", folders["train"]], log)  # fmt: skip
+  common = ["base.yml", "dtype=float32", f"max_target_length={args.length}", f"per_device_batch_size={args.batch}"]
+  common += ["use_kd=true", f"kd_teacher_parameters_path={args.teacher}", f"kd_teacher_overrides={teacher_keys(args.teacher)[0]}"]
+  common += [f"kd_teacher_max_target_length={args.length + args.length // 2}", "kd_alpha=0.5", "kd_temperature=1.0"]
+  cross = ["tokenizer_type=huggingface", f"tokenizer_path={tokenizer}", "vocab_size=4096", *STUDENT]
+  cross += [f"kd_teacher_tokenizer_path={args.teacher}"]
+  results = {}
+  for arm, keys in ARMS.items():
+    run_dir = os.path.join(args.out, "runs", arm)
+    if not os.path.isdir(os.path.join(run_dir, "checkpoints", str(args.steps))):
+      out = run([PY, "MaxText/train.py", *common, *cross, *keys, f"run_name={arm}",
+                 f"base_output_directory={os.path.join(args.out, 'runs')}", f"dataset_path={folders['train']}",
+                 "eval_fraction=0.0", f"steps={args.steps}", "learning_rate=3e-3", "log_period=10",
+                 f"checkpoint_period={args.steps}"], log)  # fmt: skip
+      print(out.strip().splitlines()[-1], flush=True)
+    speeds = [json.loads(line).get("tokens_per_s") for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    results[arm] = {"tokens_per_s_after_compile": [s for s in speeds if s][1:]}
+    for domain in DOMAINS:
+      out = run([PY, "MaxText/train.py", *common, *cross, *keys, "eval_only=true",
+                 f"load_parameters_path={os.path.join(run_dir, 'checkpoints', str(args.steps))}",
+                 f"base_output_directory={os.path.join(args.out, 'eval')}", f"run_name={arm}_{domain}",
+                 f"dataset_path={folders['train']}", f"eval_dataset_path={folders['heldout_' + domain]}",
+                 f"eval_steps={args.eval_steps}", "eval_sampling=spread"], log)  # fmt: skip
+      results[arm][domain] = parse_eval(out)
+      print(arm, domain, results[arm][domain], flush=True)
+  same_dir = os.path.join(args.out, "runs", "same_tokenizer")
+  if not os.path.isdir(same_dir):
+    same = ["tokenizer_type=huggingface", f"tokenizer_path={args.teacher}", "vocab_size=49152", *STUDENT]
+    run([PY, "MaxText/train.py", *common, *same, "run_name=same_tokenizer", f"dataset_path={folders['train']}",
+         f"base_output_directory={os.path.join(args.out, 'runs')}", "eval_fraction=0.0", "steps=30",
+         "log_period=10", "enable_checkpointing=false"], log)  # fmt: skip
+  speeds = [json.loads(line).get("tokens_per_s") for line in open(os.path.join(same_dir, "metrics.jsonl"))]
+  results["same_tokenizer"] = {"tokens_per_s_after_compile": [s for s in speeds if s][1:]}
+  with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=1)
+  print(json.dumps(results, indent=1))
+
+
+def parse_eval(stdout: str) -> dict:
+  """The eval_only line's figures (metrics.fidelity_text prints the cross-tokenizer ones)."""
+  patterns = {
+    "loss": r"loss ([0-9.]+)",
+    "student_bits_per_byte": r"bits per byte of the aligned text: student ([0-9.]+)",
+    "teacher_bits_per_byte": r"bits per byte of the aligned text: student [0-9.]+ teacher ([0-9.]+)",
+    "aligned_head_share": r"aligned heads ([0-9.]+)",
+    "exact_share": r"exact heads ([0-9.]+)",
+  }
+  found = {name: re.search(pattern, stdout) for name, pattern in patterns.items()}
+  return {name: float(match.group(1)) for name, match in found.items() if match}
+
+
+if __name__ == "__main__":
+  main()

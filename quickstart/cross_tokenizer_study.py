@@ -66,7 +66,11 @@ def main() -> None:
     run([PY, "-m", "MaxText.train_tokenizer", "--vocab_size", "4096", "--output", tokenizer,
          "--dataset_path", folders["train"]], log)  # fmt: skip
   common = ["base.yml", "dtype=float32", f"max_target_length={args.length}", f"per_device_batch_size={args.batch}"]
-  common += ["use_kd=true", f"kd_teacher_parameters_path={args.teacher}", f"kd_teacher_overrides={teacher_keys(args.teacher)[0]}"]
+  common += [
+    "use_kd=true",
+    f"kd_teacher_parameters_path={args.teacher}",
+    f"kd_teacher_overrides={teacher_keys(args.teacher)[0]}",
+  ]
   common += [f"kd_teacher_max_target_length={args.length + args.length // 2}", "kd_alpha=0.5", "kd_temperature=1.0"]
   cross = ["tokenizer_type=huggingface", f"tokenizer_path={tokenizer}", "vocab_size=4096", *STUDENT]
   cross += [f"kd_teacher_tokenizer_path={args.teacher}"]
@@ -79,8 +83,7 @@ def main() -> None:
                  "eval_fraction=0.0", f"steps={args.steps}", "learning_rate=3e-3", "log_period=10",
                  f"checkpoint_period={args.steps}"], log)  # fmt: skip
       print(out.strip().splitlines()[-1], flush=True)
-    speeds = [json.loads(line).get("tokens_per_s") for line in open(os.path.join(run_dir, "metrics.jsonl"))]
-    results[arm] = {"tokens_per_s_after_compile": [s for s in speeds if s][1:]}
+    results[arm] = {"tokens_per_s_after_compile": speeds(run_dir)}
     for domain in DOMAINS:
       out = run([PY, "MaxText/train.py", *common, *cross, *keys, "eval_only=true",
                  f"load_parameters_path={os.path.join(run_dir, 'checkpoints', str(args.steps))}",
@@ -95,11 +98,17 @@ def main() -> None:
     run([PY, "MaxText/train.py", *common, *same, "run_name=same_tokenizer", f"dataset_path={folders['train']}",
          f"base_output_directory={os.path.join(args.out, 'runs')}", "eval_fraction=0.0", "steps=30",
          "log_period=10", "enable_checkpointing=false"], log)  # fmt: skip
-  speeds = [json.loads(line).get("tokens_per_s") for line in open(os.path.join(same_dir, "metrics.jsonl"))]
-  results["same_tokenizer"] = {"tokens_per_s_after_compile": [s for s in speeds if s][1:]}
+  results["same_tokenizer"] = {"tokens_per_s_after_compile": speeds(same_dir)}
   with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=1)
   print(json.dumps(results, indent=1))
+
+
+def speeds(run_dir: str) -> list[float]:
+  """Training tokens/s of each logged window after the first (which holds the compile)."""
+  with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+    found = [json.loads(line).get("tokens_per_s") for line in f]
+  return [s for s in found if s][1:]
 
 
 def parse_eval(stdout: str) -> dict:

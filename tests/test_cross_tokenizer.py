@@ -353,3 +353,39 @@ def test_train_across_tokenizers_reports_bits_per_byte_and_aligned_shares(tmp_pa
   assert record["eval/kd/teacher_bits_per_byte"] > 1.0 and record["eval/kd/student_bits_per_byte"] > 1.0
   saved = list((tmp_path / "cross").glob("token_mapping_*.json"))
   assert len(saved) == 1 and len(json.loads(saved[0].read_text())["teacher_to_student"]) == 1024
+
+
+def test_conversations_mark_the_assistant_text_on_both_streams(tokenizers, tmp_path):
+  """SFT across tokenizers: the conversation is rendered once (the teacher's chat template: the student's
+  tokenizer has none); each side's targets inside the assistant turns are its targets, nothing else."""
+  from MaxText.data import input_pipeline
+  from MaxText.training.runtime import build_corpus
+  from tests.chat_files import chat_tokenizer_folder
+
+  teacher_tokenizer = chat_tokenizer_folder(tmp_path / "chat", 300)
+  rows = [{"messages": [{"role": "user", "content": f"Name colour {i}."}, {"role": "assistant", "content": "Blue and red."}]}
+          for i in range(6)]  # fmt: skip
+  data = tmp_path / "chats.jsonl"
+  data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  config = _config(
+    tokenizers,
+    tmp_path,
+    kd_teacher_tokenizer_path=str(teacher_tokenizer),
+    kd_teacher_overrides="vocab_size=320",
+    use_sft=True,
+    dataset_type="jsonl",
+    dataset_path=str(data),
+    eval_fraction=0.0,
+    max_target_length=256,
+    kd_teacher_max_target_length=128,
+  )
+  batch = next(input_pipeline.make_iterator(config, build_corpus(config), "train", 2))
+  s_tok, t_tok = HuggingFaceTokenizer(tokenizers["student"]), HuggingFaceTokenizer(str(teacher_tokenizer))
+  for row in range(2):
+    learned = [int(t) for t, m in zip(batch["targets"][row], batch["targets_segmentation"][row], strict=True) if m]
+    teacher = [int(t) for t, m in zip(batch["teacher_targets"][row], batch["teacher_targets_segmentation"][row], strict=True) if m]  # fmt: skip
+    # each packed conversation's assistant text ("Blue and red." and the template's end of turn)
+    assert s_tok.decode(learned).count("Blue and red.<|im_end|>\n") == int(np.max(batch["inputs_segmentation"][row]))
+    assert "Name colour" not in s_tok.decode(learned)
+    assert t_tok.decode(teacher).replace("<|im_end|>", "").count("Blue and red.") >= 1
+    assert "Name colour" not in t_tok.decode(teacher)

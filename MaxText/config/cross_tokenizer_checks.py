@@ -18,7 +18,6 @@ _REFUSED = {
   "kd_top_p": "pruning applies to one vocabulary; ULD and the shared-vocabulary KL use the whole distributions",
   "kd_use_hard_labels": "the teacher's argmax is a teacher id; kd_cross_tokenizer_loss chooses the term",
   "kd_vocab_size": "each model keeps its own vocabulary",
-  "use_sft": "conversations with an assistant mask on both streams are not built yet",
 }
 
 

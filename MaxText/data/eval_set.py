@@ -49,11 +49,13 @@ def _examples(config, corpus) -> list[dict]:
   examples = []
   for index in indices:
     tokens = split_corpus.encode(split_corpus.documents[int(index)])
-    if split_corpus.sft:
+    if split_corpus.two_stream:
+      length = input_pipeline.teacher_length(config)
+      examples.extend(
+        two_stream.TwoStreamWindows(config.max_target_length, length, 1, split_corpus.sft).flat_map(tokens)
+      )
+    elif split_corpus.sft:
       examples.append(tokens)
-    elif split_corpus.two_stream:
-      cut = two_stream.TwoStreamWindows(config.max_target_length, input_pipeline.teacher_length(config), 1)
-      examples.extend(cut.flat_map(tokens))
     else:
       examples.extend(input_pipeline._example(w) for w in input_pipeline.windows(tokens, config.max_target_length))
   return examples

@@ -191,7 +191,10 @@ class Corpus:
   def __init__(self, config, tokenizer: Tokenizer | None, teacher_tokenizer: Tokenizer | None = None):
     self.sft = config.use_sft
     self.two_stream = teacher_tokenizer is not None  # cross-tokenizer KD: data/two_stream.py
-    if self.sft:  # one example per conversation with its loss mask, rendered and tokenized up front
+    if self.sft and self.two_stream:  # conversations as rendered text and assistant ranges: data/two_stream.py
+      examples = sft.sft_texts(config, expand_paths(config.dataset_path))
+      self.documents = documents.InMemoryDocuments(examples, jax.process_index(), jax.process_count())
+    elif self.sft:  # one example per conversation with its loss mask, rendered and tokenized up front
       examples = sft.sft_examples(config, tokenizer, expand_paths(config.dataset_path))
       self.documents = documents.InMemoryDocuments(examples, jax.process_index(), jax.process_count())
     else:
@@ -256,7 +259,7 @@ def _documents(config, corpus: Corpus, split: str) -> grain.IterDataset:
     options = grain.MultiprocessingOptions(num_workers=config.grain_worker_count, per_worker_buffer_size=16)
     ds = ds.mp_prefetch(options)
   if corpus.two_stream:
-    cut = two_stream.TwoStreamWindows(config.max_target_length, teacher_length(config), len(indices))
+    cut = two_stream.TwoStreamWindows(config.max_target_length, teacher_length(config), len(indices), corpus.sft)
     ds = grain.experimental.FlatMapIterDataset(ds, cut)
   elif not corpus.sft:
     ds = grain.experimental.FlatMapIterDataset(ds, _Windows(config.max_target_length, len(indices)))

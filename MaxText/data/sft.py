@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from MaxText.config.errors import BadInputError, MissingFieldError
+from MaxText.config.errors import BadInputError, MissingFieldError, MissingFileError
 from MaxText.data import chat
 from MaxText.data.text_files import jsonl_fields, read_arrow, read_parquet
 
@@ -82,3 +82,39 @@ def sft_examples(config, tokenizer, files: list[str]) -> list[dict]:
   if not examples:
     raise BadInputError("dataset_path: no conversation has an assistant token within max_target_length")
   return examples
+
+
+def conversation_text(template: tuple[str, dict], messages: list[dict], completion_only: bool, where: str) -> dict:
+  """Cross-tokenizer KD's form of a conversation: {"text": its rendering, "trained": [n, 2] character
+  ranges whose tokens are targets}; each tokenizer then marks its own tokens inside them (data/two_stream.py).
+  An assistant turn's range is found as encode_conversation finds its tokens, on the rendered text."""
+  text = chat.render(*template, messages, add_generation_prompt=False)
+  if not completion_only:
+    return {"text": text, "trained": np.asarray([[0, len(text)]], np.int64)}
+  ranges = []
+  for i, message in enumerate(messages):
+    if message["role"] != "assistant":
+      continue
+    before = chat.render(*template, messages[:i], add_generation_prompt=True)
+    through = chat.render(*template, messages[: i + 1], add_generation_prompt=False)
+    if not (text.startswith(through) and through.startswith(before)):
+      raise BadInputError(
+        f"{where}: the chat template does not render message {i}'s prefix as a prefix of the conversation, "
+        "so its assistant text cannot be found (set sft_train_on_completion_only=false to train on all)"
+      )
+    ranges.append([len(before), len(through)])
+  return {"text": text, "trained": np.asarray(ranges, np.int64).reshape(-1, 2)}
+
+
+def sft_texts(config, files: list[str]) -> list[dict]:
+  """Every conversation as conversation_text gives it, rendered with the student tokenizer's chat template,
+  or the teacher's when the student's tokenizer has none (one trained here for the student has none)."""
+  try:
+    template = chat.read_chat_template(config.tokenizer_path)
+  except (BadInputError, MissingFileError):
+    template = chat.read_chat_template(config.kd_teacher_tokenizer_path)
+  completion_only = config.sft_train_on_completion_only
+  return [
+    conversation_text(template, messages, completion_only, f"dataset_path: conversation {index}")
+    for index, messages in enumerate(read_conversations(config, files))
+  ]

@@ -53,13 +53,29 @@ class TwoStreamEncode:
     self.lengths = [token_byte_lengths(t.to_json(), t.vocab_size) for t in (student_tokenizer, teacher_tokenizer)]
     self.add_bos, self.add_eos = add_bos, add_eos
 
-  def __call__(self, text):
+  def __call__(self, document):
+    """A text, or a conversation as data/sft.conversation_text gives it (then each side's tokens inside
+    its trained character ranges are marked, `s_trained` / `t_trained`)."""
+    conversation = isinstance(document, dict)
+    text = document["text"] if conversation else document
     if not isinstance(text, str):
       raise BadInputError("kd_teacher_tokenizer_path: cross-tokenizer KD reads text, not pre-tokenized records")
     char_bytes = np.fromiter((len(c.encode("utf-8")) for c in text), np.int64, len(text))
-    s_ids, s_spans = encode_with_spans(self.student, text, self.add_bos, self.add_eos, self.lengths[0], char_bytes)
-    t_ids, t_spans = encode_with_spans(self.teacher, text, self.add_bos, self.add_eos, self.lengths[1], char_bytes)
-    return {"s_ids": s_ids, "s_spans": s_spans, "t_ids": t_ids, "t_spans": t_spans}
+    # a conversation gets no BOS / EOS added (as in data/sft.py): its template wrote what it needs
+    bos, eos = (False, False) if conversation else (self.add_bos, self.add_eos)
+    s_ids, s_spans = encode_with_spans(self.student, text, bos, eos, self.lengths[0], char_bytes)
+    t_ids, t_spans = encode_with_spans(self.teacher, text, bos, eos, self.lengths[1], char_bytes)
+    doc = {"s_ids": s_ids, "s_spans": s_spans, "t_ids": t_ids, "t_spans": t_spans}
+    if conversation:
+      ranges = np.concatenate([[0], np.cumsum(char_bytes)])[document["trained"]].reshape(-1, 2)
+      doc["s_trained"], doc["t_trained"] = _inside(s_spans, ranges), _inside(t_spans, ranges)
+    return doc
+
+
+def _inside(spans: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+  """int32 [n]: 1 where a token's nonempty byte span lies inside one of the ranges."""
+  inside = (spans[:, None, 0] >= ranges[None, :, 0]) & (spans[:, None, 1] <= ranges[None, :, 1])
+  return (inside.any(axis=1) & (spans[:, 1] > spans[:, 0])).astype(np.int32)
 
 
 def _teacher_targets(t_spans: np.ndarray, first_char: int, last_char: int, limit: int) -> range:
@@ -98,7 +114,7 @@ def window_example(doc: dict, start: int, length: int, teacher_length: int) -> d
   fields["kd_bytes"] = (target_spans[:, 1] - target_spans[:, 0]).astype(np.int32)
   # no teacher text in this window (only special tokens): one placeholder pair, aligned with nothing
   teacher_tokens = t_ids[t_range.start - 1 : t_range.stop] if len(t_range) else np.zeros(2, np.int32)
-  return {
+  example = {
     "inputs": s_ids[start : stop - 1],
     "targets": s_ids[start + 1 : stop],
     **fields,
@@ -106,22 +122,35 @@ def window_example(doc: dict, start: int, length: int, teacher_length: int) -> d
     "teacher_targets": teacher_tokens[1:],
     "kd_teacher_aligned": teacher_aligned,
   }
+  if "s_trained" in doc:  # a conversation: only the assistant's text is learned and measured
+    example["targets_mask"] = doc["s_trained"][start + 1 : stop]
+    example["kd_aligned"] = example["kd_aligned"] * example["targets_mask"]
+    if len(t_range):
+      example["kd_teacher_aligned"] = teacher_aligned * doc["t_trained"][t_range.start : t_range.stop]
+  return example
 
 
 class TwoStreamWindows(grain.experimental.FlatMapTransform):
   """A document's windows of max_target_length student tokens, each with its teacher part."""
 
-  def __init__(self, length: int, teacher_length: int, num_documents: int):
+  def __init__(self, length: int, teacher_length: int, num_documents: int, sft: bool = False):
     self.length, self.teacher_length, self.num_documents = length, teacher_length, num_documents
+    self.sft = sft  # a conversation is one example, cut to its first window (as data/sft.py cuts it)
     self.max_fan_out = 1 << 20
     self._empty_in_a_row = 0
 
   def flat_map(self, doc):
     starts = range(0, len(doc["s_ids"]) - 1, self.length) if len(doc["s_ids"]) >= 2 else range(0)
-    self._empty_in_a_row = 0 if starts else self._empty_in_a_row + 1
+    examples = [
+      window_example(doc, start, self.length, self.teacher_length) for start in starts[: 1 if self.sft else None]
+    ]
+    if self.sft:  # nothing to learn from a conversation whose assistant text lies beyond the window
+      examples = [ex for ex in examples if ex["targets_mask"].any()]
+    self._empty_in_a_row = 0 if examples else self._empty_in_a_row + 1
     if self._empty_in_a_row > self.num_documents:
-      raise BadInputError(f"dataset_path: none of the {self.num_documents} documents yields two tokens")
-    return [window_example(doc, start, self.length, self.teacher_length) for start in starts]
+      what = "has an assistant token within max_target_length" if self.sft else "yields two tokens"
+      raise BadInputError(f"dataset_path: none of the {self.num_documents} documents {what}")
+    return examples
 
 
 def _row_starts(segment_ids: np.ndarray, positions: np.ndarray) -> dict[int, int]:
@@ -139,10 +168,10 @@ def _to_row_indices(example: dict) -> dict:
   return {**example, "kd_teacher_head": heads}
 
 
-def _padded(example: dict, length: int, teacher_length: int) -> dict:
+def _padded(example: dict, length: int, teacher_length: int, student_fields: tuple[str, ...]) -> dict:
   """One example per row (packing off): padded, with segment id 1 and positions on both streams."""
   out = {}
-  for names, size, prefix in ((STUDENT_FIELDS, length, "inputs"), (TEACHER_FIELDS, teacher_length, "teacher_inputs")):
+  for names, size, prefix in ((student_fields, length, "inputs"), (TEACHER_FIELDS, teacher_length, "teacher_inputs")):
     n = len(example[names[0]])
     for name in names:
       out[name] = np.pad(example[name], (0, size - n))
@@ -154,9 +183,10 @@ def _padded(example: dict, length: int, teacher_length: int) -> dict:
 def pack_rows(config, it_ds: grain.IterDataset, batch_size: int, teacher_length: int) -> grain.IterDataset:
   """Examples -> rows of both streams (packed together, or padded one per row)."""
   length = config.max_target_length
+  student_fields = STUDENT_FIELDS + (("targets_mask",) if config.use_sft else ())
   if not config.packing:
-    return it_ds.map(lambda ex: _padded(ex, length, teacher_length))
-  sizes = {**dict.fromkeys(STUDENT_FIELDS, length), **dict.fromkeys(TEACHER_FIELDS, teacher_length)}
+    return it_ds.map(lambda ex: _padded(ex, length, teacher_length, student_fields))
+  sizes = {**dict.fromkeys(student_fields, length), **dict.fromkeys(TEACHER_FIELDS, teacher_length)}
   packed = grain.experimental.FirstFitPackIterDataset(
     it_ds,
     length_struct=sizes,
@@ -171,12 +201,14 @@ def to_batch_names(batch: dict) -> dict:
   """MaxText's names for the student stream, teacher_* for the teacher's, the alignment fields as they are."""
   segmentation = batch["inputs_segment_ids"]
   teacher_segmentation = batch["teacher_inputs_segment_ids"]
+  # a conversation's target outside the assistant's turns is no target (segmentation 0), as in SFT
+  targets_segmentation = segmentation * batch["targets_mask"] if "targets_mask" in batch else segmentation
   return {
     "inputs": batch["inputs"],
     "inputs_position": batch["inputs_positions"],
     "inputs_segmentation": segmentation,
     "targets": batch["targets"],
-    "targets_segmentation": segmentation,
+    "targets_segmentation": targets_segmentation,
     "teacher_inputs": batch["teacher_inputs"],
     "teacher_inputs_position": batch["teacher_inputs_positions"],
     "teacher_inputs_segmentation": teacher_segmentation,

@@ -363,8 +363,11 @@ def test_conversations_mark_the_assistant_text_on_both_streams(tokenizers, tmp_p
   from tests.chat_files import chat_tokenizer_folder
 
   teacher_tokenizer = chat_tokenizer_folder(tmp_path / "chat", 300)
-  rows = [{"messages": [{"role": "user", "content": f"Name colour {i}."}, {"role": "assistant", "content": "Blue and red."}]}
-          for i in range(6)]  # fmt: skip
+  turns = lambda i: [
+    {"role": "user", "content": f"Name colour {i}."},
+    {"role": "assistant", "content": "Blue and red."},
+  ]
+  rows = [{"messages": turns(i)} for i in range(6)]
   data = tmp_path / "chats.jsonl"
   data.write_text("".join(json.dumps(r) + "\n" for r in rows))
   config = _config(
@@ -382,8 +385,8 @@ def test_conversations_mark_the_assistant_text_on_both_streams(tokenizers, tmp_p
   batch = next(input_pipeline.make_iterator(config, build_corpus(config), "train", 2))
   s_tok, t_tok = HuggingFaceTokenizer(tokenizers["student"]), HuggingFaceTokenizer(str(teacher_tokenizer))
   for row in range(2):
-    learned = [int(t) for t, m in zip(batch["targets"][row], batch["targets_segmentation"][row], strict=True) if m]
-    teacher = [int(t) for t, m in zip(batch["teacher_targets"][row], batch["teacher_targets_segmentation"][row], strict=True) if m]  # fmt: skip
+    learned = batch["targets"][row][batch["targets_segmentation"][row] > 0].tolist()
+    teacher = batch["teacher_targets"][row][batch["teacher_targets_segmentation"][row] > 0].tolist()
     # each packed conversation's assistant text ("Blue and red." and the template's end of turn)
     assert s_tok.decode(learned).count("Blue and red.<|im_end|>\n") == int(np.max(batch["inputs_segmentation"][row]))
     assert "Name colour" not in s_tok.decode(learned)

@@ -19,7 +19,7 @@ import numpy as np
 from MaxText.config.errors import ConfigError, UserError
 from MaxText.config.views import feature_alignment
 from MaxText.data import teacher_cache
-from MaxText.distill.teacher import abstract_teacher, cached_teacher
+from MaxText.distill.teacher import abstract_teacher, cached_teacher, cross_tokenizer_teacher
 from MaxText.model.attention import select_kernel
 from MaxText.model.params_io import abstract_with_shardings
 from MaxText.parallel import sharding
@@ -108,6 +108,12 @@ def _batch(config, mesh, global_batch: int) -> dict:
     batch["teacher_values"] = jax.ShapeDtypeStruct((*shape, k), value_dtype, sharding=spec)
     batch["teacher_ids"] = jax.ShapeDtypeStruct((*shape, k), jnp.int32, sharding=spec)
     batch["teacher_lse"] = jax.ShapeDtypeStruct((global_batch, len(temperatures), shape[1]), jnp.float32, sharding=spec)
+  if config.use_kd and config.kd_teacher_tokenizer_path:  # the teacher's own token stream and the alignment
+    teacher_shape = (global_batch, config.kd_teacher_max_target_length or config.max_target_length)
+    for key in BATCH_KEYS:
+      batch[f"teacher_{key}"] = jax.ShapeDtypeStruct(teacher_shape, jnp.int32, sharding=spec)
+    for key in ("kd_head", "kd_teacher_head", "kd_single", "kd_aligned", "kd_bytes"):
+      batch[key] = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=spec)
   return batch
 
 
@@ -118,7 +124,10 @@ def _teacher(config, mesh):
   if config.kd_offline_data_dir:
     index = teacher_cache.lse_index(teacher_cache.temperatures(config), config)
     return cached_teacher(config, index), None
-  source, abstract_params = abstract_teacher(config, mesh)
+  if config.kd_teacher_tokenizer_path:  # reads the two tokenizers (the vocabulary maps), no weights
+    source, abstract_params = cross_tokenizer_teacher(config, mesh)
+  else:
+    source, abstract_params = abstract_teacher(config, mesh)
   return source, abstract_with_shardings(abstract_params, source.param_shardings)
 
 

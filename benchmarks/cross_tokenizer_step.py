@@ -13,6 +13,11 @@ teacher folder). The student has quickstart/cross_tokenizer_study.py's shape (4 
 Each program's step is timed alone (dispatch to result ready); the table gives each repeat's median over
 steps skip+1 .. steps and the ratios to the same-tokenizer step; repeats alternate the programs, so a
 shared machine's drifts hit all alike.
+
+  .venv/bin/python benchmarks/cross_tokenizer_step.py --uld_only
+
+times ULD alone (value and gradient, 512 rows, student 4,096 against teacher 49,152 logits): a full float
+sort of both sides, the top-min(Vs, Vt) form the loss uses, and that form on one row in eight.
 """
 
 from __future__ import annotations
@@ -87,14 +92,52 @@ def timed_steps(prog: dict, steps: int) -> list[float]:
   return times
 
 
+def uld_only(repeats: int) -> None:
+  import jax.numpy as jnp
+  import numpy as np
+
+  from MaxText.losses.cross_vocab import uld_distance, uld_where_needed
+  from MaxText.losses.targets import _teacher_probs
+
+  rng = np.random.default_rng(0)
+  s = jnp.asarray(rng.normal(size=(512, 4096)), jnp.float32)
+  t = jnp.asarray(rng.normal(size=(512, 49152)) * 3, jnp.float32)
+  needed = jnp.asarray(rng.random(512) < 0.125)
+
+  def full_sort(x, y):
+    q, p = jax.nn.softmax(x, axis=-1), _teacher_probs(y, 1.0)[0]
+    qs, ps = -jnp.sort(-q, axis=-1), -jnp.sort(-p, axis=-1)
+    return jnp.sum(jnp.abs(ps[:, : qs.shape[1]] - qs), axis=-1) + jnp.sum(ps[:, qs.shape[1] :], axis=-1)
+
+  forms = {
+    "full float sort": full_sort,
+    "top-min(Vs, Vt)": lambda x, y: uld_distance(x, y, 1.0),
+    "1 row in 8": lambda x, y: uld_where_needed(x, y, 1.0, needed),
+  }
+  grads = {name: jax.jit(jax.grad(lambda x, y, f=f: f(x, y).sum())) for name, f in forms.items()}
+  for g in grads.values():
+    jax.block_until_ready(g(s, t))
+  for repeat in range(repeats):
+    cells = []
+    for name, g in grads.items():
+      start = time.perf_counter()
+      jax.block_until_ready(g(s, t))
+      cells.append(f"{name} {time.perf_counter() - start:.3f} s")
+    print(f"repeat {repeat + 1}: " + " | ".join(cells))
+
+
 def main() -> None:
   parser = argparse.ArgumentParser()
-  parser.add_argument("--teacher_tokenizer", required=True)
-  parser.add_argument("--student_tokenizer", required=True)
+  parser.add_argument("--uld_only", action="store_true")
+  parser.add_argument("--teacher_tokenizer", default="")
+  parser.add_argument("--student_tokenizer", default="")
   parser.add_argument("--steps", type=int, default=12)
   parser.add_argument("--skip", type=int, default=2)
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
+  if args.uld_only:
+    uld_only(args.repeats)
+    return
   hf = {"tokenizer_type": "huggingface"}
   own = {**hf, "tokenizer_path": args.student_tokenizer, "vocab_size": 4096}
   own.update(kd_teacher_tokenizer_path=args.teacher_tokenizer, kd_teacher_max_target_length=192)

@@ -89,6 +89,38 @@ def test_byte_spans_split_a_multibyte_character_over_its_tokens(tokenizers):
   np.testing.assert_array_equal(spans_b[:, 1] - spans_b[:, 0], lengths[np.asarray(ids)])
 
 
+def test_groups_of_real_tokenizations_cover_the_same_bytes_on_both_sides(tokenizers, tmp_path):
+  """Whitespace runs, tabs and newlines, multi-byte characters and a special token one side has: every
+  group's tokens spell the same bytes on both sides, and those bytes are the text's at the group's span."""
+  from tokenizers import Tokenizer
+
+  from MaxText.data.two_stream import TwoStreamEncode
+  from tests.chat_files import chat_tokenizer_folder
+
+  student = HuggingFaceTokenizer(tokenizers["student"])
+  teacher = HuggingFaceTokenizer(str(chat_tokenizer_folder(tmp_path / "chat", 300)))
+  teacher_text = lambda ids: Tokenizer.from_file(str(tmp_path / "chat" / "tokenizer.json")).decode(
+    ids, skip_special_tokens=False
+  )
+  text = "To be,  or not\tto be:\n\n  that is the question. Où est l'été? 😀 ok<|im_end|>\nFin"
+  doc = TwoStreamEncode(student, teacher, False, False)(text)
+  groups = align(doc["s_spans"].tolist(), doc["t_spans"].tolist())
+  data = text.encode()
+  spelled = lambda tok, ids: b"".join(tok.decode([int(i)]).encode() for i in ids)
+  covered = 0
+  for group in groups:
+    s_span, t_span = doc["s_spans"][list(group.student)], doc["t_spans"][list(group.teacher)]
+    assert s_span[0, 0] == t_span[0, 0] and s_span[-1, 1] == t_span[-1, 1]
+    piece = data[s_span[0, 0] : s_span[-1, 1]]
+    if "\ufffd" not in student.decode(doc["s_ids"][list(group.student)].tolist()):  # whole characters
+      assert spelled(student, doc["s_ids"][list(group.student)]) == piece
+      assert teacher_text(doc["t_ids"][list(group.teacher)].tolist()).encode() == piece
+    covered += len(piece)
+  assert covered > 0.9 * len(data)  # nearly all the text is aligned
+  special = teacher.encode("<|im_end|>")
+  assert len(special) == 1 and special[0] in doc["t_ids"]  # one teacher token, several student ones
+
+
 def test_vocabulary_maps_pair_equal_strings_and_project_the_rest(tokenizers):
   s_tok, t_tok = HuggingFaceTokenizer(tokenizers["student"]), HuggingFaceTokenizer(tokenizers["teacher"])
   s2t = student_to_teacher(s_tok.to_json(), t_tok.to_json(), s_tok.vocab_size)

@@ -7,9 +7,9 @@ small student with its own 4,096-token BPE trained here on the study's corpus.
 at equal steps, seed and data order on the main job's two-domain text corpus (Shakespeare and Python's
 standard-library docstrings): CE only (kd_alpha=0: the teacher runs for the metrics only, the update is
 exactly CE's), ULD, and the span-aligned mix (gold). Each is scored on both held-out domains by eval_only
-with the teacher: bits per byte of the aligned text for student and teacher, and the aligned shares. A
-fourth, short run distills the same student shape with the teacher's own tokenizer (one tokenizer, today's
-KD) for the step-cost comparison. Results -> OUT/results.json and OUT/results.md.
+with the teacher: bits per byte of the aligned text for student and teacher, and the aligned shares.
+Results -> OUT/results.json (each eval also in OUT/eval/<arm>_<domain>.json: a rerun reuses it). The
+step's cost against a same-tokenizer KD step is benchmarks/cross_tokenizer_step.py's.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--length", type=int, default=128)
   parser.add_argument("--eval_steps", type=int, default=8)
+  parser.add_argument("--arms", default=",".join(ARMS), help="which of " + ", ".join(ARMS))
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
   log = os.path.join(args.out, "log.txt")
@@ -71,11 +72,12 @@ def main() -> None:
     f"kd_teacher_parameters_path={args.teacher}",
     f"kd_teacher_overrides={teacher_keys(args.teacher)[0]}",
   ]
-  common += [f"kd_teacher_max_target_length={args.length + args.length // 2}", "kd_alpha=0.5", "kd_temperature=1.0"]
+  common += ["kd_alpha=0.5", "kd_temperature=1.0"]
   cross = ["tokenizer_type=huggingface", f"tokenizer_path={tokenizer}", "vocab_size=4096", *STUDENT]
-  cross += [f"kd_teacher_tokenizer_path={args.teacher}"]
+  cross += [f"kd_teacher_tokenizer_path={args.teacher}", f"kd_teacher_max_target_length={args.length * 3 // 2}"]
   results = {}
-  for arm, keys in ARMS.items():
+  for arm in args.arms.split(","):
+    keys = ARMS[arm]
     run_dir = os.path.join(args.out, "runs", arm)
     if not os.path.isdir(os.path.join(run_dir, "checkpoints", str(args.steps))):
       out = run([PY, "MaxText/train.py", *common, *cross, *keys, f"run_name={arm}",
@@ -85,20 +87,20 @@ def main() -> None:
       print(out.strip().splitlines()[-1], flush=True)
     results[arm] = {"tokens_per_s_after_compile": speeds(run_dir)}
     for domain in DOMAINS:
+      saved = os.path.join(args.out, "eval", f"{arm}_{domain}.json")
+      if os.path.isfile(saved):
+        with open(saved, encoding="utf-8") as f:
+          results[arm][domain] = json.load(f)
+        continue
       out = run([PY, "MaxText/train.py", *common, *cross, *keys, "eval_only=true",
                  f"load_parameters_path={os.path.join(run_dir, 'checkpoints', str(args.steps))}",
                  f"base_output_directory={os.path.join(args.out, 'eval')}", f"run_name={arm}_{domain}",
                  f"dataset_path={folders['train']}", f"eval_dataset_path={folders['heldout_' + domain]}",
                  f"eval_steps={args.eval_steps}", "eval_sampling=spread"], log)  # fmt: skip
       results[arm][domain] = parse_eval(out)
+      with open(saved, "w", encoding="utf-8") as f:
+        json.dump(results[arm][domain], f)
       print(arm, domain, results[arm][domain], flush=True)
-  same_dir = os.path.join(args.out, "runs", "same_tokenizer")
-  if not os.path.isdir(same_dir):
-    same = ["tokenizer_type=huggingface", f"tokenizer_path={args.teacher}", "vocab_size=49152", *STUDENT]
-    run([PY, "MaxText/train.py", *common, *same, "run_name=same_tokenizer", f"dataset_path={folders['train']}",
-         f"base_output_directory={os.path.join(args.out, 'runs')}", "eval_fraction=0.0", "steps=30",
-         "log_period=10", "enable_checkpointing=false"], log)  # fmt: skip
-  results["same_tokenizer"] = {"tokens_per_s_after_compile": speeds(same_dir)}
   with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
     json.dump(results, f, indent=1)
   print(json.dumps(results, indent=1))

@@ -97,7 +97,7 @@ def uld_only(repeats: int) -> None:
   import numpy as np
 
   from MaxText.losses.cross_vocab import uld_distance, uld_where_needed
-  from MaxText.losses.targets import _teacher_probs
+  from MaxText.losses.targets import teacher_probs
 
   rng = np.random.default_rng(0)
   s = jnp.asarray(rng.normal(size=(512, 4096)), jnp.float32)
@@ -105,7 +105,7 @@ def uld_only(repeats: int) -> None:
   needed = jnp.asarray(rng.random(512) < 0.125)
 
   def full_sort(x, y):
-    q, p = jax.nn.softmax(x, axis=-1), _teacher_probs(y, 1.0)[0]
+    q, p = jax.nn.softmax(x, axis=-1), teacher_probs(y, 1.0)[0]
     qs, ps = -jnp.sort(-q, axis=-1), -jnp.sort(-p, axis=-1)
     return jnp.sum(jnp.abs(ps[:, : qs.shape[1]] - qs), axis=-1) + jnp.sum(ps[:, qs.shape[1] :], axis=-1)
 

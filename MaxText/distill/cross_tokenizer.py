@@ -29,8 +29,9 @@ import numpy as np
 
 from MaxText.distill.sources import TeacherInputs
 from MaxText.losses.cross_entropy import cross_entropy_with_logits, project_logits
-from MaxText.losses.cross_vocab import projected_target, shared_mass, uld_where_needed
+from MaxText.losses.cross_vocab import projected_from_probs, projected_target, shared_mass, uld_where_needed
 from MaxText.losses.divergences import kd_divergence
+from MaxText.losses.targets import teacher_probs
 from MaxText.model import decoder
 
 
@@ -88,13 +89,14 @@ class CrossTokenizerChunk:
     return projected_target(self.logits_NxV, self.teacher_to_student_V, self.student_to_teacher_V.shape[0], 1.0)
 
   def divergence(self, student_logits_NxV, temperature):
-    """(per-token term, the teacher's mass on strings both vocabularies hold)."""
+    """(per-token term, the teacher's mass at T on strings both vocabularies hold)."""
     head_N = self.xs["kd_head"].astype(jnp.float32)
-    kept_N = shared_mass(self.logits_NxV, self.teacher_to_student_V, self.student_to_teacher_V)
-    uld = lambda needed_N: uld_where_needed(student_logits_NxV, self.logits_NxV, temperature, needed_N > 0)
+    p_NxVt, _ = teacher_probs(self.logits_NxV, temperature)  # once, for every term below
+    kept_N = shared_mass(p_NxVt, self.teacher_to_student_V, self.student_to_teacher_V)
+    uld = lambda needed_N: uld_where_needed(student_logits_NxV, p_NxVt, temperature, needed_N > 0)
     if self.loss == "uld":
       return uld(head_N), kept_N
-    target = projected_target(self.logits_NxV, self.teacher_to_student_V, student_logits_NxV.shape[-1], temperature)
+    target = projected_from_probs(p_NxVt, self.teacher_to_student_V, student_logits_NxV.shape[-1])
     exact_N = self.exact_N * head_N
     kl_N = jnp.where(exact_N > 0, kd_divergence(student_logits_NxV, target, temperature), 0.0)
     return self.exact_weight * exact_N * kl_N + self.uld_weight * uld(head_N * (1.0 - exact_N)), kept_N
@@ -127,16 +129,22 @@ class CrossTokenizerTeacher:
   chunk_size: int = 0
   in_eval: bool = True
 
-  def inputs(self, teacher_params, batch: dict, features: str | None) -> TeacherInputs:
+  takes_diagnose = True  # objective.py passes whether this step computes diagnostics (the teacher's nats)
+
+  def inputs(self, teacher_params, batch: dict, features: str | None, diagnose=True) -> TeacherInputs:
+    """`diagnose` (a traced bool or True): the teacher's own loss over its aligned text, for bits per byte,
+    costs a projection of every teacher token onto its vocabulary; steps whose metrics are not logged skip it."""
     del features  # refused with another tokenizer (config checks)
     model = decoder.bind(self.graphdef, jax.lax.stop_gradient(teacher_params))
     hidden_BxLtxD = jax.lax.stop_gradient(decoder.run_on_batch(model, _teacher_stream(batch)).hidden_BxLxD)
     heads_BxLs = batch["kd_teacher_head"]
     at_heads = jnp.take_along_axis(hidden_BxLtxD, heads_BxLs[..., None], axis=1)
     w_DxV = model.output_matrix_DxV()
-    row_nats_B = _aligned_nats_per_row(
+    nats = lambda: _aligned_nats_per_row(
       hidden_BxLtxD, w_DxV, batch["teacher_targets"], batch["teacher_targets_segmentation"] > 0, self.chunk_size
     )
+    skipped = lambda: jnp.zeros(hidden_BxLtxD.shape[:1], jnp.float32)
+    row_nats_B = nats() if diagnose is True else jax.lax.cond(diagnose, nats, skipped)
     # the row's teacher nats ride on its first student token (every row's first token is a real target)
     row_nats_BxLs = jnp.zeros(heads_BxLs.shape, jnp.float32).at[:, 0].set(row_nats_B)
     per_token = {

@@ -54,11 +54,15 @@ def make_loss_fn(
     if source is None:
       ce = lambda sums: sums["ce_sum"] + sums["z_loss_sum"]
       return chunked_loss(chunk_fn, per_token, shared, config.loss_chunk_size, ce)
-    teacher_inputs = source.inputs(teacher, batch, features)
+    diagnose = True if diagnose_every_step else is_logged_step(config, step)
+    if getattr(source, "takes_diagnose", False):  # a source with diagnostics of its own to skip (cross_tokenizer.py)
+      teacher_inputs = source.inputs(teacher, batch, features, diagnose=diagnose)
+    else:
+      teacher_inputs = source.inputs(teacher, batch, features)
     per_token.update(teacher_inputs.per_token)
     shared.update(teacher_inputs.shared, alpha=alpha_at(config, step), temperature=temperature_at(config, step))
     if not diagnose_every_step:
-      shared["diagnose"] = is_logged_step(config, step)
+      shared["diagnose"] = diagnose
     total, sums = chunked_loss(chunk_fn, per_token, shared, config.loss_chunk_size, lambda s: s["total_loss_sum"])
     if with_features:
       projection = trainables["kd_head"][PROJECTION] if alignment.projection_shape else None

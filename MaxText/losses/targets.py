@@ -122,7 +122,7 @@ class TeacherTarget(NamedTuple):
   support_NxV: jax.Array | None = None  # 1.0 on the kept tokens when the target is renormalised over them
 
 
-def _teacher_probs(teacher_logits_NxV, temperature):
+def teacher_probs(teacher_logits_NxV, temperature):
   """(probs, log-probs) at T with one exp pass."""
   x = jax.lax.stop_gradient(teacher_logits_NxV).astype(jnp.float32) / temperature
   shifted = x - jnp.max(x, axis=-1, keepdims=True)
@@ -139,7 +139,7 @@ def bucket_target(kept_NxV, p_NxV, logp_NxV, other_mass_N, mass_kept_N) -> Teach
 
 def teacher_target(teacher_logits_NxV, temperature, top_k=None, top_p=None, use_other_bucket=False) -> TeacherTarget:
   """The teacher's (pruned, renormalised or OTHER-bucketed) target distribution at temperature T."""
-  t_p, t_logp = _teacher_probs(teacher_logits_NxV, temperature)
+  t_p, t_logp = teacher_probs(teacher_logits_NxV, temperature)
   return pruned_target(t_p, t_logp, jax.lax.stop_gradient(teacher_logits_NxV), top_k, top_p, use_other_bucket)
 
 
@@ -168,7 +168,7 @@ def mixture_probs(teacher_logits, weights, temperature):
 
   The logs come from a log-sum-exp over the teachers, so tokens whose mixture probability underflows
   keep a finite, exact log."""
-  parts = [_teacher_probs(z, temperature) for z in teacher_logits]
+  parts = [teacher_probs(z, temperature) for z in teacher_logits]
   probs = sum(w * p for w, (p, _) in zip(weights, parts, strict=True))
   log_weighted = jnp.stack([jnp.log(jnp.float32(w)) + logp for w, (_, logp) in zip(weights, parts, strict=True)])
   return probs, jnp.maximum(jax.nn.logsumexp(log_weighted, axis=0), FLOAT_MIN)

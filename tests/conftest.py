@@ -65,6 +65,7 @@ LONGEST_FILES = (
   "test_gguf.py",
   "test_smollm2_study.py",
   "test_train.py",
+  "test_cross_tokenizer.py",
   "test_streaming.py",
   "test_train_compile.py",
   "test_kd_train.py",

@@ -273,7 +273,11 @@ def test_gold_mixes_kl_at_exact_heads_uld_elsewhere_and_nothing_off_heads():
 
 
 def _config(tokenizers, tmp_path, **extra):
+  from MaxText.data.input_pipeline import shakespeare_files
+
   values = {
+    "dataset_path": ",".join(shakespeare_files()[:3]),
+    "data_shuffle_buffer_size": 256,
     "model_name": "tiny",
     "dtype": "float32",
     "max_target_length": 32,

@@ -134,19 +134,20 @@ def byte_spans(char_spans: np.ndarray, ids: np.ndarray, char_bytes: np.ndarray, 
   tokens' own byte lengths, so each token gets its own bytes and the run stays contiguous."""
   cumulative = np.concatenate([[0], np.cumsum(char_bytes)]).astype(np.int64)
   spans = cumulative[char_spans]
-  n = len(spans)
+  repeats = np.flatnonzero((char_spans[1:] == char_spans[:-1]).all(axis=1) & (char_spans[1:, 1] > char_spans[1:, 0]))
   i = 0
-  while i < n:
-    j = i + 1
-    while j < n and (char_spans[j] == char_spans[i]).all() and char_spans[i, 1] > char_spans[i, 0]:
+  for k in repeats:  # few: only where a character is split; each run handled once from its first token
+    if k < i:
+      continue
+    j = k + 1
+    while j + 1 < len(spans) and (char_spans[j + 1] == char_spans[k]).all():
       j += 1
-    if j - i > 1:  # tokens i .. j-1 share one character span
-      start, end = spans[i, 0], spans[i, 1]
-      ends = np.minimum(start + np.cumsum(np.maximum(lengths[ids[i:j]], 1)), end)
-      ends[-1] = end
-      spans[i:j, 0] = np.concatenate([[start], ends[:-1]])
-      spans[i:j, 1] = ends
-    i = j
+    start, end = spans[k, 0], spans[k, 1]  # tokens k .. j share one character span
+    ends = np.minimum(start + np.cumsum(np.maximum(lengths[ids[k : j + 1]], 1)), end)
+    ends[-1] = end
+    spans[k : j + 1, 0] = np.concatenate([[start], ends[:-1]])
+    spans[k : j + 1, 1] = ends
+    i = j + 1
   return spans.astype(np.int32)
 
 

@@ -39,6 +39,12 @@ def encode_with_spans(tokenizer, text: str, add_bos: bool, add_eos: bool, length
   return ids, byte_spans(np.asarray(spans, np.int64).reshape(-1, 2), ids, char_bytes, lengths)
 
 
+def utf8_lengths(text: str) -> np.ndarray:
+  """int64 [len(text)]: each character's UTF-8 length, from its code point (no loop over characters)."""
+  points = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), np.uint32)
+  return 1 + (points >= 0x80) + (points >= 0x800) + (points >= 0x10000).astype(np.int64)
+
+
 class TwoStreamEncode:
   """Text -> both tokenizations with byte spans. Runs in the Grain workers."""
 
@@ -60,12 +66,13 @@ class TwoStreamEncode:
     text = document["text"] if conversation else document
     if not isinstance(text, str):
       raise BadInputError("kd_teacher_tokenizer_path: cross-tokenizer KD reads text, not pre-tokenized records")
-    char_bytes = np.fromiter((len(c.encode("utf-8")) for c in text), np.int64, len(text))
+    char_bytes = utf8_lengths(text)
     # a conversation gets no BOS / EOS added (as in data/sft.py): its template wrote what it needs
     bos, eos = (False, False) if conversation else (self.add_bos, self.add_eos)
     s_ids, s_spans = encode_with_spans(self.student, text, bos, eos, self.lengths[0], char_bytes)
     t_ids, t_spans = encode_with_spans(self.teacher, text, bos, eos, self.lengths[1], char_bytes)
     doc = {"s_ids": s_ids, "s_spans": s_spans, "t_ids": t_ids, "t_spans": t_spans}
+    doc["t_bounds"] = np.ascontiguousarray(t_spans.T)  # starts and ends as rows: binary searches per window
     if conversation:
       ranges = np.concatenate([[0], np.cumsum(char_bytes)])[document["trained"]].reshape(-1, 2)
       doc["s_trained"], doc["t_trained"] = _inside(s_spans, ranges), _inside(t_spans, ranges)
@@ -78,15 +85,13 @@ def _inside(spans: np.ndarray, ranges: np.ndarray) -> np.ndarray:
   return (inside.any(axis=1) & (spans[:, 1] > spans[:, 0])).astype(np.int32)
 
 
-def _teacher_targets(t_spans: np.ndarray, first_char: int, last_char: int, limit: int) -> range:
-  """Teacher target indices (>= 1: index 0 has no context) whose characters lie in [first_char, last_char)."""
-  nonempty = t_spans[:, 1] > t_spans[:, 0]
-  inside = nonempty & (t_spans[:, 0] >= first_char) & (t_spans[:, 1] <= last_char)
-  inside[0] = False
-  found = np.flatnonzero(inside)
-  if len(found) == 0:
-    return range(0)
-  return range(int(found[0]), min(int(found[-1]) + 1, int(found[0]) + limit))
+def _teacher_targets(t_spans: np.ndarray, first_byte: int, last_byte: int, limit: int) -> range:
+  """Teacher target indices (>= 1: index 0 has no context) whose bytes lie in [first_byte, last_byte).
+  Spans run in text order, so two binary searches find them (`t_spans`: the starts and the ends, each
+  a contiguous row, as TwoStreamEncode keeps them)."""
+  first = max(1, int(np.searchsorted(t_spans[0], t_spans.dtype.type(first_byte), side="left")))
+  stop = int(np.searchsorted(t_spans[1], t_spans.dtype.type(last_byte), side="right"))
+  return range(first, min(stop, first + limit)) if stop > first else range(0)
 
 
 def window_example(doc: dict, start: int, length: int, teacher_length: int) -> dict:
@@ -99,7 +104,7 @@ def window_example(doc: dict, start: int, length: int, teacher_length: int) -> d
   t_range = range(0)
   if nonempty.any():
     first, last = int(target_spans[nonempty, 0].min()), int(target_spans[:, 1].max())
-    t_range = _teacher_targets(t_spans, first, last, teacher_length)
+    t_range = _teacher_targets(doc["t_bounds"], first, last, teacher_length)
   n_s, n_t = len(s_targets), max(len(t_range), 1)
   fields = {name: np.zeros(n_s, np.int32) for name in STUDENT_FIELDS[2:]}
   teacher_aligned = np.zeros(n_t, np.int32)

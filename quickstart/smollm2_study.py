@@ -298,18 +298,26 @@ def eval_batches(args, dataset: str, sft: bool) -> list[dict]:
   return eval_set.build(config, build_corpus(config), args.batch).batches
 
 
-def score(models: dict[str, tuple[Evaluator, str]], teacher: tuple[Evaluator, str], batches: list[dict]) -> dict:
-  """{model: {"loss", "kl", "top1"}} on `batches`, token-weighted; the teacher's logits computed once per batch."""
+def score(models: dict, teacher: tuple, batches: list[dict], label: str = "") -> dict:
+  """{model: {"loss", "kl", "top1"}} on `batches`, token-weighted; the teacher's logits computed once per batch.
+  With a `label`, a console line per batch says how far the pass is (the stage runs for minutes)."""
+  import jax
   import jax.numpy as jnp
 
   teacher_eval, teacher_params = teacher[0], teacher[0].load(teacher[1])
   loaded = {name: (ev, ev.load(ckpt)) for name, (ev, ckpt) in models.items()}
   totals = {name: 0.0 for name in loaded}
-  for batch in batches:
+  started = time.perf_counter()
+  for index, batch in enumerate(batches):
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
     reference = teacher_eval.logits(teacher_params, batch)
     for name, (ev, params) in loaded.items():
       totals[name] = totals[name] + ev.sums(params, reference, batch)
+    if label:
+      jax.block_until_ready(totals)
+      elapsed = time.perf_counter() - started
+      eta = elapsed / (index + 1) * (len(batches) - index - 1)
+      print(f"  evaluate {label}: batch {index + 1}/{len(batches)}, {len(loaded)} models | ETA {eta:,.0f}s", flush=True)
   return {name: dict(zip(("loss", "kl", "top1"), map(float, t[:3] / t[3]), strict=True)) for name, t in totals.items()}
 
 
@@ -324,16 +332,16 @@ def evaluate(args, pruned: dict[str, str], runs: dict[str, tuple[str, str]]) -> 
   models.update({name: (evaluators[a], params_io.latest_step_dir(d)) for name, (a, d) in runs.items()})
   teacher = (teacher_eval, args.teacher)
   conv = eval_batches(args, f"{args.conversations}/heldout-*.parquet", sft=True)
-  results = {name: {"conversations": r} for name, r in score(models, teacher, conv).items()}
+  results = {name: {"conversations": r} for name, r in score(models, teacher, conv, "conversations").items()}
   for domain in DOMAINS:
     text = eval_batches(args, args.folders[f"heldout_{domain}"], sft=False)
-    for name, r in score(models, teacher, text).items():
+    for name, r in score(models, teacher, text, f"held-out {domain}").items():
       results[name][domain] = r["loss"]
   curves = {}
   for name, (amount, run_dir) in runs.items():
     steps = sorted(int(n) for n in os.listdir(os.path.join(run_dir, "checkpoints")) if n.isdigit())
     saved = {str(s): (evaluators[amount], os.path.join(run_dir, "checkpoints", str(s))) for s in steps}
-    curves[name] = [{"step": int(s), **r} for s, r in score(saved, teacher, conv).items()]
+    curves[name] = [{"step": int(s), **r} for s, r in score(saved, teacher, conv, f"{name}'s saved steps").items()]
   return results, curves
 
 

@@ -107,4 +107,9 @@ def build(config, corpus, local_batch: int) -> EvalSet:
 def _empty_batch(config, local_batch: int) -> dict:
   shape = (local_batch, config.max_target_length)
   names = ("inputs", "inputs_position", "inputs_segmentation", "targets", "targets_segmentation")
-  return {name: np.zeros(shape, np.int32) for name in names}
+  batch = {name: np.zeros(shape, np.int32) for name in names}
+  if config.use_kd and config.kd_teacher_tokenizer_path:  # cross-tokenizer KD: the teacher stream, no heads
+    teacher_shape = (local_batch, input_pipeline.teacher_length(config))
+    batch.update({f"teacher_{name}": np.zeros(teacher_shape, np.int32) for name in names})
+    batch.update({name: np.zeros(shape, np.int32) for name in two_stream.STUDENT_FIELDS[2:]})
+  return batch

@@ -56,6 +56,7 @@ def main() -> None:
   parser.add_argument("--length", type=int, default=128)
   parser.add_argument("--eval_steps", type=int, default=8)
   parser.add_argument("--arms", default=",".join(ARMS), help="which of " + ", ".join(ARMS))
+  parser.add_argument("--conversations", default="", help="parquet glob of the teacher's conversations to score too")
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
   log = os.path.join(args.out, "log.txt")
@@ -86,7 +87,12 @@ def main() -> None:
                  f"checkpoint_period={args.steps}"], log)  # fmt: skip
       print(out.strip().splitlines()[-1], flush=True)
     results[arm] = {"tokens_per_s_after_compile": speeds(run_dir)}
-    for domain in DOMAINS:
+    held_out = {d: [f"dataset_path={folders['train']}", f"eval_dataset_path={folders['heldout_' + d]}",
+                    f"eval_steps={args.eval_steps}"] for d in DOMAINS}  # fmt: skip
+    if args.conversations:  # every conversation, assistant tokens only, rendered with the teacher's template
+      held_out["conversations"] = ["use_sft=true", "dataset_type=parquet", f"dataset_path={args.conversations}",
+                                   "eval_fraction=1.0", "eval_steps=-1"]  # fmt: skip
+    for domain, data_keys in held_out.items():
       saved = os.path.join(args.out, "eval", f"{arm}_{domain}.json")
       if os.path.isfile(saved):
         with open(saved, encoding="utf-8") as f:
@@ -95,8 +101,7 @@ def main() -> None:
       out = run([PY, "MaxText/train.py", *common, *cross, *keys, "eval_only=true",
                  f"load_parameters_path={os.path.join(run_dir, 'checkpoints', str(args.steps))}",
                  f"base_output_directory={os.path.join(args.out, 'eval')}", f"run_name={arm}_{domain}",
-                 f"dataset_path={folders['train']}", f"eval_dataset_path={folders['heldout_' + domain]}",
-                 f"eval_steps={args.eval_steps}", "eval_sampling=spread"], log)  # fmt: skip
+                 *data_keys, "eval_sampling=spread"], log)  # fmt: skip
       results[arm][domain] = parse_eval(out)
       with open(saved, "w", encoding="utf-8") as f:
         json.dump(results[arm][domain], f)

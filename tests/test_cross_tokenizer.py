@@ -221,6 +221,16 @@ def test_projected_target_against_float64():
   assert float(jnp.max(target.log_target_NxV[:, 5])) < -1e30  # no teacher token maps to student id 5
 
 
+def test_a_rows_teacher_loss_sits_on_its_first_weighted_target():
+  """Conversations weigh their first tokens 0; the row's teacher nats (for bits per byte) must not be lost."""
+  from MaxText.distill.cross_tokenizer import _on_first_target
+
+  segmentation = jnp.asarray([[0, 0, 1, 1], [1, 1, 2, 0], [0, 0, 0, 0]])
+  placed = _on_first_target(jnp.asarray([5.0, 7.0, 9.0]), segmentation)
+  np.testing.assert_array_equal(np.asarray(placed), [[0, 0, 5, 0], [7, 0, 0, 0], [9, 0, 0, 0]])
+  assert float(jnp.sum(placed * (segmentation > 0))) == 12.0  # the empty row's value has no target to sit on
+
+
 def _chunk(student_logits_shape, teacher_logits, s2t, t2s, targets, teacher_targets, single, head, loss="gold"):
   n = student_logits_shape[0]
   xs = {

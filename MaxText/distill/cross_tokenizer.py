@@ -59,6 +59,16 @@ def _aligned_nats_per_row(hidden_BxLxD, w_DxV, targets_BxL, aligned_BxL, chunk: 
   return jnp.sum(per_token * aligned_BxL, axis=-1)
 
 
+def _on_first_target(row_values_B: jax.Array, targets_segmentation_BxL: jax.Array) -> jax.Array:
+  """[B, L]: each row's value at its first student target that carries weight, 0 elsewhere. Per-token sums
+  are weighted by targets_segmentation, so a row value must sit on a weighted token: in a conversation
+  the first tokens (system prompt, user turn) weigh 0. A row without targets keeps nothing; its teacher
+  side is masked the same way (data/two_stream.py), so there is nothing to keep."""
+  first_B = jnp.argmax(targets_segmentation_BxL > 0, axis=1)
+  rows_B = jnp.arange(row_values_B.shape[0])
+  return jnp.zeros(targets_segmentation_BxL.shape, jnp.float32).at[rows_B, first_B].set(row_values_B)
+
+
 @dataclasses.dataclass(frozen=True)
 class CrossTokenizerChunk:
   logits_NxV: jax.Array  # the teacher's at each head (its own vocabulary), float32, no gradient
@@ -145,8 +155,7 @@ class CrossTokenizerTeacher:
     )
     skipped = lambda: jnp.zeros(hidden_BxLtxD.shape[:1], jnp.float32)
     row_nats_B = nats() if diagnose is True else jax.lax.cond(diagnose, nats, skipped)
-    # the row's teacher nats ride on its first student token (every row's first token is a real target)
-    row_nats_BxLs = jnp.zeros(heads_BxLs.shape, jnp.float32).at[:, 0].set(row_nats_B)
+    row_nats_BxLs = _on_first_target(row_nats_B, batch["targets_segmentation"])
     per_token = {
       "teacher_hidden": at_heads.reshape(-1, at_heads.shape[-1]),
       "kd_teacher_target": jnp.take_along_axis(batch["teacher_targets"], heads_BxLs, axis=1).reshape(-1),

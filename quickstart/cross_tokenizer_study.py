@@ -90,8 +90,10 @@ def main() -> None:
     held_out = {d: [f"dataset_path={folders['train']}", f"eval_dataset_path={folders['heldout_' + d]}",
                     f"eval_steps={args.eval_steps}"] for d in DOMAINS}  # fmt: skip
     if args.conversations:  # every conversation, assistant tokens only, rendered with the teacher's template
+      # whole conversations: the student's tokenizer spends many tokens on the chat template's markers
       held_out["conversations"] = ["use_sft=true", "dataset_type=parquet", f"dataset_path={args.conversations}",
-                                   "eval_fraction=1.0", "eval_steps=-1"]  # fmt: skip
+                                   "eval_fraction=1.0", "eval_steps=-1", "max_target_length=512",
+                                   "kd_teacher_max_target_length=512", "per_device_batch_size=4"]  # fmt: skip
     for domain, data_keys in held_out.items():
       saved = os.path.join(args.out, "eval", f"{arm}_{domain}.json")
       if os.path.isfile(saved):

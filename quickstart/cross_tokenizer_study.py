@@ -6,8 +6,9 @@ small student with its own 4,096-token BPE trained here on the study's corpus.
 `--teacher` is the main job's imported teacher (quickstart/smollm2_study.py, stage "import"). Three arms
 at equal steps, seed and data order on the main job's two-domain text corpus (Shakespeare and Python's
 standard-library docstrings): CE only (kd_alpha=0: the teacher runs for the metrics only, the update is
-exactly CE's), ULD, and the span-aligned mix (gold). Each is scored on both held-out domains by eval_only
-with the teacher: bits per byte of the aligned text for student and teacher, and the aligned shares.
+exactly CE's), ULD, and the span-aligned mix (gold). Each is scored by eval_only with the teacher on both
+held-out domains and on conversations the teacher writes first (`--instructions`, self-instruct as in the
+main job; 0 = none): bits per byte of the aligned text for student and teacher, and the aligned shares.
 Results -> OUT/results.json (each eval also in OUT/eval/<arm>_<domain>.json: a rerun reuses it). The
 step's cost against a same-tokenizer KD step is benchmarks/cross_tokenizer_step.py's.
 """
@@ -56,13 +57,14 @@ def main() -> None:
   parser.add_argument("--length", type=int, default=128)
   parser.add_argument("--eval_steps", type=int, default=8)
   parser.add_argument("--arms", default=",".join(ARMS), help="which of " + ", ".join(ARMS))
-  parser.add_argument("--conversations", default="", help="parquet glob of the teacher's conversations to score too")
+  parser.add_argument("--instructions", type=int, default=48, help="self-instruct conversations the teacher writes")
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
   log = os.path.join(args.out, "log.txt")
   from smollm2_study import write_corpus  # the main job's two-domain corpus and held-out split
 
   folders = write_corpus(argparse.Namespace(out=args.out, max_docs=0))
+  conversations = teacher_conversations(args, log) if args.instructions else ""
   tokenizer = os.path.join(args.out, "student_tokenizer")
   if not os.path.isdir(tokenizer):
     run([PY, "-m", "MaxText.train_tokenizer", "--vocab_size", "4096", "--output", tokenizer,
@@ -89,9 +91,9 @@ def main() -> None:
     results[arm] = {"tokens_per_s_after_compile": speeds(run_dir)}
     held_out = {d: [f"dataset_path={folders['train']}", f"eval_dataset_path={folders['heldout_' + d]}",
                     f"eval_steps={args.eval_steps}"] for d in DOMAINS}  # fmt: skip
-    if args.conversations:  # every conversation, assistant tokens only, rendered with the teacher's template
+    if conversations:  # every conversation, assistant tokens only, rendered with the teacher's template
       # whole conversations: the student's tokenizer spends many tokens on the chat template's markers
-      held_out["conversations"] = ["use_sft=true", "dataset_type=parquet", f"dataset_path={args.conversations}",
+      held_out["conversations"] = ["use_sft=true", "dataset_type=parquet", f"dataset_path={conversations}",
                                    "eval_fraction=1.0", "eval_steps=-1", "max_target_length=512",
                                    "kd_teacher_max_target_length=512", "per_device_batch_size=4"]  # fmt: skip
     for domain, data_keys in held_out.items():
@@ -134,6 +136,22 @@ def plot(results: dict, path: str, steps: int) -> None:
   fig.suptitle(f"student with its own 4,096-token BPE, {steps} steps; teacher SmolLM2-135M-Instruct", fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
+
+
+def teacher_conversations(args, log: str) -> str:
+  """OUT/conversations: the teacher's own chat, self-instruct with the main job's generation keys (its
+  filters keep the instructions and answers that end); a parquet glob of all of them (none is trained on)."""
+  from smollm2_study import GENERATION, SYSTEM_PROMPT
+
+  out = os.path.join(args.out, "conversations")
+  if not os.path.isfile(os.path.join(out, "manifest.json")):
+    run([PY, "-m", "MaxText.generate_distillation_data", "base.yml", f"load_parameters_path={args.teacher}",
+         "generation_self_instruct=true", f"generation_num_instructions={args.instructions}",
+         f"generation_system_prompt={SYSTEM_PROMPT}", f"generation_output_dir={out}", *GENERATION,
+         "per_device_batch_size=16", "generation_prompts_per_shard=32", "tokenizer_type=huggingface",
+         f"tokenizer_path={args.teacher}", "dtype=float32", "remat_policy=none",
+         "max_target_length=256"], log)  # fmt: skip
+  return os.path.join(out, "*.parquet")
 
 
 def speeds(run_dir: str) -> list[float]:

@@ -9,7 +9,8 @@ teacher folder). The student has quickstart/cross_tokenizer_study.py's shape (4 
 768). Programs, all on the same text (the Shakespeare corpus, 8 x 128 student tokens a step, float32):
 - `same tokenizer`: the student on the teacher's tokenizer (its vocabulary 49,152), today's KD step;
 - `gold`, `uld`: the student on its own tokenizer (`--student_tokenizer`, vocabulary 4,096) and the
-  teacher on its own stream (up to 128 tokens a row, as many as the student: its larger vocabulary spends fewer tokens on the same text), the span-aligned mix and ULD alone.
+  teacher on its own stream (up to 128 tokens a row, as many as the student: its larger vocabulary
+  spends fewer tokens on the same text), the span-aligned mix and ULD alone.
 Each program's step is timed alone (dispatch to result ready); the table gives each repeat's median over
 steps skip+1 .. steps and the ratios to the same-tokenizer step; repeats alternate the programs, so a
 shared machine's drifts hit all alike.

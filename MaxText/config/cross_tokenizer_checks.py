@@ -14,8 +14,8 @@ _REFUSED = {
   "kd_on_policy_fraction": "on-policy steps would need the student's samples re-tokenized for the teacher",
   "kd_teachers": "an ensemble's members would each need their own token stream",
   "kd_beta": "feature alignment pairs positions of one token stream",
-  "kd_top_k": "pruning applies to one vocabulary; ULD and the shared-vocabulary KL use the whole distributions",
-  "kd_top_p": "pruning applies to one vocabulary; ULD and the shared-vocabulary KL use the whole distributions",
+  "kd_top_k": "pruning applies to one vocabulary; ULD and the projected KL use the whole distributions",
+  "kd_top_p": "pruning applies to one vocabulary; ULD and the projected KL use the whole distributions",
   "kd_use_hard_labels": "the teacher's argmax is a teacher id; kd_cross_tokenizer_loss chooses the term",
   "kd_vocab_size": "each model keeps its own vocabulary",
 }

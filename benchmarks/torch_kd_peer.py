@@ -2,6 +2,11 @@
 
   python3 benchmarks/torch_kd_peer.py --preset h200 --out results.jsonl [--compile]     (one GPU)
   .venv/bin/python benchmarks/torch_kd_peer.py --preset cpu-smoke                       (tiny, on the CPU)
+  .venv/bin/python benchmarks/torch_kd_peer.py --preset main-job --rounds 5             (against the project)
+
+`--preset main-job` is the main job's step on the CPU (a SmolLM2-135M teacher, a 20-layer MLP-1024
+student of its family, 8 x 256 tokens, float32 or `--dtype bfloat16`); with `--rounds` the project's CE
+and KD steps run in the same rounds as torch's eager and compiled ones (benchmarks/peer_rounds.py).
 
 The models are `LlamaForCausalLM`s built from the configs this project exports for the same presets
 (`model.hf_config.hf_config_from`), so the shapes, vocabulary and tied embeddings are the ones
@@ -29,10 +34,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from benchmarks.gpu_bench import PRESETS, Preset, append_jsonl  # noqa: E402
+from benchmarks.gpu_bench import PRESETS as GPU_PRESETS  # noqa: E402
+from benchmarks.gpu_bench import Preset, append_jsonl  # noqa: E402
 from MaxText import pyconfig  # noqa: E402
 from MaxText.config import load as load_config  # noqa: E402
 from MaxText.model.hf_config import hf_config_from  # noqa: E402
+
+PRESETS = {
+  **GPU_PRESETS,
+  "main-job": Preset(  # benchmarks/kd_step.py's main-job config: the same shapes, random weights
+    student={"model_name": "smollm2-135m", "num_decoder_layers": 20, "mlp_dim": 1024, "max_target_length": 256},
+    teacher_model="smollm2-135m",
+    teacher_overrides="num_decoder_layers=30",
+    batches=(8,),
+    steps=5,
+    warmup=2,
+    remat=("none",),
+  ),
+}
 
 
 def kd_loss(student_logits, teacher_logits, labels, alpha: float = 0.5, temperature: float = 1.0, kl=None):
@@ -64,7 +83,7 @@ def trl_kl():
   )
 
 
-def hf_models(preset: Preset, device: str):
+def hf_models(preset: Preset, device: str, teacher_dtype=torch.bfloat16):
   """(student, teacher) as transformers builds them from this project's exported configs."""
   from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -73,7 +92,7 @@ def hf_models(preset: Preset, device: str):
   overrides = [kv for kv in preset.teacher_overrides.split(",") if kv]
   teacher_cfg = load_config(["base.yml", f"model_name={preset.teacher_model}", *overrides])
   models = []
-  for cfg, dtype in ((student_cfg, torch.float32), (teacher_cfg, torch.bfloat16)):
+  for cfg, dtype in ((student_cfg, torch.float32), (teacher_cfg, teacher_dtype)):
     hf = hf_config_from(cfg, "bfloat16", None, None, None)
     hf.pop("architectures"), hf.pop("model_type")
     config = LlamaConfig(**hf, attn_implementation="sdpa")
@@ -90,9 +109,10 @@ class Peer:
   teacher: torch.nn.Module
   optimizer: torch.optim.Optimizer
   device: str
+  autocast_dtype: torch.dtype | None = torch.bfloat16  # None: float32 throughout
 
   def autocast(self):
-    return torch.autocast(self.device, dtype=torch.bfloat16)
+    return torch.autocast(self.device, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
   def ce_step(self, tokens, labels):
     with self.autocast():
@@ -227,7 +247,16 @@ def main(argv=None) -> list[dict]:
   parser.add_argument("--steps", type=int, default=0)
   parser.add_argument("--compile", action="store_true", help="also time the KD step under torch.compile")
   parser.add_argument("--out", default="")
+  parser.add_argument("--rounds", type=int, default=0, help="main-job only: interleaved rounds with the project")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="with --rounds")
+  parser.add_argument("--set", default="", help="with --rounds: key=value,... over the project's keys")
   args = parser.parse_args(argv)
+  if args.rounds:
+    if args.preset != "main-job":
+      parser.error(f"--rounds runs the main-job preset only, not {args.preset}")
+    from benchmarks.peer_rounds import run_rounds
+
+    return run_rounds(args.rounds, args.steps or PRESETS["main-job"].steps, args.dtype, args.set)
   preset = PRESETS[args.preset]
   batches = tuple(int(b) for b in args.batches.split(",")) if args.batches else preset.batches
   preset = dataclasses.replace(preset, steps=args.steps or preset.steps)

@@ -11,6 +11,7 @@ from flax import nnx
 
 from MaxText import pyconfig
 from MaxText.model import decoder as model_lib
+from MaxText.model import layers
 
 
 def _model(**overrides):
@@ -102,3 +103,29 @@ def test_bf16_compute_keeps_fp32_master_weights_and_fp32_logits():
   out = model_lib.bind(graphdef, params)(TOKENS)
   assert out.hidden_BxLxD.dtype == jnp.bfloat16
   assert model_lib.bind(graphdef, params).logits(TOKENS).dtype == jnp.float32
+
+
+def test_the_cpu_swiglu_backward_is_autodiffs():
+  """layers.swiglu_cpu's hand-written backward (the weight gradients' products laid out for XLA:CPU) gives
+  autodiff's gradients of the plain SwiGLU, for both outputs' cotangents (the F activations feed feature KD)."""
+  keys = jax.random.split(jax.random.key(0), 6)
+  h = jax.random.normal(keys[0], (2, 5, 8))
+  weights = [jax.random.normal(k, s) / 3 for k, s in zip(keys[1:4], [(8, 12), (8, 12), (12, 8)], strict=True)]
+  cotangents = (jax.random.normal(keys[4], (2, 5, 12)), jax.random.normal(keys[5], (2, 5, 8)))
+  outputs, pullback = jax.vjp(layers.swiglu_cpu, h, *weights)
+  ref_outputs, ref_pullback = jax.vjp(layers._swiglu, h, *weights)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), outputs, ref_outputs)
+  for got, want in zip(pullback(cotangents), ref_pullback(cotangents), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("remat_policy", ["none", "full", "save_dots"])
+def test_the_cpu_mlp_path_gives_the_plain_models_gradients(remat_policy, monkeypatch):
+  """The whole model's gradients with the CPU SwiGLU equal those of the plain einsums (taken on other
+  platforms), under every remat policy."""
+  config, (_, params, _) = _model(remat_policy=remat_policy)
+  logits, grads = _logits_and_grads(config, params, TOKENS)
+  monkeypatch.setattr(layers, "target_platform", lambda: "tpu")
+  ref_logits, ref_grads = _logits_and_grads(config, params, TOKENS)
+  np.testing.assert_allclose(logits, ref_logits, atol=1e-6, rtol=0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-7, rtol=1e-5), grads, ref_grads)

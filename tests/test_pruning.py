@@ -1,5 +1,6 @@
 """Structured pruning (MaxText/prune_student.py, distill/pruning.py)."""
 
+import dataclasses
 import json
 import os
 import sys
@@ -68,10 +69,19 @@ def _batches(config, count=2, seed=0):
   return batches
 
 
-def _assert_same_logits(pruned, reference):
-  """Equal up to float32 rounding: the pruned model sums over fewer terms, in another order (1e-5 of the
-  largest logit; a wrongly cut tensor is off by the order of the logits themselves)."""
-  np.testing.assert_allclose(pruned, reference, atol=1e-5 * np.abs(reference).max(), rtol=0)
+def _logits64(config, params, tokens):
+  """`_logits` with the layers computed in float64: the pruned model sums over fewer terms than the full
+  one, in another order, and in float32 that alone moved a logit by 1.02e-5 of the largest on one CPU."""
+  with jax.enable_x64(True):
+    config = dataclasses.replace(config, dtype="float64", weight_dtype="float64")
+    return _logits(config, jax.tree.map(lambda x: np.asarray(x, np.float64), params), tokens)
+
+
+def _assert_same_logits(small, pruned, config, reference, tokens):
+  """The pruned model's logits equal the reference model's up to rounding (1e-5 of the largest logit; a
+  wrongly cut tensor is off by the order of the logits themselves), both models' layers in float64."""
+  pruned_logits, reference_logits = _logits64(small, pruned, tokens), _logits64(config, reference, tokens)
+  np.testing.assert_allclose(pruned_logits, reference_logits, atol=1e-5 * np.abs(reference_logits).max(), rtol=0)
 
 
 def _prune(config, params, batches, metric="cosine"):
@@ -112,7 +122,7 @@ def test_a_dead_layer_goes_first_and_removing_it_equals_skipping_it():
   assert plan.layers.tolist() == [0, 1, 3]
   tokens = _batches(config, seed=1)[0]["inputs"]
   small = _config(num_decoder_layers=3)
-  _assert_same_logits(_logits(small, pruned, tokens), _logits(config, params, tokens))
+  _assert_same_logits(small, pruned, config, params, tokens)
 
 
 def _mean_ce(config, params, batches) -> float:
@@ -154,7 +164,7 @@ def test_dead_neurons_and_a_dead_kv_group_go_first_and_the_output_is_unchanged()
   assert plan.kv_groups.tolist() == [[1]] * 4
   small = _config(mlp_dim=125, num_query_heads=2, num_kv_heads=1)
   tokens = _batches(config, seed=1)[0]["inputs"]
-  _assert_same_logits(_logits(small, pruned, tokens), _logits(config, params, tokens))
+  _assert_same_logits(small, pruned, config, params, tokens)
 
 
 def test_removing_live_neurons_and_groups_equals_silencing_them():
@@ -170,7 +180,7 @@ def test_removing_live_neurons_and_groups_equals_silencing_them():
       silenced["layers"]["out"][layer, 2 * g : 2 * g + 2] = 0
   small = _config(mlp_dim=96, num_query_heads=2, num_kv_heads=1)
   tokens = _batches(config, seed=1)[0]["inputs"]
-  _assert_same_logits(_logits(small, pruned, tokens), _logits(config, silenced, tokens))
+  _assert_same_logits(small, pruned, config, silenced, tokens)
 
 
 def test_a_dead_embedding_channel_goes_first():

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from MaxText.model.attention import attend
-from MaxText.parallel.sharding import constrain
+from MaxText.parallel.sharding import constrain, target_platform
 
 
 def rms_norm(x_BxLxD: jax.Array, scale_D: jax.Array, eps: float) -> jax.Array:
@@ -93,10 +93,58 @@ def mlp_block(p: dict, x_BxLxD, config):
   """Pre-norm SwiGLU of one layer: (normed input, the F activations fed to `wo`, projected output)."""
   dtype = x_BxLxD.dtype
   h = rms_norm(x_BxLxD, p["mlp_norm"], config.normalization_layer_epsilon)
-  gate_BxLxF = jnp.einsum("bld,df->blf", h, p["wi_gate"].astype(dtype))
-  up_BxLxF = jnp.einsum("bld,df->blf", h, p["wi_up"].astype(dtype))
+  weights = (p["wi_gate"].astype(dtype), p["wi_up"].astype(dtype), p["wo"].astype(dtype))
+  swiglu = swiglu_cpu if target_platform() == "cpu" else _swiglu
+  hidden_BxLxF, out_BxLxD = swiglu(h, *weights)
+  return h, hidden_BxLxF, out_BxLxD
+
+
+def _swiglu(h_BxLxD, w_gate_DxF, w_up_DxF, w_out_FxD):
+  """(silu(h W_gate) * (h W_up), that times W_out)."""
+  gate_BxLxF = jnp.einsum("bld,df->blf", h_BxLxD, w_gate_DxF)
+  up_BxLxF = jnp.einsum("bld,df->blf", h_BxLxD, w_up_DxF)
   hidden_BxLxF = jax.nn.silu(gate_BxLxF) * up_BxLxF
-  return h, hidden_BxLxF, jnp.einsum("blf,fd->bld", hidden_BxLxF, p["wo"].astype(dtype))
+  return hidden_BxLxF, jnp.einsum("blf,fd->bld", hidden_BxLxF, w_out_FxD)
+
+
+@jax.custom_vjp
+def swiglu_cpu(h_BxLxD, w_gate_DxF, w_up_DxF, w_out_FxD):
+  """`_swiglu` with its backward written out, for XLA:CPU.
+
+  Why: a weight gradient is a product over the tokens, which XLA:CPU's matmul wants transposed. From
+  autodiff's backward, XLA fuses the SwiGLU's elementwise gradient into that transposing copy, a loop that
+  reads the scan's saved activations in strides: 15% of the main job's CE step, against 1% here, where
+  the transposed operands are the normed input (shared by both input products) and the F activations
+  (benchmarks/step_profile.py). The same products and elementwise formulas as autodiff (the elementwise
+  part is autodiff's own); tests/test_model.py compares the gradients. Other platforms keep autodiff's.
+  """
+  return _swiglu(h_BxLxD, w_gate_DxF, w_up_DxF, w_out_FxD)
+
+
+def _swiglu_cpu_forward(h_BxLxD, w_gate_DxF, w_up_DxF, w_out_FxD):
+  gate_BxLxF = jnp.einsum("bld,df->blf", h_BxLxD, w_gate_DxF)
+  up_BxLxF = jnp.einsum("bld,df->blf", h_BxLxD, w_up_DxF)
+  hidden_BxLxF = jax.nn.silu(gate_BxLxF) * up_BxLxF
+  out_BxLxD = jnp.einsum("blf,fd->bld", hidden_BxLxF, w_out_FxD)
+  return (hidden_BxLxF, out_BxLxD), (h_BxLxD, gate_BxLxF, up_BxLxF, w_gate_DxF, w_up_DxF, w_out_FxD)
+
+
+def _swiglu_cpu_backward(residuals, cotangents):
+  h_BxLxD, gate_BxLxF, up_BxLxF, w_gate_DxF, w_up_DxF, w_out_FxD = residuals
+  d_hidden_BxLxF, d_out_BxLxD = cotangents  # d_hidden: from feature KD's use of the F activations, else zeros
+  tokens = h_BxLxD.shape[0] * h_BxLxD.shape[1]
+  h_NxD, d_out_NxD = h_BxLxD.reshape(tokens, -1), d_out_BxLxD.reshape(tokens, -1)
+  hidden_NxF, pullback = jax.vjp(
+    lambda g, u: jax.nn.silu(g) * u, *(a.reshape(tokens, -1) for a in (gate_BxLxF, up_BxLxF))
+  )
+  d_hidden_NxF = d_out_NxD @ w_out_FxD.T + d_hidden_BxLxF.reshape(tokens, -1)
+  d_gate_NxF, d_up_NxF = pullback(d_hidden_NxF)
+  h_DxN = h_NxD.T
+  d_h_NxD = d_gate_NxF @ w_gate_DxF.T + d_up_NxF @ w_up_DxF.T
+  return d_h_NxD.reshape(h_BxLxD.shape), h_DxN @ d_gate_NxF, h_DxN @ d_up_NxF, hidden_NxF.T @ d_out_NxD
+
+
+swiglu_cpu.defvjp(_swiglu_cpu_forward, _swiglu_cpu_backward)
 
 
 AUTO_MLP_PIECE_TOKENS = 2048  # mlp_sequence_chunks=0: pieces of at most this many tokens of the sequence

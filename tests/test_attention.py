@@ -1,5 +1,6 @@
-"""Attention kernels: flash equals dot_product (values and gradients; packing, GQA, any length), the
-model runs either, the config names its kernels, and flash's memory does not grow with L^2 (the
+"""Attention kernels: flash and the CPU's short causal kernel equal dot_product (values and gradients;
+packing, GQA, any length), flash on the CPU takes the short kernel up to one flash tile, the model runs
+either, the config names its kernels, and flash's memory does not grow with L^2 (the
 platform kernels splash and cudnn: test_attention_kernels.py)."""
 
 import dataclasses
@@ -11,7 +12,7 @@ import pytest
 from flax import nnx
 
 from MaxText import pyconfig
-from MaxText.model import attention, decoder
+from MaxText.model import attention, cpu_attention, decoder
 from MaxText.pyconfig import ConfigError
 
 TOL = 1e-5
@@ -71,6 +72,50 @@ def test_flash_in_bfloat16_is_as_accurate_as_dot_product_in_bfloat16():
   assert error(outputs[2], outputs[0]) < 0.05
   for got, base, ref in zip(flash[1], dense[1], exact[1], strict=True):
     assert error(got, ref) <= 2.0 * error(base, ref) and error(got, ref) < 0.05, (error(got, ref), error(base, ref))
+
+
+@pytest.mark.parametrize(
+  "length, heads, kv_heads, rows",
+  [(48, 4, 2, 16), (50, 6, 1, 7), (20, 4, 4, 32)],
+  ids=["gqa-3-blocks", "mqa-padded-ragged-blocks", "mha-shorter-than-a-block"],
+)
+def test_short_causal_attention_matches_dot_product_values_and_gradients_in_float32(length, heads, kv_heads, rows):
+  q, k, v, segments, weights = _problem(length, heads, kv_heads)
+  kernel = lambda *a: cpu_attention.short_causal_attention(*a, rows=rows)
+  np.testing.assert_allclose(
+    kernel(q, k, v, segments), attention.dot_product_attention(q, k, v, segments), rtol=TOL, atol=TOL
+  )
+  want = _value_and_grads(attention.dot_product_attention, q, k, v, segments, weights)
+  got = _value_and_grads(kernel, q, k, v, segments, weights)
+  np.testing.assert_allclose(got[0], want[0], rtol=TOL)
+  for g, w in zip(got[1], want[1], strict=True):
+    np.testing.assert_allclose(g, w, rtol=TOL, atol=TOL)
+
+
+def test_short_causal_attention_in_bfloat16_is_as_accurate_as_dot_product_in_bfloat16():
+  # flash's bounds (above).
+  q, k, v, segments, weights = _problem()
+  kernel = lambda *a: cpu_attention.short_causal_attention(*a, rows=16)
+  exact = _value_and_grads(attention.dot_product_attention, q, k, v, segments, weights)
+  low = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+  dense = _value_and_grads(attention.dot_product_attention, *low, segments, weights)
+  short = _value_and_grads(kernel, *low, segments, weights)
+  error = lambda x, ref: float(np.max(np.abs(np.asarray(x, np.float32) - np.asarray(ref, np.float32))))
+  reference = attention.dot_product_attention(q, k, v, segments)
+  assert error(kernel(*low, segments), reference) <= 1.5 * error(
+    attention.dot_product_attention(*low, segments), reference
+  )
+  for got, base, ref in zip(short[1], dense[1], exact[1], strict=True):
+    assert error(got, ref) <= 2.0 * error(base, ref) and error(got, ref) < 0.05, (error(got, ref), error(base, ref))
+
+
+def test_flash_on_the_cpu_runs_the_short_kernel_up_to_one_flash_tile_and_blockwise_flash_beyond():
+  q, k, v, segments, _ = _problem(length=40)
+  np.testing.assert_array_equal(
+    attention.attend(q, k, v, segments, "flash"), cpu_attention.short_causal_attention(q, k, v, segments)
+  )
+  traced = lambda length: str(jax.make_jaxpr(lambda *a: attention.attend(*a, "flash"))(*_problem(length)[:4]))
+  assert "_prefix" in traced(attention.FLASH_BLOCK) and "_prefix" not in traced(attention.FLASH_BLOCK + 1)
 
 
 def test_tokens_never_attend_across_documents_or_to_the_future():

@@ -9,10 +9,12 @@
 - `cudnn` (NVIDIA GPU, model/cudnn_attention.py): cuDNN's fused flash attention.
 `autoselect` picks per platform (`select_kernel`): splash on TPU; flash elsewhere, which
 `benchmarks/attention.py` measured faster than dot_product on CPU at every length from 128 to 8192
-tokens (forward + backward; 0.76x the time at 128, 0.11x at 8192). On GPU it stays flash until cudnn
-has been run and timed on one (`GPU_DEFAULT`); cudnn is there by name. Every kernel takes
-q [B, L, H, K], k and v [B, L, G, K] (G divides H) and segment ids [B, L] and returns [B, L, H, K] in
-v's dtype.
+tokens (forward + backward; 0.76x the time at 128, 0.11x at 8192). On the CPU, `flash` at up to
+FLASH_BLOCK tokens runs as `cpu_attention.short_causal_attention`, which skips the masked half of the
+products (the same result; the main job's 256 tokens fit one flash tile, which computes all of it). On
+GPU it stays flash until cudnn has been run and timed on one (`GPU_DEFAULT`); cudnn is there by name.
+Every kernel takes q [B, L, H, K], k and v [B, L, G, K] (G divides H) and segment ids [B, L] and returns
+[B, L, H, K] in v's dtype.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import jax.numpy as jnp
 
 from MaxText.config.checks import cudnn_refusal
 from MaxText.model import cudnn_attention
+from MaxText.model.cpu_attention import short_causal_attention
 from MaxText.model.splash_attention import splash_attention
 from MaxText.parallel.sharding import target_platform
 
@@ -54,6 +57,8 @@ def attend(
   kernel = select_kernel(kernel, target_platform(), q_BxLxHxK.dtype, q_BxLxHxK.shape[-1])
   args = (q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL)
   if kernel == "flash":
+    if target_platform() == "cpu" and q_BxLxHxK.shape[1] <= FLASH_BLOCK:
+      return short_causal_attention(*args)  # the same result with about half the products (cpu_attention.py)
     return flash_attention(*args)
   if kernel == "splash":
     return splash_attention(*args)

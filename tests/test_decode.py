@@ -219,6 +219,30 @@ def test_decode_job_with_a_draft_writes_the_models_own_tokens_and_reports_accept
   n = len(plain["completion_ids"])
   assert f"acceptance 1.000 ({3 * -(-n // 4)} of {3 * -(-n // 4)} draft tokens)" in report, report
   assert f"{n / -(-n // 4):.2f} tokens per target forward" in report and "tokens/s; plain decode" in report
+  # The same model with its vocabulary padded from 320 to 384 ids, the new output rows far above the rest:
+  # a draft of the same tokenizer is accepted, its extra ids are never proposed, and it stays perfect.
+  padded = _padded_copy(trained_run, tmp_path / "padded", 384)
+  draft = [f"decode_draft_parameters_path={padded}", "decode_draft_tokens=3"]
+  assert decode.main([*argv, *draft, f"decode_output_path={tmp_path / 'padded.jsonl'}"]) == 0
+  report = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("speculative decoding"))
+  assert json.loads((tmp_path / "padded.jsonl").read_text())["completion_ids"] == plain["completion_ids"]
+  assert f"acceptance 1.000 ({3 * -(-n // 4)} of {3 * -(-n // 4)} draft tokens)" in report, report
+
+
+def _padded_copy(step_dir, folder, vocab: int):
+  """A parameters-only copy of a checkpoint with `vocab` ids: every [320, ...] or [..., 320] table padded
+  with rows of 50.0, and its model_config.json (the run's keys, the byte tokenizer) saying so."""
+  from MaxText.model.params_io import read_params_to_host, save_params
+
+  def pad(x):
+    widths = [(0, vocab - n if n == 320 else 0) for n in x.shape]
+    return jnp.pad(x, widths, constant_values=50.0) if any(w for _, w in widths) else x
+
+  save_params(str(folder), jax.tree.map(pad, read_params_to_host(str(step_dir))))
+  with open(step_dir.parent.parent / "config.json", encoding="utf-8") as f:
+    keys = json.load(f)
+  (folder / "model_config.json").write_text(json.dumps({**keys, "vocab_size": vocab}))
+  return folder
 
 
 @pytest.mark.parametrize(
@@ -248,10 +272,11 @@ def test_decode_job_refuses_bad_input_in_one_line(tmp_path, trained_run, capsys,
   with open(trained_run.parent.parent / "config.json", encoding="utf-8") as f:
     keys = json.load(f)
   drafts = {}
-  for name, changes in (("OTHER_TOKENIZER", {}), ("OTHER_VOCAB", {"vocab_size": 384})):
+  unnamed = {k: v for k, v in keys.items() if k not in ("tokenizer_type", "tokenizer_path")}
+  for name, saved in (("OTHER_TOKENIZER", keys), ("OTHER_VOCAB", {**unnamed, "vocab_size": 384})):
     folder = tmp_path / name.lower()  # a converted draft's folder: its model keys and its own tokenizer file
     folder.mkdir()
-    (folder / "model_config.json").write_text(json.dumps({**keys, **changes}))
+    (folder / "model_config.json").write_text(json.dumps(saved))
     if name == "OTHER_TOKENIZER":
       (folder / "tokenizer.json").write_text('{"model": {"type": "BPE"}}')
     drafts[name] = str(folder)

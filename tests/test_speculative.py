@@ -1,7 +1,8 @@
 """Speculative decoding on tiny random models: greedy equals the target's own greedy decode token for token
 (several draft lengths, rows that diverge at different places, a stop token inside an accepted block),
 the caches after rollback equal a fresh prefill of the committed text, and the sampling rule's output is
-distributed as the target's processed distribution (a seeded chi-square test)."""
+distributed as the target's processed distribution (a seeded chi-square test), also with a draft whose
+vocabulary is padded wider or narrower than the target's."""
 
 import jax
 import jax.numpy as jnp
@@ -66,6 +67,23 @@ def test_greedy_speculative_is_the_targets_greedy_decode(target, draft, prompts,
   assert len(set(np.asarray(stats.accepted_B).tolist())) > 1  # the rows diverge from the draft at different places
 
 
+def test_a_draft_with_a_wider_padded_vocabulary_never_proposes_the_ids_the_target_lacks(target, prompts):
+  """The target's weights with 64 more output ids whose logits dwarf the rest: cut to the target's width it is
+  still a perfect draft (every proposal kept), and greedy decoding is the target's."""
+  graphdef, params = nnx.split(target)
+  wide = _model(0, 384)
+  wide_graphdef, wide_params = nnx.split(wide)
+  padded = jax.tree.map(
+    lambda w, x: jnp.pad(x, [(0, a - b) for a, b in zip(w.shape, x.shape, strict=True)], constant_values=50.0),
+    wide_params,
+    params,
+  )
+  plain = jax.jit(lambda t, n: generate(target, t, n, jax.random.key(0), Sampling(), 20))(*prompts)
+  got, stats = _run(target, nnx.merge(wide_graphdef, padded), prompts, 3)
+  np.testing.assert_array_equal(got.tokens_BxN, plain.tokens_BxN)
+  np.testing.assert_array_equal(stats.accepted_B, stats.proposed_B)
+
+
 def test_a_perfect_draft_is_accepted_whole_and_a_stop_inside_a_block_ends_its_row(target, prompts):
   plain = jax.jit(lambda t, n: generate(target, t, n, jax.random.key(0), Sampling(), 20))(*prompts)
   row0 = np.asarray(plain.tokens_BxN[0]).tolist()
@@ -91,7 +109,9 @@ def test_after_rollback_both_caches_hold_a_fresh_prefill_of_the_committed_text(t
     kv_cache.extend(m, tokens, positions, kv_cache.init_cache(m.config, batch, slots))[1] for m in (target, draft)
   ]
   seq = jnp.zeros((batch, slots), jnp.int32).at[:, :7].set(tokens)
-  proposals, _, draft_cache = speculative._propose(draft, caches[1], seq, lengths, jax.random.key(0), Sampling(), 3)
+  proposals, _, draft_cache = speculative._propose(
+    draft, caches[1], seq, lengths, jax.random.key(0), Sampling(), 3, 320
+  )
   block = jnp.concatenate([seq[jnp.arange(batch), lengths - 1][:, None], proposals], axis=1)
   hidden, target_cache = kv_cache.extend(target, block, (lengths - 1)[:, None] + jnp.arange(4), caches[0])
   logits = kv_cache.logits_of(target, hidden.reshape(batch * 4, -1)).reshape(batch, 4, -1)
@@ -109,17 +129,26 @@ def test_after_rollback_both_caches_hold_a_fresh_prefill_of_the_committed_text(t
 
 
 @pytest.mark.parametrize(
-  "sampling", [Sampling("weighted", 1.0), Sampling("topk", 0.8, 3), Sampling("nucleus", 1.2, 0, 0.7)], ids=str
+  "sampling, draft_vocab",
+  [
+    (Sampling("weighted", 1.0), 6),
+    (Sampling("topk", 0.8, 3), 6),
+    (Sampling("nucleus", 1.2, 0, 0.7), 6),
+    (Sampling("weighted", 1.0), 8),
+    (Sampling("weighted", 1.0), 5),
+  ],
+  ids=["weighted", "topk", "nucleus", "weighted-wider-draft", "weighted-narrower-draft"],
 )
-def test_speculative_sampling_draws_from_the_targets_processed_distribution(sampling):
+def test_speculative_sampling_draws_from_the_targets_processed_distribution(sampling, draft_vocab):
   """The first two tokens of 20,000 rows against the exact joint distribution of the target's sampling
-  (enumerated over a vocabulary of 6); chi-square at a false-alarm rate of 1e-3, fixed seed."""
+  (enumerated over a vocabulary of 6); chi-square at a false-alarm rate of 1e-3, fixed seed. A draft with
+  a padded vocabulary (8 ids, or 5 where the target's is the padded one) leaves the distribution exact."""
   from scipy import stats as scipy_stats
 
   from MaxText.inference.sampling import truncated_logits
 
   vocab, rows = 6, 20_000
-  target, draft = _model(0, vocab), _model(3, vocab, emb_dim=16)
+  target, draft = _model(0, vocab), _model(3, draft_vocab, emb_dim=16)
   prompt = jnp.asarray([[1, 4, 2]], jnp.int32)
   got, stats = jax.jit(
     lambda key: speculative_generate(

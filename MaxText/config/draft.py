@@ -17,8 +17,10 @@ KEY = "decode_draft_parameters_path"
 
 
 def draft_config(config):
-  """The run's config with the draft's model keys; None without a draft. Refuses a draft whose tokenizer or
-  vocabulary is not the model's, naming both."""
+  """The run's config with the draft's model keys; None without a draft. Refuses a draft whose tokenizer is
+  not the model's, naming both. The same tokenizer with a differently padded vocabulary is accepted
+  (speculative.in_target_width lines the two up); a different vocab_size with no tokenizer to compare is
+  refused."""
   path = config.decode_draft_parameters_path
   if not path:
     return None
@@ -30,16 +32,17 @@ def draft_config(config):
   base = defaults()
   model = {k: coerce(k, keys[k], base[k]) for k in MODEL_KEYS if k in keys and k != "scan_layers"}
   draft = dataclasses.replace(config, **model)
-  if draft.vocab_size != config.vocab_size:
-    raise ConfigError(
-      f"{KEY}: the draft's vocab_size {draft.vocab_size} ({source}) is not the model's {config.vocab_size}; "
-      "a draft must share the model's tokenizer and vocabulary"
-    )
   ours, theirs = _tokenizer_id(config.tokenizer_type, config.tokenizer_path), _draft_tokenizer(keys, path)
   if theirs is not None and theirs != ours:
     raise ConfigError(
       f"{KEY}: the draft's tokenizer ({theirs[:48]}) is not the model's ({ours[:48]}); speculative decoding "
       "needs one tokenizer"
+    )
+  if draft.vocab_size != config.vocab_size and theirs is None:  # a padded vocabulary needs the tokenizer named
+    raise ConfigError(
+      f"{KEY}: the draft's vocab_size {draft.vocab_size} ({source}) is not the model's {config.vocab_size} and "
+      "its tokenizer is not saved beside it; a draft must share the model's tokenizer (save its tokenizer.json "
+      "in its folder, or name it by tokenizer_type/tokenizer_path in its config)"
     )
   return draft
 

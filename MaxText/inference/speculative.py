@@ -8,7 +8,8 @@ to k + 1 tokens, each the target's greedy choice.
 Sampling: proposal x ~ q is kept with probability min(1, p(x) / q(x)); at the first rejection the token
 is drawn from max(p - q, 0) renormalised, after a block accepted whole from p. p and q are the
 *processed* distributions (temperature, top-k, top-p of `Sampling`), so every committed token is
-distributed exactly as the target's own sampling would draw it.
+distributed exactly as the target's own sampling would draw it. A draft whose vocabulary is padded to
+another size (same tokenizer) proposes over the target's ids only (`in_target_width`).
 
 Caches (slot = position, model/kv_cache.py): a rejected token's keys and values need no undo, since the
 token that later takes its position rewrites its slot before anything attends to it. At the start of a
@@ -40,12 +41,26 @@ def _probs(logits, sampling: Sampling):
   return jax.nn.softmax(truncated_logits(logits, sampling), axis=-1)
 
 
-def _propose(draft, cache, seq_BxS, n_B, key, sampling: Sampling, k: int):
-  """k draft tokens after each row's n committed ones, with their processed distributions q (sampling only)."""
+def in_target_width(draft_logits_BxV, width: int):
+  """The draft's logits over the target's `width` ids: a padded vocabulary of the same tokenizer may be wider
+  or narrower. Ids the target lacks are dropped (never proposed); ids the draft lacks get -inf (q = 0, so
+  the rejection rule's residual max(p - q, 0) gives them all of the target's mass there)."""
+  vocab = draft_logits_BxV.shape[-1]
+  if vocab >= width:
+    return draft_logits_BxV[..., :width]
+  return jnp.pad(
+    draft_logits_BxV, [(0, 0)] * (draft_logits_BxV.ndim - 1) + [(0, width - vocab)], constant_values=-jnp.inf
+  )
+
+
+def _propose(draft, cache, seq_BxS, n_B, key, sampling: Sampling, k: int, width: int):
+  """k draft tokens after each row's n committed ones, with their processed distributions q (sampling only)
+  over the target's `width` ids."""
   rows = jnp.arange(seq_BxS.shape[0])
   pos_BxT = jnp.stack([jnp.maximum(n_B - 2, 0), n_B - 1], axis=1)
   hidden, cache = kv_cache.extend(draft, seq_BxS[rows[:, None], pos_BxT], pos_BxT, cache)
-  logits = kv_cache.logits_of(draft, hidden[:, 1])
+  logits_of = lambda hidden_BxD: in_target_width(kv_cache.logits_of(draft, hidden_BxD), width)
+  logits = logits_of(hidden[:, 1])
 
   def one(carry, index):
     logits, cache, key = carry
@@ -53,7 +68,7 @@ def _propose(draft, cache, seq_BxS, n_B, key, sampling: Sampling, k: int):
     token = sample(logits, subkey, sampling)
     q = jnp.zeros((), jnp.float32) if sampling.strategy == "greedy" else _probs(logits, sampling)
     hidden, cache = kv_cache.extend(draft, token[:, None], (n_B + index)[:, None], cache)
-    return (kv_cache.logits_of(draft, hidden[:, 0]), cache, key), (token, q)
+    return (logits_of(hidden[:, 0]), cache, key), (token, q)
 
   # the k-th proposal is not fed: its slot is written next round if the target keeps it
   (logits, cache, key), (tokens_KxB, q_KxB) = jax.lax.scan(one, (logits, cache, key), jnp.arange(k - 1))
@@ -123,7 +138,7 @@ def speculative_generate(
   def one_round(state):
     seq, n, target_cache, draft_cache, done, key, stats = state
     key, draft_key, verify_key = jax.random.split(key, 3)
-    proposals, q, draft_cache = _propose(draft, draft_cache, seq, n, draft_key, sampling, k)
+    proposals, q, draft_cache = _propose(draft, draft_cache, seq, n, draft_key, sampling, k, target.config.vocab_size)
     block = jnp.concatenate([seq[rows, n - 1][:, None], proposals], axis=1)
     hidden, target_cache = kv_cache.extend(target, block, (n - 1)[:, None] + jnp.arange(k + 1), target_cache)
     logits = kv_cache.logits_of(target, hidden.reshape(batch * (k + 1), -1)).reshape(batch, k + 1, -1)

@@ -15,8 +15,11 @@
 6. evaluate the teacher, each pruned student before training and every student: on the held-out
    conversations the assistant-token loss, KL(teacher || student) at T = 1 and top-1 agreement; the
    held-out loss of each text domain; every saved step of each run for the figure;
-7. export the teacher and every student with --to_hf;
-8. load each in transformers and answer PROMPTS greedily -> OUT/results.{json,md}, OUT/chat.md, figure.
+7. task accuracy of the teacher and every student through lm-evaluation-harness (main_job_eval.py: everyday
+   facts as multiple choice and as one-word answers, a cloze of each held-out text domain), and retention;
+8. export the teacher and every student with --to_hf;
+9. load each in transformers, answer PROMPTS greedily and grade the answers (main_job_eval.CHAT)
+   -> OUT/results.{json,md}, OUT/chat.md, figure.
 The console shows each stage, the jobs' progress lines and ETAs; everything the jobs print goes to
 OUT/log.txt. Every stage is skipped when its output exists (an interrupted run resumes; training from its
 newest checkpoint, generation from its last shard); each stage's first wall time is kept in
@@ -37,6 +40,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from quickstart import main_job_eval  # noqa: E402 - the quickstart scripts are not an installed package
+
 PY = sys.executable
 PRUNES = {  # name -> prune_* keys
   "depth": ["prune_num_layers=24"],  # 30 -> 24 layers: 106.2M -> 85.0M non-embedding parameters
@@ -63,23 +68,9 @@ GENERATION = [  # self-instruct sampling (generate_distillation_data.py keys)
   "generation_heldout_fraction=0.125",
   "max_prefill_predict_length=160",
 ]
-PROMPTS = [
-  "What is the capital of France?",
-  "Write one sentence about the sea.",
-  "Who wrote Hamlet?",
-  "What is the capital of Japan?",
-  "How many legs does a spider have?",
-  "What is the largest planet in our solar system?",
-  "At what temperature does water boil, in degrees Celsius?",
-  "Name three primary colors.",
-  "What do bees make?",
-  "Give me one tip for sleeping better.",
-  "Translate 'thank you' into French.",
-  "What is photosynthesis, in one sentence?",
-  "Write a short poem about autumn.",
-]
+PROMPTS = [prompt for prompt, _ in main_job_eval.CHAT]  # the README's thirteen, then twelve more
 DOMAINS = ("shakespeare", "python_docs")
-STAGES = ("import", "corpus", "conversations", "prune", "train", "evaluate", "export", "chat")
+STAGES = ("import", "corpus", "conversations", "prune", "train", "evaluate", "tasks", "export", "chat")
 
 
 def stage(name: str, detail: str) -> None:
@@ -378,9 +369,10 @@ def non_embedding(ckpt: str) -> int:
 
 
 def results_table(results: dict) -> str:
+  """Two tables: how close each model is to the teacher on held-out data, and what it can still do."""
   rows = [
-    "| model | non-embedding parameters | held-out conversations: assistant-token loss | gap closed | "
-    "KL(teacher \\|\\| model), T = 1 | top-1 agreement | held-out text loss: Shakespeare | Python docs | "
+    "| model | non-embedding parameters | held-out conversations: assistant-token loss | gap closed (CE's last / "
+    "best step) | KL(teacher \\|\\| model), T = 1 | top-1 agreement | held-out text loss: Shakespeare | Python docs | "
     "train tokens/s | wall time |",
     "|---|---|---|---|---|---|---|---|---|---|",
   ]
@@ -388,20 +380,48 @@ def results_table(results: dict) -> str:
   for name, r in results["models"].items():
     conv = r["conversations"]
     fidelity = "- | -" if name == "teacher" else f"{conv['kl']:.4f} | {conv['top1']:.3f}"
+    loss = f"{conv['loss']:.4f}"
+    if "best_step" in r:
+      loss += f" (best: {r['best_step']['loss']:.4f} at step {r['best_step']['step']})"
+    closed = "-"
+    if "gap_closed" in r:
+      closed = f"{r['gap_closed']:.0%} / {r['gap_closed_best']:.0%}"
     rows.append(
-      f"| {name} | {r['non_embedding']:,} | {conv['loss']:.4f} | {dash(r.get('gap_closed'), '.0%')} | {fidelity} | "
-      f"{r['shakespeare']:.4f} | {r['python_docs']:.4f} | {dash(r.get('tokens_per_s'), ',.0f')} | "
-      f"{dash(r.get('wall_s'), '.0f')} |"
+      f"| {name} | {r['non_embedding']:,} | {loss} | {closed} | {fidelity} | {r['shakespeare']:.4f} | "
+      f"{r['python_docs']:.4f} | {dash(r.get('tokens_per_s'), ',.0f')} | {dash(r.get('wall_s'), '.0f')} |"
+    )
+  return "\n".join(rows) + "\n\n" + abilities_table(results["models"])
+
+
+def abilities_table(models: dict) -> str:
+  """Task accuracy (lm-eval), retention, and the graded chat answers of the teacher and each student."""
+  graded = {name: r for name, r in models.items() if "tasks" in r}
+  task_names = list(graded["teacher"]["tasks"])
+  rows = [
+    "| model | " + " | ".join(task_names) + " | retention (mean accuracy / teacher's) | chat: right answers | "
+    "teacher's right answers kept | degenerate answers |",
+    "|---" * (len(task_names) + 5) + "|",
+  ]
+  for name, r in graded.items():
+    chat = r.get("chat", {})
+    right = f"{chat['correct']}/{len(chat['grades'])}" if chat else "-"
+    kept = format(chat["kept"], ".0%") if chat else "-"
+    rows.append(
+      f"| {name} | " + " | ".join(f"{r['tasks'][t]:.3f}" for t in task_names) + f" | {r['retention']:.0%} | "
+      f"{right} | {kept} | {chat.get('degenerate', '-')} |"
     )
   return "\n".join(rows) + "\n"
 
 
-def chat_table(chats: dict) -> str:
+def chat_table(chats: dict, models: dict) -> str:
+  """Every answer, marked right, wrong or a loop (main_job_eval.grade)."""
   names = [n for n in chats if n != "prompts"]
   rows = ["| prompt | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
   cell = lambda text: text.replace("|", "\\|").replace("\n", " ")
+  mark = lambda g: "**loop**" if g["degenerate"] else ("**right**" if g["correct"] else "**wrong**")
   for i, prompt in enumerate(chats["prompts"]):
-    rows.append(f"| {cell(prompt)} | " + " | ".join(cell(chats[n][i]) for n in names) + " |")
+    answers = (f"{mark(models[n]['chat']['grades'][i])} {cell(chats[n][i])}" for n in names)
+    rows.append(f"| {cell(prompt)} | " + " | ".join(answers) + " |")
   return "\n".join(rows) + "\n"
 
 
@@ -453,6 +473,7 @@ def parse_args():
   p.add_argument("--lr", type=float, default=3e-4)
   p.add_argument("--eval_batches", type=int, default=8, help="held-out text batches per domain")
   p.add_argument("--new_tokens", type=int, default=48)
+  p.add_argument("--task_limit", type=int, default=0, help="lm-eval records per task (0 = all; the tests use a few)")
   p.add_argument("--max_docs", type=int, default=0, help="documents per text domain (0 = all; the tests use a few)")
   p.add_argument("--sweep", action="store_true", help="train the SWEEP settings instead (first pruning amount)")
   p.add_argument("--sweep_steps", type=int, default=30)
@@ -522,23 +543,21 @@ def main() -> None:
   started = time.time()
   scores, curves = evaluate(args, pruned, runs)
   timings.set("evaluate", time.time() - started)
-  teacher_loss = scores["teacher"]["conversations"]["loss"]
-  models = {}
-  for name, score_of in scores.items():
-    amount = runs[name][0] if name in runs else next((a for a in pruned if name == f"pruned {a}, before training"), "")
-    models[name] = {**score_of, "non_embedding": non_embedding(pruned[amount] if amount else args.teacher)}
-    if name in runs:
-      if name.endswith("_kd"):  # the share of the gap between the CE student and the teacher that KD closes
-        ce_loss = scores[f"{amount}_ce"]["conversations"]["loss"]
-        models[name]["gap_closed"] = (ce_loss - score_of["conversations"]["loss"]) / (ce_loss - teacher_loss)
-      models[name]["tokens_per_s"] = tokens_per_s(runs[name][1])
-      models[name]["wall_s"] = timings.values.get(name)
+  models = model_rows(args, pruned, runs, scores, curves, timings)
+  stage("tasks", f"lm-eval tasks of the teacher and {len(runs)} students (everyday facts, a cloze per text domain)")
+  started = time.time()
+  accuracy = tasks(args, pruned, runs)
+  timings.set("tasks", time.time() - started)
+  for name, kept in main_job_eval.retention(accuracy).items():
+    models[name].update(tasks=accuracy[name], retention=kept)
   hf = {"teacher": export(args, args.teacher, "teacher", timings)}
   hf.update({name: export(args, models_dir(run_dir), name, timings) for name, (_, run_dir) in runs.items()})
-  stage("chat", f"{len(PROMPTS)} prompts, greedy, {args.new_tokens} new tokens, in transformers")
+  stage("chat", f"{len(PROMPTS)} prompts, greedy, {args.new_tokens} new tokens, in transformers; graded")
   started = time.time()
   chats = {"prompts": PROMPTS, **{name: chat(folder, PROMPTS, args.new_tokens) for name, folder in hf.items()}}
   timings.set("chat", time.time() - started)
+  for name, graded in main_job_eval.chat_scores({n: chats[n] for n in hf}).items():
+    models[name]["chat"] = graded
   results = {
     "steps": args.steps, "tokens_per_step": args.batch * args.length, "models": models, "curves": curves,
     "runs": {name: {"amount": a} for name, (a, _) in runs.items()}, "chat": chats, "timings": timings.values,
@@ -549,11 +568,45 @@ def main() -> None:
   with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
     f.write(results_table(results))
   with open(os.path.join(args.out, "chat.md"), "w", encoding="utf-8") as f:
-    f.write(chat_table(chats))
+    f.write(chat_table(chats, models))
   figure(args, results)
   print(results_table(results))
-  print(chat_table(chats))
+  print(chat_table(chats, models))
   print("stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.values.items()))
+
+
+def model_rows(args, pruned: dict, runs: dict, scores: dict, curves: dict, timings: Timings) -> dict:
+  """The results table's rows: each model's scores, size, and for a student its speed, its wall time and, for
+  a KD student, the share of the gap between the CE student and the teacher it closes, against the CE
+  student's last step and against its best saved step (the lowest held-out loss: CE overfits)."""
+  teacher_loss, models = scores["teacher"]["conversations"]["loss"], {}
+  for name, score_of in scores.items():
+    amount = runs[name][0] if name in runs else next((a for a in pruned if name == f"pruned {a}, before training"), "")
+    models[name] = {**score_of, "non_embedding": non_embedding(pruned[amount] if amount else args.teacher)}
+    if name not in runs:
+      continue
+    if name.endswith("_ce"):
+      best = min(curves[name], key=lambda point: point["loss"])
+      models[name]["best_step"] = {"step": best["step"], "loss": best["loss"]}
+    models[name]["tokens_per_s"] = tokens_per_s(runs[name][1])
+    models[name]["wall_s"] = timings.values.get(name)
+  for name in (n for n in runs if n.endswith("_kd")):
+    kd_loss, ce = scores[name]["conversations"]["loss"], models[f"{runs[name][0]}_ce"]
+    closed = lambda ce_loss, kd=kd_loss: (ce_loss - kd) / (ce_loss - teacher_loss)
+    models[name]["gap_closed"] = closed(ce["conversations"]["loss"])
+    models[name]["gap_closed_best"] = closed(ce["best_step"]["loss"])
+  return models
+
+
+def tasks(args, pruned: dict[str, str], runs: dict[str, tuple[str, str]]) -> dict:
+  """{model: {task: accuracy}} of the teacher and every student's last step (main_job_eval.py)."""
+  folder = os.path.join(args.out, "tasks")
+  heldout = {domain: args.folders[f"heldout_{domain}"] for domain in DOMAINS}
+  names = main_job_eval.write_tasks(folder, args.teacher, heldout)
+  evaluators = {amount: Evaluator(args, ckpt) for amount, ckpt in pruned.items()}
+  models = {"teacher": (Evaluator(args, args.teacher), args.teacher)}
+  models.update({name: (evaluators[a], models_dir(d)) for name, (a, d) in runs.items()})
+  return main_job_eval.task_accuracy(models, folder, names, rows=8, length=args.length, limit=args.task_limit)
 
 
 def models_dir(run_dir: str) -> str:

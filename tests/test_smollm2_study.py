@@ -41,7 +41,7 @@ def test_main_job_chain_on_a_tiny_gguf_exports_every_student_transformers_reprod
   cmd = [sys.executable, "quickstart/smollm2_study.py", "--out", str(out), "--gguf", str(tmp_path / "tiny.gguf")]
   cmd += ["--prune", "deep:prune_num_layers=2", "thin:prune_num_layers=2,prune_mlp_dim=64", "--steps", "4"]
   cmd += ["--batch", "2", "--length", "64", "--eval_batches", "2", "--new_tokens", "4", "--max_docs", "3"]
-  cmd += ["--system_prompt", "Be brief.", "--instructions", "24", "--gen_batch", "4"]
+  cmd += ["--system_prompt", "Be brief.", "--instructions", "24", "--gen_batch", "4", "--task_limit", "3"]
   cmd += ["--generation", "generation_heldout_fraction=0.4"]
   # a random model rarely writes its end-of-turn token: an eighth of the vocabulary ends a turn here
   cmd += ["generation_instruction_max_tokens=12", "decode_max_new_tokens=12", "max_prefill_predict_length=64"]
@@ -50,7 +50,8 @@ def test_main_job_chain_on_a_tiny_gguf_exports_every_student_transformers_reprod
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + (out / "log.txt").read_text()[-3000:]
   # the console names the log and shows each stage and the jobs' progress lines
   assert f"everything the jobs print goes to {out / 'log.txt'}" in proc.stdout
-  for line in ("[1/8] import", "[3/8] conversations", "[4/8] prune: deep", "[5/8] train: thin_kd", "[7/8] export"):
+  stages = ("[1/9] import", "[3/9] conversations", "[4/9] prune: deep", "[5/9] train: thin_kd", "[7/9] tasks")
+  for line in (*stages, "[8/9] export", "  tasks 5/5 thin_kd: everyday_choice "):
     assert line in proc.stdout
   assert "    conversations: shard 1/" in proc.stdout and "    deep_kd: step      4 |" in proc.stdout
 
@@ -69,6 +70,19 @@ def test_main_job_chain_on_a_tiny_gguf_exports_every_student_transformers_reprod
   for amount in ("deep", "thin"):  # the stated share is the stated formula: the CE student -> teacher gap
     ce, kd, teacher = (models[n]["conversations"]["loss"] for n in (f"{amount}_ce", f"{amount}_kd", "teacher"))
     assert models[f"{amount}_kd"]["gap_closed"] == pytest.approx((ce - kd) / (ce - teacher), rel=1e-9)
+    best = min(results["curves"][f"{amount}_ce"], key=lambda point: point["loss"])  # and against CE's best step
+    assert models[f"{amount}_ce"]["best_step"] == {"step": best["step"], "loss": best["loss"]}
+    closed_best = (best["loss"] - kd) / (best["loss"] - teacher)
+    assert models[f"{amount}_kd"]["gap_closed_best"] == pytest.approx(closed_best, rel=1e-9)
+  # task accuracy of the teacher and every student (lm-eval, 3 records per task here) and its retention
+  tasks = ["everyday_choice", "everyday_short", "cloze_shakespeare", "cloze_python_docs"]
+  for name in ("teacher", *RUNS):
+    accuracy = models[name]["tasks"]
+    assert list(accuracy) == tasks and all(round(a * 3, 9) in (0, 1, 2, 3) for a in accuracy.values())
+    mean = lambda n: sum(models[n]["tasks"].values()) / len(tasks)
+    if mean("teacher"):
+      assert models[name]["retention"] == pytest.approx(mean(name) / mean("teacher"), rel=1e-9)
+    assert len(models[name]["chat"]["grades"]) == len(study.PROMPTS)  # every answer graded
   for name in RUNS:
     assert [c["step"] for c in results["curves"][name]] == [1, 2, 3, 4]  # every saved step evaluated
     assert results["curves"][name][-1]["loss"] == models[name]["conversations"]["loss"]
@@ -81,6 +95,7 @@ def test_main_job_chain_on_a_tiny_gguf_exports_every_student_transformers_reprod
   chats = results["chat"]
   assert set(chats) == {"prompts", "teacher", *RUNS} and all(len(chats[n]) == len(chats["prompts"]) for n in RUNS)
   assert (out / "main_job.png").is_file() and "gap closed" in (out / "results.md").read_text()
+  assert "| retention (mean accuracy / teacher's) |" in (out / "results.md").read_text()
 
   # every student is exported: transformers gives our logits for the KD student of the thin amount
   step_dir = params_io.latest_step_dir(str(out / "runs" / "thin_kd"))

@@ -16,9 +16,11 @@ in a row (the loops small students fall into).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -145,10 +147,12 @@ def write_tasks(folder: str, tokenizer_path: str, heldout: dict[str, str], seed:
   return names
 
 
-def task_accuracy(models: dict, folder: str, names: list[str], rows: int, length: int, limit: int = 0) -> dict:
+def task_accuracy(
+  models: dict, folder: str, names: list[str], rows: int, length: int, limit: int = 0, log: str | None = None
+) -> dict:
   """{model: {task: accuracy}} (exact match for the short answers) of each model given as (Evaluator,
   checkpoint), scored in this process by lm-eval through the project's adapter (`limit` records per task, 0 =
-  all); a console line per model."""
+  all); a console line per model, lm-eval's progress bars to the file `log` (None: the console's stderr)."""
   import logging
 
   import lm_eval
@@ -168,9 +172,10 @@ def task_accuracy(models: dict, folder: str, names: list[str], rows: int, length
       config, tokenizer, sharding.create_mesh(config), evaluator.graphdef, evaluator.load(ckpt),
       batch_size=rows, max_length=length, max_gen_toks=16,
     )  # fmt: skip
-    results = lm_eval.simple_evaluate(
-      model=lm, tasks=names, task_manager=manager, limit=limit or None, verbosity="WARNING"
-    )["results"]
+    with open(log or os.devnull, "a", encoding="utf-8") as f, contextlib.redirect_stderr(f if log else sys.stderr):
+      results = lm_eval.simple_evaluate(
+        model=lm, tasks=names, task_manager=manager, limit=limit or None, verbosity="WARNING"
+      )["results"]
     accuracy[name] = {task: _accuracy(results[task]) for task in names}
     shown = ", ".join(f"{task} {value:.3f}" for task, value in accuracy[name].items())
     print(f"  tasks {index + 1}/{len(models)} {name}: {shown} ({time.perf_counter() - started:.0f}s)", flush=True)

@@ -44,8 +44,8 @@ from quickstart import main_job_eval, main_job_report  # noqa: E402 - the quicks
 
 PY = sys.executable
 PRUNES = {  # name -> prune_* keys
-  "depth": ["prune_num_layers=24"],  # 30 -> 24 layers: 106.2M -> 85.0M non-embedding parameters
-  "half": ["prune_num_layers=20", "prune_mlp_dim=1024"],  # depth and MLP width: 53.1M, half
+  "depth": ["prune_num_layers=24"],  # 30 -> 24 layers: 106.2M -> 85.0M non-embedding parameters, 20% fewer
+  "mlp": ["prune_mlp_dim=1024"],  # MLP width only (Minitron's advice for recovery): 79.7M, 25% fewer
 }
 KD_KEYS = ["kd_alpha=1.0", "kd_temperature=1.0"]  # word-level KD: the sweep's lowest held-out loss (docs/main_job.md)
 SWEEP = {  # name -> KD keys, trained on the first pruning amount for --sweep_steps
@@ -396,6 +396,7 @@ def parse_args():
   p.add_argument("--max_docs", type=int, default=0, help="documents per text domain (0 = all; the tests use a few)")
   p.add_argument("--sweep", action="store_true", help="train the SWEEP settings instead (first pruning amount)")
   p.add_argument("--sweep_steps", type=int, default=30)
+  p.add_argument("--curve", default="", help="AMOUNT:STEPS: one KD student trained longer, every saved step judged")
   p.add_argument("--figure", default="", help="default: OUT/main_job.png")
   args = p.parse_args()
   args.prune = dict((spec.split(":", 1)[0], spec.split(":", 1)[1].split(",")) for spec in args.prune)
@@ -443,6 +444,43 @@ def sweep(args, pruned: dict[str, str], timings: Timings) -> None:
   print("\n".join(rows))
 
 
+def curve(args, pruned: dict[str, str], timings: Timings) -> None:
+  """What more steps buy: the KD student of one pruning amount trained `STEPS` (`--curve AMOUNT:STEPS`), each of
+  its four saved steps scored on the held-out conversations, on the tasks and in graded chat -> OUT/curve.md."""
+  amount, steps = args.curve.split(":")
+  name = f"curve_{amount}_kd"
+  run_dir = train_student(args, name, pruned[amount], args.kd_keys, int(steps), timings)
+  saved = sorted(int(n) for n in os.listdir(os.path.join(run_dir, "checkpoints")) if n.isdigit())
+  checkpoints = {f"{name} step {s}": os.path.join(run_dir, "checkpoints", str(s)) for s in saved}
+  stage("evaluate", f"{name}'s saved steps {saved} on the held-out conversations")
+  student, teacher = Evaluator(args, pruned[amount]), (Evaluator(args, args.teacher), args.teacher)
+  conv = eval_batches(args, f"{args.conversations}/heldout-*.parquet", sft=True)
+  scores = score({k: (student, ckpt) for k, ckpt in checkpoints.items()}, teacher, conv, name)
+  stage("tasks", f"lm-eval tasks of the teacher and {len(saved)} saved steps")
+  folder = os.path.join(args.out, "tasks")
+  names = main_job_eval.write_tasks(folder, args.teacher, {d: args.folders[f"heldout_{d}"] for d in DOMAINS})
+  models = {"teacher": teacher, **{k: (student, ckpt) for k, ckpt in checkpoints.items()}}
+  accuracy = main_job_eval.task_accuracy(models, folder, names, 8, args.length, args.task_limit, args.log)
+  stage("chat", f"{len(PROMPTS)} prompts for each saved step, graded")
+  folders = {"teacher": export(args, args.teacher, "teacher", timings)}
+  folders.update({k: export(args, ckpt, k.replace(" ", "_"), timings) for k, ckpt in checkpoints.items()})
+  graded = main_job_eval.chat_scores({k: chat(f, PROMPTS, args.new_tokens) for k, f in folders.items()})
+  retained = main_job_eval.retention(accuracy)
+  rows = ["| model | held-out loss | KL | top-1 | " + " | ".join(names) + " | retention | chat right | kept | loops |"]
+  rows.append("|---" * (len(names) + 8) + "|")
+  for key, acc in accuracy.items():
+    fit = scores.get(key)
+    fidelity = f"{fit['loss']:.4f} | {fit['kl']:.4f} | {fit['top1']:.3f}" if fit else "- | - | -"
+    g = graded[key]
+    rows.append(
+      f"| {key} | {fidelity} | " + " | ".join(f"{acc[t]:.3f}" for t in names)
+      + f" | {retained[key]:.0%} | {g['correct']}/{len(PROMPTS)} | {g['kept']:.0%} | {g['degenerate']} |"
+    )  # fmt: skip
+  with open(os.path.join(args.out, "curve.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(rows) + "\n")
+  print("\n".join(rows))
+
+
 def main() -> None:
   from MaxText.config.platform import default_to_cpu_without_accelerator
 
@@ -454,6 +492,8 @@ def main() -> None:
   pruned = prepare(args, timings)
   if args.sweep:
     return sweep(args, pruned, timings)
+  if args.curve:
+    return curve(args, pruned, timings)
   runs = {}
   for amount, student in pruned.items():
     for kind, kd in (("ce", []), ("kd", args.kd_keys)):
@@ -525,7 +565,7 @@ def tasks(args, pruned: dict[str, str], runs: dict[str, tuple[str, str]]) -> dic
   evaluators = {amount: Evaluator(args, ckpt) for amount, ckpt in pruned.items()}
   models = {"teacher": (Evaluator(args, args.teacher), args.teacher)}
   models.update({name: (evaluators[a], models_dir(d)) for name, (a, d) in runs.items()})
-  return main_job_eval.task_accuracy(models, folder, names, rows=8, length=args.length, limit=args.task_limit)
+  return main_job_eval.task_accuracy(models, folder, names, 8, args.length, args.task_limit, args.log)
 
 
 def models_dir(run_dir: str) -> str:

@@ -135,3 +135,11 @@ def test_main_job_chain_on_a_tiny_gguf_exports_every_student_transformers_reprod
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0 and (out / "log.txt").read_text().count("$ ") == before
   assert json.loads((out / "results.json").read_text())["models"] == models
+
+  # --curve: one KD student trained longer, each saved step scored, on the tasks and in chat
+  proc = subprocess.run([*cmd, "--curve", "deep:4"], cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  rows = (out / "curve.md").read_text().splitlines()
+  assert [r.split(" | ")[0] for r in rows[2:]] == ["| teacher", *(f"| curve_deep_kd step {s}" for s in (1, 2, 3, 4))]
+  step4 = rows[-1].split(" | ")
+  assert float(step4[1]) == pytest.approx(models["deep_kd"]["conversations"]["loss"], abs=1e-4)  # same seed, data

@@ -174,7 +174,12 @@ def task_accuracy(
     )  # fmt: skip
     with open(log or os.devnull, "a", encoding="utf-8") as f, contextlib.redirect_stderr(f if log else sys.stderr):
       results = lm_eval.simple_evaluate(
-        model=lm, tasks=names, task_manager=manager, limit=limit or None, verbosity="WARNING"
+        model=lm,
+        tasks=names,
+        task_manager=manager,
+        limit=limit or None,
+        verbosity="WARNING",
+        bootstrap_iters=0,  # no standard errors: their bootstrap forks worker processes beside JAX's threads
       )["results"]
     accuracy[name] = {task: _accuracy(results[task]) for task in names}
     shown = ", ".join(f"{task} {value:.3f}" for task, value in accuracy[name].items())

@@ -225,7 +225,7 @@ def train_student(args, name: str, student: str, kd: list[str], steps: int, timi
   teacher = os.path.join(args.out, "teacher")
   cmd = [PY, "MaxText/train.py", "base.yml", f"run_name={name}", f"base_output_directory={out}"]
   cmd += [*model_keys(student), f"load_parameters_path={student}", *common_keys(args), *shape_keys(args)]
-  cmd += ["use_sft=true", "dataset_type=parquet", f"dataset_path={args.conversations}/part-*.parquet"]
+  cmd += ["use_sft=true", "dataset_type=parquet", *training_data(args)]
   cmd += ["eval_fraction=0.0", f"steps={steps}", f"learning_rate={args.lr}", "log_period=1", "max_to_keep=8"]
   cmd += [f"checkpoint_period={max(steps // 4, 1)}"]  # four saved steps: the figure's points
   if kd:
@@ -233,6 +233,19 @@ def train_student(args, name: str, student: str, kd: list[str], steps: int, timi
     cmd += ["use_kd=true", f"kd_teacher_parameters_path={teacher}", f"kd_teacher_overrides={overrides}", *kd]
   timings.add(name, run(cmd, args.log, name))
   return os.path.join(out, name)
+
+
+def training_data(args) -> list[str]:
+  """The students' data keys: the training conversations, or with --text_weight a mixture of them and windows
+  of the training text (every token a target), `text_weight` being the text's share of the examples."""
+  conversations = f"{args.conversations}/part-*.parquet"
+  if not args.text_weight:
+    return [f"dataset_path={conversations}"]
+  mixture = [
+    f"{{name: conversations, path: '{conversations}', weight: {1 - args.text_weight}}}",
+    f"{{name: text, path: '{args.folders['train']}', weight: {args.text_weight}, type: text}}",
+  ]
+  return [f"dataset_mixture=[{', '.join(mixture)}]"]
 
 
 class Evaluator:
@@ -390,6 +403,7 @@ def parse_args():
   p.add_argument("--batch", type=int, default=4)
   p.add_argument("--length", type=int, default=256)
   p.add_argument("--lr", type=float, default=3e-4)
+  p.add_argument("--text_weight", type=float, default=0.0, help="share of training examples that are text windows")
   p.add_argument("--eval_batches", type=int, default=8, help="held-out text batches per domain")
   p.add_argument("--new_tokens", type=int, default=48)
   p.add_argument("--task_limit", type=int, default=0, help="lm-eval records per task (0 = all; the tests use a few)")
@@ -399,6 +413,8 @@ def parse_args():
   p.add_argument("--curve", default="", help="AMOUNT:STEPS: one KD student trained longer, every saved step judged")
   p.add_argument("--figure", default="", help="default: OUT/main_job.png")
   args = p.parse_args()
+  if not 0.0 <= args.text_weight < 1.0:
+    p.error(f"--text_weight: a share of the examples in [0, 1), got {args.text_weight}")
   args.prune = dict((spec.split(":", 1)[0], spec.split(":", 1)[1].split(",")) for spec in args.prune)
   args.figure = args.figure or os.path.join(args.out, "main_job.png")
   args.log = os.path.join(args.out, "log.txt")

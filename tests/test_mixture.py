@@ -51,7 +51,18 @@ def test_upstream_weighted_dataset_path_and_the_list_give_the_same_sources(two_s
     ({"dataset_mixture": [{"path": "a", "colour": 1}]}, "dataset_mixture\\[0\\]: unknown field 'colour'"),
     ({"dataset_mixture": [{"path": "x/a"}, {"path": "y/a"}]}, "the name 'a' is used twice"),
     ({"dataset_mixture": [{"path": "a"}], "eval_dataset_path": "e"}, "eval_dataset_path: cannot be used with"),
-    ({"dataset_mixture": [{"path": "a", "type": "text"}], "use_sft": True, "dataset_type": "jsonl"}, "type: 'text'"),
+    ({"dataset_mixture": [{"path": "a", "type": "csv"}], "use_sft": True, "dataset_type": "jsonl"}, "type: 'csv'"),
+    (
+      {
+        "dataset_mixture": [{"path": "a", "type": "text"}],
+        "use_sft": True,
+        "dataset_type": "jsonl",
+        "use_kd": True,
+        "kd_teacher_parameters_path": "t",
+        "kd_teacher_tokenizer_path": "t",
+      },
+      "text in a use_sft mixture is not built for cross-tokenizer KD",
+    ),
     ({"dataset_mixture": [{"path": "a"}], "dataset_type": "synthetic"}, "synthetic data cannot be mixed"),
   ],
 )
@@ -86,7 +97,9 @@ def test_the_stream_follows_the_weights_and_resumes_exactly(two_sources):
       np.testing.assert_array_equal(got[key], want[key])
 
 
-def test_sft_sources_mix_conversations_with_their_own_columns(tmp_path):
+def test_sft_sources_mix_conversations_with_their_own_columns_and_text(tmp_path):
+  """Each conversation source is read with its column and trains on the assistant's tokens only; a text
+  source of the same mixture trains on every token of its windows."""
   from tests.chat_files import chat_tokenizer_folder
 
   tokenizer = chat_tokenizer_folder(tmp_path / "tok")
@@ -95,9 +108,12 @@ def test_sft_sources_mix_conversations_with_their_own_columns(tmp_path):
       for _ in range(6):
         turns = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": answer}]
         f.write(json.dumps({column: turns}) + "\n")
+  (tmp_path / "story").mkdir()
+  (tmp_path / "story" / "a.txt").write_text("Once upon a time. " * 40)
   mixture = [
     {"path": str(tmp_path / "colours.jsonl")},
     {"path": str(tmp_path / "greetings.jsonl"), "column": "chat"},
+    {"path": str(tmp_path / "story"), "type": "text"},
   ]
   config = pyconfig.from_dict(
     {
@@ -114,13 +130,18 @@ def test_sft_sources_mix_conversations_with_their_own_columns(tmp_path):
 
   tok = build_tokenizer("huggingface", str(tokenizer))
   it = input_pipeline.make_iterator(config, input_pipeline.build_corpus(config, tok), "train", 4)
-  answers = set()
-  for _ in range(4):
+  answers, text_rows = set(), 0
+  for _ in range(6):
     batch = next(it)
-    trained = batch["targets"][batch["targets_segmentation"] > 0]
-    answers.add(tok.decode([int(t) for t in trained]))
+    for tokens, segments, trained in zip(batch["targets"], batch["inputs_segmentation"], batch["targets_segmentation"]):
+      answers.add(tok.decode([int(t) for t in tokens[trained > 0]]))
+      for segment in set(segments[segments > 0].tolist()):  # the examples packed into this row
+        if "Once upon" in tok.decode([int(t) for t in tokens[segments == segment]]):
+          text_rows += 1  # a text window: every position of it a target
+          assert (trained[segments == segment] > 0).all(), trained
   joined = " ".join(answers)
   assert "Blue." in joined and "Hi there." in joined and "Say hi" not in joined
+  assert text_rows > 0
 
 
 @pytest.mark.slow

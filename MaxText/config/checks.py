@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from MaxText.config import mixture
 from MaxText.config.errors import ConfigError, choices_text
 from MaxText.config.paths import PATH_KEYS, check_scheme
 
@@ -182,18 +183,22 @@ _MIXTURE_CONFLICTS = {
 
 
 def _check_mixture(v: dict[str, Any]) -> None:
-  """dataset_mixture: each source's type fits the run (conversations with use_sft), nothing it replaces is set."""
+  """dataset_mixture: each source's type is one the run reads, nothing it replaces is set."""
   for key, why in _MIXTURE_CONFLICTS.items():
     if v[key]:
       raise ConfigError(f"{key}: cannot be used with dataset_mixture ({why})")
   if v["dataset_type"] == "synthetic":
     raise ConfigError("dataset_type: synthetic data cannot be mixed (dataset_mixture names real data sets)")
-  allowed = _CONVERSATION_TYPES if v["use_sft"] else ("text", *_CONVERSATION_TYPES, "arrayrecord")
+  allowed = ("text", *_CONVERSATION_TYPES, "arrayrecord")
   for index, spec in enumerate(v["dataset_mixture"]):
     kind = spec.type or v["dataset_type"]
     if kind not in allowed:
-      reads = "conversations from jsonl, parquet or arrow (use_sft)" if v["use_sft"] else ", ".join(allowed)
-      raise ConfigError(f"dataset_mixture[{index}].type: {kind!r}; this run reads {reads}")
+      raise ConfigError(f"dataset_mixture[{index}].type: {kind!r}; this run reads {', '.join(allowed)}")
+    if v["use_sft"] and kind in mixture.TOKEN_TYPES and v["kd_teacher_tokenizer_path"]:
+      raise ConfigError(
+        f"dataset_mixture[{index}].type: {kind!r} text in a use_sft mixture is not built for cross-tokenizer KD "
+        "(kd_teacher_tokenizer_path); give conversation sources only"
+      )
     for part in spec.path.split(","):
       check_scheme(f"dataset_mixture[{index}].path", part)
 

@@ -11,8 +11,10 @@ MaxText's Grain form in `dataset_path`, `dataset_path='a/*.parquet,0.7;b/*.parqu
 files and a weight, the run's dataset_type and column). Each entry reads like `dataset_path` with its
 `type` ("" = dataset_type) and `column` ("" = the run's data_column, or train_data_columns with
 use_sft); `weight` > 0 (normalised to sum to 1) is the share of examples (windows of text, or
-conversations) drawn from it; `name` (default the path's stem) names its eval metrics. With use_sft
-every source is a conversation data set.
+conversations) drawn from it; `name` (default the path's stem) names its eval metrics. With use_sft a
+jsonl/parquet/arrow source holds conversations (the loss on the assistant's tokens); a text or arrayrecord
+source there is plain text cut into windows whose every token is a target, so that, for example, a KD
+student matches its teacher on text as well as on chat (the KD term needs no teacher-written text).
 """
 
 from __future__ import annotations
@@ -86,13 +88,20 @@ def normalized_weights(specs: tuple[SourceSpec, ...]) -> dict[str, float]:
   return {spec.name: spec.weight / total for spec in specs}
 
 
+TOKEN_TYPES = ("text", "arrayrecord")  # sources of token windows, never conversations
+
+
 def source_config(config, spec: SourceSpec):
-  """The run's Config reading one source alone (its path, type and column; no mixture, no separate eval set)."""
-  column = "train_data_columns" if config.use_sft else "data_column"
+  """The run's Config reading one source alone (its path, type and column; no mixture, no separate eval set).
+  A text source of a use_sft mixture reads as text (use_sft off for it alone)."""
+  kind = spec.type or config.dataset_type
+  sft = config.use_sft and kind not in TOKEN_TYPES
+  column = "train_data_columns" if sft else "data_column"
   return dataclasses.replace(
     config,
     dataset_path=spec.path,
-    dataset_type=spec.type or config.dataset_type,
+    dataset_type=kind,
     dataset_mixture=(),
+    use_sft=sft,
     **{column: spec.column or getattr(config, column)},
   )

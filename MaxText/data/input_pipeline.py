@@ -145,6 +145,11 @@ def _example(window: np.ndarray) -> dict:
   return {"inputs": window[:-1], "targets": window[1:]}
 
 
+def _masked_example(window: np.ndarray) -> dict:
+  example = _example(window)
+  return {**example, "targets_mask": np.ones_like(example["targets"])}
+
+
 def _pad_example(example: dict, length: int) -> dict:
   n = len(example["inputs"])
   pad = lambda x: np.pad(x, (0, length - n))
@@ -296,7 +301,7 @@ def make_iterator(config, corpus: Corpus | None, split: str, batch_size: int):
     it_ds = ds.to_iter_dataset().map(_example)
   elif isinstance(corpus, MixtureCorpus):
     # Grain's deterministic mix by weight; its state holds every source's, so a resumed run continues the stream
-    parts = {name: _examples(config, source, split) for name, source in corpus.sources.items()}
+    parts = {name: _examples(config, source, split, masked=corpus.sft) for name, source in corpus.sources.items()}
     it_ds = grain.IterDataset.mix(parts, corpus.weights)
   else:
     it_ds = _examples(config, corpus, split)
@@ -309,10 +314,13 @@ def teacher_length(config) -> int:
   return config.kd_teacher_max_target_length or config.max_target_length
 
 
-def _examples(config, corpus: Corpus, split: str) -> grain.IterDataset:
-  """A split's examples: token windows of text, or SFT conversations as they are."""
+def _examples(config, corpus: Corpus, split: str, masked: bool = False) -> grain.IterDataset:
+  """A split's examples: token windows of text, or SFT conversations as they are. `masked`: the examples
+  join SFT conversations (a use_sft mixture), so text windows carry a loss mask too, all ones."""
   ds = _documents(config, corpus, split)
-  return ds if corpus.sft or corpus.two_stream else ds.map(_example)
+  if corpus.sft or corpus.two_stream:
+    return ds
+  return ds.map(_masked_example if masked else _example)
 
 
 def batched(config, it_ds, batch_size: int, is_sft: bool, drop_remainder: bool = True, two_streams: bool = False):

@@ -133,7 +133,8 @@ def test_sft_sources_mix_conversations_with_their_own_columns_and_text(tmp_path)
   answers, text_rows = set(), 0
   for _ in range(6):
     batch = next(it)
-    for tokens, segments, trained in zip(batch["targets"], batch["inputs_segmentation"], batch["targets_segmentation"]):
+    rows = (batch["targets"], batch["inputs_segmentation"], batch["targets_segmentation"])
+    for tokens, segments, trained in zip(*rows, strict=True):
       answers.add(tok.decode([int(t) for t in tokens[trained > 0]]))
       for segment in set(segments[segments > 0].tolist()):  # the examples packed into this row
         if "Once upon" in tok.decode([int(t) for t in tokens[segments == segment]]):

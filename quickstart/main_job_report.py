@@ -26,7 +26,10 @@ def results_table(results: dict) -> str:
       f"| {name} | {r['non_embedding']:,} | {loss} | {closed} | {fidelity} | {r['shakespeare']:.4f} | "
       f"{r['python_docs']:.4f} | {dash(r.get('tokens_per_s'), ',.0f')} | {dash(r.get('wall_s'), '.0f')} |"
     )
-  return "\n".join(rows) + "\n\n" + abilities_table(results["models"])
+  tables = [abilities_table(results["models"])]
+  if any("chat_penalty" in r for r in results["models"].values()):
+    tables.append(penalty_table(results["models"], results["repetition_penalty"]))
+  return "\n".join(rows) + "\n\n" + "\n".join(tables)
 
 
 def abilities_table(models: dict) -> str:
@@ -49,14 +52,28 @@ def abilities_table(models: dict) -> str:
   return "\n".join(rows) + "\n"
 
 
-def chat_table(chats: dict, models: dict) -> str:
-  """Every answer, marked right, wrong or a loop (main_job_eval.grade)."""
+def penalty_table(models: dict, penalty: float) -> str:
+  """The graded chat again with a decode-time repetition penalty: what a user's decode setting recovers."""
+  rows = [
+    f"| model | chat with repetition_penalty={penalty}: right answers | teacher's right answers kept | "
+    "degenerate answers |",
+    "|---|---|---|---|",
+  ]
+  for name, r in models.items():
+    if "chat_penalty" in r:
+      chat = r["chat_penalty"]
+      rows.append(f"| {name} | {chat['correct']}/{len(chat['grades'])} | {chat['kept']:.0%} | {chat['degenerate']} |")
+  return "\n".join(rows) + "\n"
+
+
+def chat_table(chats: dict, models: dict, key: str = "chat") -> str:
+  """Every answer, marked right, wrong or a loop (main_job_eval.grade); `key`: the models' grades of them."""
   names = [n for n in chats if n != "prompts"]
   rows = ["| prompt | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
   cell = lambda text: text.replace("|", "\\|").replace("\n", " ")
   mark = lambda g: "**loop**" if g["degenerate"] else ("**right**" if g["correct"] else "**wrong**")
   for i, prompt in enumerate(chats["prompts"]):
-    answers = (f"{mark(models[n]['chat']['grades'][i])} {cell(chats[n][i])}" for n in names)
+    answers = (f"{mark(models[n][key]['grades'][i])} {cell(chats[n][i])}" for n in names)
     rows.append(f"| {cell(prompt)} | " + " | ".join(answers) + " |")
   return "\n".join(rows) + "\n"
 

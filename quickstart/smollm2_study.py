@@ -358,8 +358,9 @@ def export(args, ckpt: str, name: str, timings: Timings) -> str:
   return out
 
 
-def chat(hf_dir: str, prompts: list[str], max_new_tokens: int) -> list[str]:
-  """Greedy answers in transformers, the prompts in one left-padded batch with the tokenizer's chat template."""
+def chat(hf_dir: str, prompts: list[str], max_new_tokens: int, repetition_penalty: float = 1.0) -> list[str]:
+  """Greedy answers in transformers, the prompts in one left-padded batch with the tokenizer's chat template
+  (`repetition_penalty` > 1: transformers' CTRL-style penalty on every token already in the row)."""
   import torch
   import transformers
 
@@ -369,7 +370,10 @@ def chat(hf_dir: str, prompts: list[str], max_new_tokens: int) -> list[str]:
            for p in prompts]  # fmt: skip
   batch = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
   with torch.no_grad():
-    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+    out = model.generate(
+      **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+      repetition_penalty=repetition_penalty,
+    )  # fmt: skip
   width = batch["input_ids"].shape[1]
   return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out]
 
@@ -406,6 +410,7 @@ def parse_args():
   p.add_argument("--text_weight", type=float, default=0.0, help="share of training examples that are text windows")
   p.add_argument("--eval_batches", type=int, default=8, help="held-out text batches per domain")
   p.add_argument("--new_tokens", type=int, default=48)
+  p.add_argument("--repetition_penalty", type=float, default=1.2, help="the second chat table's (1 = no such table)")
   p.add_argument("--task_limit", type=int, default=0, help="lm-eval records per task (0 = all; the tests use a few)")
   p.add_argument("--max_docs", type=int, default=0, help="documents per text domain (0 = all; the tests use a few)")
   p.add_argument("--sweep", action="store_true", help="train the SWEEP settings instead (first pruning amount)")
@@ -533,9 +538,17 @@ def main() -> None:
   timings.set("chat", time.time() - started)
   for name, graded in main_job_eval.chat_scores({n: chats[n] for n in hf}).items():
     models[name]["chat"] = graded
+  penalised = {}
+  if args.repetition_penalty > 1.0:  # the second table: the same prompts with a decode-time penalty
+    penalised = {name: chat(folder, PROMPTS, args.new_tokens, args.repetition_penalty) for name, folder in hf.items()}
+    for name, graded in main_job_eval.chat_scores(penalised).items():
+      models[name]["chat_penalty"] = graded
+    penalised = {"prompts": PROMPTS, **penalised}
+    timings.set("chat", time.time() - started)
   results = {
     "steps": args.steps, "tokens_per_step": args.batch * args.length, "models": models, "curves": curves,
     "runs": {name: {"amount": a} for name, (a, _) in runs.items()}, "chat": chats, "timings": timings.values,
+    "chat_penalised": penalised, "repetition_penalty": args.repetition_penalty,
     "conversations": _manifest_counts(args.conversations),
   }  # fmt: skip
   with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as f:
@@ -544,6 +557,9 @@ def main() -> None:
     f.write(main_job_report.results_table(results))
   with open(os.path.join(args.out, "chat.md"), "w", encoding="utf-8") as f:
     f.write(main_job_report.chat_table(chats, models))
+    if penalised:
+      f.write(f"\nWith repetition_penalty={args.repetition_penalty}:\n\n")
+      f.write(main_job_report.chat_table(penalised, models, "chat_penalty"))
   main_job_report.figure(args.figure, results)
   print(main_job_report.results_table(results))
   print(main_job_report.chat_table(chats, models))

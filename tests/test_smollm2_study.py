@@ -94,6 +94,10 @@ def test_main_job_chain_on_a_tiny_gguf_exports_every_student_transformers_reprod
   )
   chats = results["chat"]
   assert set(chats) == {"prompts", "teacher", *RUNS} and all(len(chats[n]) == len(chats["prompts"]) for n in RUNS)
+  penalised = results["chat_penalised"]  # the second chat table: the same prompts, a repetition penalty
+  assert set(penalised) == {"prompts", "teacher", *RUNS} and results["repetition_penalty"] == 1.2
+  assert all(len(models[n]["chat_penalty"]["grades"]) == len(study.PROMPTS) for n in ("teacher", *RUNS))
+  assert "With repetition_penalty=1.2:" in (out / "chat.md").read_text()
   assert (out / "main_job.png").is_file() and "gap closed" in (out / "results.md").read_text()
   assert "| retention (mean accuracy / teacher's) |" in (out / "results.md").read_text()
 

@@ -38,6 +38,7 @@ TOKENS = np.random.default_rng(0).integers(0, 320, size=(2, 24))
   [
     {"scan_layers": False},
     {"remat_policy": "none"},
+    {"remat_policy": "full"},
     {"remat_policy": "save_dots"},
     {"scan_layers": False, "remat_policy": "none"},
     {"mlp_sequence_chunks": 4},  # the MLP over 4 pieces of the 24 tokens

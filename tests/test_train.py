@@ -24,6 +24,7 @@ def test_two_steps_write_checkpoint_tensorboard_and_jsonl(tmp_path):
   assert abs(train["loss"] - np.log(320)) < 0.2  # an untrained model is near-uniform over the vocabulary
   assert any("eval/loss" in r for r in records)
   assert "parameters" in proc.stdout and "keys that differ from base.yml" in proc.stdout
+  assert "remat_policy: auto -> none (" in proc.stdout  # a tiny model's activations fit: nothing recomputed
 
 
 def test_resume_continues_exactly_with_data_order(tmp_path):

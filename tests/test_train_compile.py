@@ -48,6 +48,7 @@ def test_printed_memory_is_xla_memory_analysis_and_a_plain_run_fits(tmp_path):
   report = aot.compile_step(config_lib.load_dict(TINY), aot.parse_topology("v5p-8", 1))
   assert report.fits and report.devices == 4 and report.global_batch == 8
   assert report.attention == "splash" and "global batch 8, splash attention" in proc.stdout  # autoselect on TPU
+  assert report.remat.startswith("auto -> none (") and f"remat_policy {report.remat};" in proc.stdout
   printed = {line.split()[0]: line for line in proc.stdout.splitlines() if line.startswith("  ")}
   temp_mib = report.temp_bytes / 2**20
   assert f"{temp_mib:,.1f} MiB" in printed["temporaries"]

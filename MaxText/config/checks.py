@@ -35,7 +35,7 @@ _ONE_OF = {
   "tokenizer_type": ("byte", "sentencepiece", "huggingface"),
   "dtype": ("bfloat16", "float32", "float16"),
   "weight_dtype": ("bfloat16", "float32"),
-  "remat_policy": ("none", "full", "save_dots"),
+  "remat_policy": ("auto", "none", "full", "save_dots"),
   "attention": ("autoselect", "dot_product", "flash", "splash", "cudnn"),
   "kd_alpha_schedule": ("constant", "linear", "cosine"),
   "kd_temperature_schedule": ("constant", "linear", "cosine"),

@@ -100,7 +100,8 @@ class Decoder(nnx.Module):
     def body(x_BxLxD, layer_weights):
       return layers.decoder_layer(layer_weights, x_BxLxD, positions_BxL, segment_ids_BxL, inv_freq, config, features)
 
-    if config.remat_policy != "none":
+    if config.remat_policy in _REMAT_POLICIES:  # the trainer resolves `auto` (training/remat.py); an `auto`
+      # that reaches the model unresolved (a step built by hand) recomputes nothing, like `none`
       body = jax.checkpoint(body, policy=_REMAT_POLICIES[config.remat_policy], prevent_cse=not config.scan_layers)
     stacked = self.layers.weights()
     if config.scan_layers:

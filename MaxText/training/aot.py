@@ -14,7 +14,6 @@ import re
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from MaxText.config.errors import ConfigError, UserError
 from MaxText.config.views import feature_alignment
@@ -23,6 +22,7 @@ from MaxText.distill.teacher import abstract_teacher, cached_teacher, cross_toke
 from MaxText.model.attention import select_kernel
 from MaxText.model.params_io import abstract_with_shardings
 from MaxText.parallel import sharding
+from MaxText.training import remat
 from MaxText.training.state import HEAD, make_layout
 from MaxText.training.step import jit_train_step
 
@@ -89,14 +89,6 @@ def parse_topology(name: str, num_slices: int) -> Topology:
   return Topology(name, generation, chips, num_slices, hbm_gib * GIB)
 
 
-def _per_device_bytes(tree) -> int:
-  """Bytes one device holds of a tree of sharded abstract arrays."""
-  total = 0
-  for leaf in jax.tree.leaves(tree):
-    total += int(np.prod(leaf.sharding.shard_shape(leaf.shape))) * jnp.dtype(leaf.dtype).itemsize
-  return total
-
-
 def _batch(config, mesh, global_batch: int) -> dict:
   """The abstract batch: tokens, and for offline KD the cached teacher fields the step reads."""
   shape, spec = (global_batch, config.max_target_length), sharding.batch_sharding(mesh)
@@ -145,6 +137,7 @@ class CompileReport:
   temp_bytes: int
   flops: float
   attention: str = ""  # the kernel the step uses on the topology (what `autoselect` stands for there)
+  remat: str = ""  # the policy compiled (what `auto` chose, and why)
 
   @property
   def peak_bytes(self) -> int:
@@ -197,8 +190,11 @@ def compile_step(config, topology: Topology) -> CompileReport:
       f"sequences divisible by gradient_accumulation_steps"
     )
   layout = make_layout(config, mesh, feature_alignment(config))
-  state = abstract_with_shardings(layout.abstract_state, layout.state_shardings)
   source, teacher = _teacher(config, mesh)
+  config, choice = remat.resolve(config, layout, teacher, topology.hbm_bytes)  # `auto`: for these chips
+  if choice is not None:
+    layout = make_layout(config, mesh, feature_alignment(config))
+  state = abstract_with_shardings(layout.abstract_state, layout.state_shardings)
   batch = _batch(config, mesh, global_batch)
   step = jit_train_step(config, layout, source, sharding.batch_sharding(mesh))
   with jax.set_mesh(mesh):
@@ -213,11 +209,11 @@ def compile_step(config, topology: Topology) -> CompileReport:
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   parts = {
-    "parameters": _per_device_bytes(state["params"]),
-    "kd_head": _per_device_bytes(state.get(HEAD, {})),
-    "optimizer state": _per_device_bytes(state["opt_state"]),
-    "teacher": _per_device_bytes(teacher) if teacher is not None else 0,
-    "batch": _per_device_bytes(batch),
+    "parameters": remat.per_device_bytes(state["params"]),
+    "kd_head": remat.per_device_bytes(state.get(HEAD, {})),
+    "optimizer state": remat.per_device_bytes(state["opt_state"]),
+    "teacher": remat.per_device_bytes(teacher) if teacher is not None else 0,
+    "batch": remat.per_device_bytes(batch),
   }
   return CompileReport(
     topology,
@@ -230,6 +226,7 @@ def compile_step(config, topology: Topology) -> CompileReport:
     memory.temp_size_in_bytes,
     float((cost or {}).get("flops", float("nan"))),
     select_kernel(config.attention, "tpu", jnp.dtype(config.dtype), config.head_dim),
+    f"auto -> {choice.policy} ({choice.reason})" if choice is not None else config.remat_policy,
   )
 
 
@@ -238,7 +235,7 @@ def format_report(report: CompileReport) -> str:
   hbm = report.topology.hbm_bytes
   lines = [
     f"{report.topology.name}: {report.devices} devices, global batch {report.global_batch}, "
-    f"{report.attention} attention; per device:",
+    f"{report.attention} attention, remat_policy {report.remat}; per device:",
     *[f"  {name:<16} {gib(size)}" for name, size in report.parts.items() if size],
     f"  {'temporaries':<16} {gib(report.temp_bytes)}",
     f"  {'total (peak)':<16} {gib(report.peak_bytes)} of {gib(hbm)} HBM ({100 * report.peak_bytes / hbm:.0f}%)",

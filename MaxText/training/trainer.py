@@ -26,7 +26,7 @@ from MaxText.losses.divergence_family import Divergence
 from MaxText.model import decoder, int8_weights
 from MaxText.model.params_io import load_params
 from MaxText.parallel import sharding
-from MaxText.training import checkpointing, preflight
+from MaxText.training import checkpointing, preflight, remat
 from MaxText.training import metrics as metrics_lib
 from MaxText.training.evaluation import build_eval_sets, eval_pass
 from MaxText.training.profiler import StepProfiler
@@ -85,9 +85,14 @@ class Trainer:
     self.batch_size = global_batch_size(config)
     self.corpus = build_corpus(config)
     alignment = feature_alignment(config)
-    self.layout = layout = make_layout(config, self.mesh, alignment)
+    layout = make_layout(config, self.mesh, alignment)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
     self.source, self.teacher = build_teacher(config, self.mesh, files.cache)
+    config, self.remat = remat.resolve(config, layout, self.teacher)  # `auto`: the fastest policy that fits
+    if self.remat is not None:
+      self.config = config
+      layout = make_layout(config, self.mesh, alignment)
+    self.layout = layout
     self.train_iter = self._train_iterator(files.cache)
     self.manager = checkpointing.create_manager(config) if config.enable_checkpointing else None
     self.state, self.start_step = self._initial_state()
@@ -188,6 +193,8 @@ class Trainer:
     logger = metrics_lib.MetricLogger(config, run_dir, jax.process_index() == 0, self.start_step)
     checkpointing.save_run_config(config)
     print_summary(config, self.mesh, self.state["params"], self.teacher, self.start_step)
+    if self.remat is not None and jax.process_index() == 0:
+      print(f"remat_policy: auto -> {self.remat.policy} ({self.remat.reason})")
     profiler = StepProfiler(config, run_dir, self.start_step)
     pending = None  # metrics are read one step late so the host never stalls the device
     try:

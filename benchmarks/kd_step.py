@@ -16,8 +16,8 @@ Configs:
 With `--peak_tflops` (or on an H100/H200, whose dense bf16 peak of 989 TFLOP/s is known) it also prints
 tokens/s and MFU per program: the student's training FLOPs (6 per parameter per token plus causal
 attention, `flops_per_token`) and, for the KD step, the teacher's forward third of its own.
-Everything else is base.yml (remat full, bfloat16 compute with float32 weights: `--set dtype=float32`
-for float32, one chunk of loss). The three programs are jitted on
+Everything else is base.yml (remat auto, resolved as the trainer does; bfloat16 compute with float32
+weights: `--set dtype=float32` for float32; one chunk of loss). The three programs are jitted on
 the same synthetic batches and each step is timed alone (dispatch to result ready); the table gives the
 median over steps skip+1 .. steps of each, per repeat, and the ratios of the medians. Repeats alternate
 the programs, so drifts of a shared machine hit all three alike.
@@ -47,6 +47,7 @@ from MaxText.data.input_pipeline import make_iterator  # noqa: E402
 from MaxText.distill.teacher import abstract_teacher  # noqa: E402
 from MaxText.model import decoder as model_lib  # noqa: E402
 from MaxText.parallel import sharding  # noqa: E402
+from MaxText.training import remat  # noqa: E402
 from MaxText.training.metrics import flops_per_token  # noqa: E402
 from MaxText.training.runtime import to_global  # noqa: E402
 from MaxText.training.state import init_state, make_layout  # noqa: E402
@@ -134,6 +135,12 @@ class Programs:
       teacher_params = model_lib.init_params(teacher.config, teacher.param_shardings)
       if not preset["teacher"]:  # self-distillation from the initial student would be a KL of 0: perturb
         teacher_params = jax.tree.map(lambda x: x * 1.01, teacher_params)
+      # remat_policy=auto resolved as the trainer resolves it; the graphdefs then carry the chosen policy
+      ce_config, _ = remat.resolve(ce_config, ce_layout)
+      self.kd_config, _ = remat.resolve(self.kd_config, kd_layout, teacher_params)
+      ce_layout = make_layout(ce_config, mesh, None)
+      kd_layout = make_layout(self.kd_config, mesh, pyconfig.feature_alignment(self.kd_config))
+      print(f"remat_policy: CE {ce_config.remat_policy}, KD {self.kd_config.remat_policy}", flush=True)
       self.state = {"ce": init_state(ce_config, ce_layout), "kd": init_state(self.kd_config, kd_layout)}
       self.ce_step = jit_train_step(ce_config, ce_layout, None, batch_sharding)
       self.kd_step = jit_train_step(self.kd_config, kd_layout, teacher, batch_sharding)

@@ -110,7 +110,7 @@ def choose(config, resident_bytes: int, memory_bytes: int | None) -> Choice:
 
 
 def _gib(n: float) -> str:
-  return f"{n / 2**30:.2f} GiB"
+  return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def resolve(config, layout, teacher=None, memory_bytes: int | None = -1):

@@ -89,6 +89,16 @@ def _host_available_bytes() -> int | None:
     return None
 
 
+def _least_across_processes(memory_bytes: int | None) -> int | None:
+  """Every process must compile the same program: the least memory any of them reports (unknown if any is)."""
+  if jax.process_count() == 1:
+    return memory_bytes
+  from jax.experimental import multihost_utils
+
+  reported = np.asarray(multihost_utils.process_allgather(np.int64(-1 if memory_bytes is None else memory_bytes)))
+  return None if (reported < 0).any() else int(reported.min())
+
+
 @dataclasses.dataclass(frozen=True)
 class Choice:
   policy: str
@@ -120,7 +130,9 @@ def resolve(config, layout, teacher=None, memory_bytes: int | None = -1):
   if config.remat_policy != "auto":
     return config, None
   if memory_bytes == -1:
-    memory_bytes = device_memory(jax.tree.leaves(layout.state_shardings)[0].mesh.devices.flat[0])
+    mesh = jax.tree.leaves(layout.state_shardings)[0].mesh
+    own = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())  # one it can ask
+    memory_bytes = _least_across_processes(device_memory(own))
   state = abstract_with_shardings(layout.abstract_state, layout.state_shardings)
   gradients = {key: state[key] for key in state if key not in ("step", "opt_state")}  # one per trainable
   resident = per_device_bytes(state) + per_device_bytes(gradients)

@@ -180,7 +180,11 @@ def main():
   parser.add_argument("--kd_flags", default="", help="key=value,... over the config's KD flags")
   parser.add_argument("--set", default="", help="key=value,... over the config's keys, for all three programs")
   parser.add_argument("--peak_tflops", type=float, default=0.0, help="per device, for MFU (0: known GPUs only)")
+  parser.add_argument("--remat_rounds", type=int, default=0, help="instead: CE and KD under remat none and full, "
+                      "interleaved, this many rounds")  # fmt: skip
   args = parser.parse_args()
+  if args.remat_rounds:
+    return remat_rounds(args)
   programs = Programs(CONFIGS[args.config], args.kd_flags, args.steps, args.set)
   names = ("CE step", "KD step", "teacher forward")
   print(f"{jax.devices()[0].platform} ({processor()}), jax {jax.__version__}; config {args.config} {args.set}")
@@ -202,6 +206,30 @@ def main():
     values = [r[i] for r in rows]
     print(f"{label}: median {statistics.median(values):.3f} (range {min(values):.3f}-{max(values):.3f})")
   _print_utilisation(programs, all_medians, args.peak_tflops)
+
+
+def remat_rounds(args) -> None:
+  """The CE and KD steps compiled under remat_policy none and full in one process, taking turns each round;
+  the median ms of each program's steps after --skip, per round, and full / none."""
+  policies = ("none", "full")
+  settings = lambda policy: ",".join(s for s in (args.set, f"remat_policy={policy}") if s)
+  programs = {p: Programs(CONFIGS[args.config], args.kd_flags, args.steps, settings(p)) for p in policies}
+  print(f"{jax.devices()[0].platform} ({processor()}), jax {jax.__version__}; config {args.config} {args.set}")
+  print("| round | CE none | CE full | KD none | KD full | CE full / none | KD full / none |")
+  print("|---|---|---|---|---|---|---|")
+  ratios = {"CE step": [], "KD step": []}
+  for round_ in range(args.remat_rounds):
+    ms = {}
+    for name in ratios:
+      for policy, program in programs.items():
+        with jax.set_mesh(program.mesh):
+          times = _step_seconds(lambda b, n=name, pr=program: pr.run(n, b), program.batches, args.steps)
+        ms[name, policy] = statistics.median(times[args.skip :]) * 1e3
+      ratios[name].append(ms[name, "full"] / ms[name, "none"])
+    cells = " | ".join(f"{ms[n, p]:.0f} ms" for n in ratios for p in policies)
+    print(f"| {round_ + 1} | {cells} | {ratios['CE step'][-1]:.3f} | {ratios['KD step'][-1]:.3f} |", flush=True)
+  for name, values in ratios.items():
+    print(f"{name} full / none: median {statistics.median(values):.3f} (range {min(values):.3f}-{max(values):.3f})")
 
 
 def _print_utilisation(programs: Programs, all_medians: list[dict], peak_tflops: float) -> None:
